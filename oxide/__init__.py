@@ -1,0 +1,65 @@
+"""oxide: run local LLMs (GGUF and Hugging Face safetensors) with one set of shared parts.
+
+``import oxide`` stays light: heavy modules load on first use of the names below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from .errors import (
+    ContextOverflowError,
+    InvalidOptionError,
+    KernelUnavailableError,
+    ModelFormatError,
+    ModelNotFoundError,
+    OxideError,
+    TemplateError,
+    TokenizerError,
+    UnsupportedArchitecture,
+    UnsupportedQuantType,
+)
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load": "oxide.api",
+    "Model": "oxide.api",
+    "Completion": "oxide.generate",
+    "GenerationStats": "oxide.generate",
+    "SamplingOptions": "oxide.sampling",
+    "Tokenizer": "oxide.tokenizer",
+    "ChatTemplate": "oxide.chat",
+    "ModelConfig": "oxide.config",
+    "select_device": "oxide.device",
+    "ops": "oxide.ops",
+    "quant": "oxide.quant",
+}
+
+__all__ = [
+    "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "ModelFormatError",
+    "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
+    "UnsupportedQuantType", *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oxide' has no attribute {name!r}")
+    imported = importlib.import_module(module)
+    value = imported if module == f"oxide.{name}" else getattr(imported, name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from . import ops, quant
+    from .api import Model, load
+    from .chat import ChatTemplate
+    from .config import ModelConfig
+    from .device import select_device
+    from .generate import Completion, GenerationStats
+    from .sampling import SamplingOptions
+    from .tokenizer import Tokenizer

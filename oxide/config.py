@@ -1,0 +1,113 @@
+"""``ModelConfig``: the one description of a decoder-only model that every front door produces.
+
+Field names follow Hugging Face's ``config.json``. Feature flags describe how an architecture
+differs from the plain Llama block; their defaults live here, and derived values are filled in
+``__post_init__`` (one place), so the model never needs ``getattr(config, name, default)``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from .errors import ModelFormatError
+
+FULL_ATTENTION = "full_attention"
+SLIDING_ATTENTION = "sliding_attention"
+ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A decoder-only transformer.
+
+    Block (pre-norm): ``h = x + Attn(Norm(x))``; ``y = h + MLP(Norm(h))``. With ``sandwich_norms``
+    (Gemma 2/3) each sub-block output is normalised again before the residual add. The MLP is gated:
+    ``down(act(gate(x)) * up(x))``. Norms are RMSNorm: ``x / sqrt(mean(x^2) + eps) * (norm_offset + w)``.
+    """
+
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int = 0          # 0: same as num_attention_heads
+    head_dim: int = 0                     # 0: hidden_size // num_attention_heads
+    max_position_embeddings: int = 4096
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False          # biases on the q, k, v projections (Qwen2)
+    qk_norm: bool = False                 # RMSNorm over head_dim on q and k (Qwen3, Gemma 3)
+    norm_offset: float = 0.0              # checkpoint stores w; norms multiply by (norm_offset + w)
+    embedding_multiplier: float = 1.0     # token embeddings are scaled by this (Gemma: sqrt(hidden_size))
+    sandwich_norms: bool = False          # post-attention and post-feed-forward norms (Gemma 2/3)
+    query_pre_attn_scalar: float = 0.0    # attention scale = query_pre_attn_scalar ** -0.5; 0: head_dim
+    attn_logit_softcapping: float = 0.0   # 0: off; else scores = cap * tanh(scores / cap)
+    final_logit_softcapping: float = 0.0  # 0: off
+    rope_theta: float = 10000.0
+    rope_local_base_freq: float = 0.0     # theta of sliding-window layers; 0: rope_theta
+    rope_scaling_factor: float = 1.0      # linear position interpolation: positions / factor
+    sliding_window: int = 0               # 0: no sliding-window layers
+    layer_types: tuple[str, ...] = field(default=())   # per layer; empty: all full attention
+    extra: tuple[tuple[str, Any], ...] = ()             # metadata kept for `oxide info`, never read by layers
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if self.num_key_value_heads == 0:
+            set_(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim == 0:
+            set_(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
+        if self.query_pre_attn_scalar == 0.0:
+            set_(self, "query_pre_attn_scalar", float(self.head_dim))
+        if self.rope_local_base_freq == 0.0:
+            set_(self, "rope_local_base_freq", self.rope_theta)
+        if not self.layer_types:
+            set_(self, "layer_types", (FULL_ATTENTION,) * self.num_hidden_layers)
+        set_(self, "layer_types", tuple(self.layer_types))
+        self._validate()
+
+    def _validate(self) -> None:
+        def bad(name: str, why: str) -> ModelFormatError:
+            return ModelFormatError(f"model config for {self.architecture!r}: {name}={getattr(self, name)!r} {why}")
+
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
+                raise bad(name, "must be a positive integer")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise bad("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
+        if self.hidden_act not in ACTIVATIONS:
+            raise bad("hidden_act", f"is not one of {ACTIVATIONS}")
+        if len(self.layer_types) != self.num_hidden_layers:
+            raise bad("layer_types", f"must have num_hidden_layers={self.num_hidden_layers} entries")
+        if any(t not in (FULL_ATTENTION, SLIDING_ATTENTION) for t in self.layer_types):
+            raise bad("layer_types", f"entries must be {FULL_ATTENTION!r} or {SLIDING_ATTENTION!r}")
+        if SLIDING_ATTENTION in self.layer_types and self.sliding_window <= 0:
+            raise bad("sliding_window", "must be positive when some layers use sliding-window attention")
+        if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
+            raise bad("rms_norm_eps", "must be a positive finite number")
+
+    @property
+    def attention_scale(self) -> float:
+        return self.query_pre_attn_scalar ** -0.5
+
+    def is_sliding(self, layer: int) -> bool:
+        return self.layer_types[layer] == SLIDING_ATTENTION
+
+    def rope_base(self, layer: int) -> float:
+        return self.rope_local_base_freq if self.is_sliding(layer) else self.rope_theta
+
+    def with_updates(self, **changes: Any) -> ModelConfig:
+        return replace(self, **changes)
+
+    def summary(self) -> dict[str, Any]:
+        """Field -> value, for display."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | dict(self.extra)
+
+
+def layer_pattern(num_layers: int, every: int) -> tuple[str, ...]:
+    """Sliding-window layers with every ``every``-th layer (1-based) full, as Gemma 2/3 interleave them."""
+    return tuple(FULL_ATTENTION if (i + 1) % every == 0 else SLIDING_ATTENTION for i in range(num_layers))

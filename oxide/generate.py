@@ -1,0 +1,150 @@
+"""The generation loop: prefill, decode, stop conditions, streaming text and statistics.
+
+Stops on: the model's end tokens (unless ``ignore_eos``), a stop string (the text is cut before
+it), ``max_new_tokens``, or a full context (``finish_reason="length"`` in the last two cases).
+Streamed text never splits a UTF-8 character, and text that might be the start of a stop string
+is held back until it is known not to be one.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .cache import KVCache
+from .log import get_logger
+from .models.decoder import DecoderLM
+from .sampling import Sampler
+from .tokenizer import StreamDecoder, Tokenizer
+
+log = get_logger("infer")
+
+PREFILL_CHUNK = 512   # prompt tokens per forward: bounds the attention scores' memory
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    prompt_tokens: int
+    completion_tokens: int
+    prefill_seconds: float
+    decode_seconds: float
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds > 0 else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        """Tokens after the first (which prefill produces) over the decode time."""
+        steps = self.completion_tokens - 1
+        return steps / self.decode_seconds if steps > 0 and self.decode_seconds > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str          # "stop" (end token or stop string) or "length"
+    stats: GenerationStats
+
+
+def prefill(model: DecoderLM, cache: KVCache, ids: Sequence[int]) -> torch.Tensor:
+    """Run the prompt in chunks; return the float32 logits of its last position, (V,)."""
+    tensor = torch.tensor([list(ids)], dtype=torch.long, device=model.device)   # (1, T)
+    logits = None
+    for start in range(0, tensor.shape[1], PREFILL_CHUNK):
+        logits = model.forward(tensor[:, start:start + PREFILL_CHUNK], cache, last_only=True)
+    assert logits is not None, "prefill needs at least one token"
+    return logits[0, -1]
+
+
+class _StopMatcher:
+    """Finds stop strings in the generated text and says how much text is safe to emit."""
+
+    def __init__(self, stops: Sequence[str]) -> None:
+        self.stops = [s for s in stops if s]
+
+    def find(self, text: str) -> int:
+        """Index where the earliest stop string starts in ``text``, or -1."""
+        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+        return min(hits) if hits else -1
+
+    def safe_length(self, text: str) -> int:
+        """Length of the prefix of ``text`` that cannot be the start of a stop string."""
+        hold = 0
+        for stop in self.stops:
+            for n in range(min(len(stop) - 1, len(text)), 0, -1):
+                if text.endswith(stop[:n]):
+                    hold = max(hold, n)
+                    break
+        return len(text) - hold
+
+
+class Generation:
+    """An iterator of text pieces; after it is exhausted, :attr:`completion` holds the result."""
+
+    def __init__(self, model: DecoderLM, tokenizer: Tokenizer, cache: KVCache, prompt_ids: Sequence[int], *,
+                 max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
+                 end_ids: Sequence[int]) -> None:
+        self.model, self.tokenizer, self.cache = model, tokenizer, cache
+        self.prompt_ids = list(prompt_ids)
+        self.max_new_tokens = max_new_tokens
+        self.sampler = sampler
+        self.stops = _StopMatcher(stop)
+        self.end_ids = set() if ignore_eos else set(end_ids)
+        self.completion: Completion | None = None
+        self._pieces = self._run()
+
+    def __iter__(self) -> Iterator[str]:
+        return self._pieces
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def _run(self) -> Iterator[str]:
+        history = list(self.prompt_ids)
+        generated: list[int] = []
+        decoder = StreamDecoder(self.tokenizer, skip_special_tokens=True)
+        text, emitted = "", 0
+        finish, stop_string_hit = "length", False
+        start = time.perf_counter()
+        logits = prefill(self.model, self.cache, self.prompt_ids) if self.max_new_tokens > 0 else None
+        prefill_end = time.perf_counter()
+        while logits is not None and len(generated) < self.max_new_tokens:
+            token = self.sampler.sample(logits, history)
+            if token in self.end_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            history.append(token)
+            text += decoder.push(token)
+            cut = self.stops.find(text)
+            if cut >= 0:
+                text, finish, stop_string_hit = text[:cut], "stop", True
+                break
+            safe = self.stops.safe_length(text)
+            if safe > emitted:
+                yield text[emitted:safe]
+                emitted = safe
+            if len(generated) == self.max_new_tokens:
+                break
+            if self.cache.seq_len >= self.cache.n_ctx:
+                log.warning("context of %d tokens is full; stopping generation", self.cache.n_ctx)
+                break
+            logits = self.model.forward(torch.tensor([[token]], device=self.model.device), self.cache,
+                                        last_only=True)[0, -1]
+        if not stop_string_hit:
+            text += decoder.flush()
+            cut = self.stops.find(text)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        if len(text) > emitted:
+            yield text[emitted:]
+        end = time.perf_counter()
+        stats = GenerationStats(len(self.prompt_ids), len(generated), prefill_end - start, end - prefill_end)
+        self.completion = Completion(text, generated, finish, stats)
+        log.info("prompt %d tokens at %.1f tok/s; generated %d at %.1f tok/s (%s)", stats.prompt_tokens,
+                 stats.prefill_tokens_per_second, stats.completion_tokens, stats.decode_tokens_per_second, finish)

@@ -1,0 +1,145 @@
+"""``ArchAdapter``: what an architecture states about itself, and the GGUF metadata -> config mapping
+shared by all of them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ...config import ModelConfig
+from ...errors import ModelFormatError
+from ..weights import ModelWeights
+
+# A named load-time transform of the weights (un-permute, fold, split...).
+Transform = Callable[[ModelWeights, ModelConfig], None]
+
+# GGUF key (after "<arch>.") -> ModelConfig field; required keys first.
+_REQUIRED_KEYS = {
+    "embedding_length": "hidden_size",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads",
+}
+_OPTIONAL_KEYS = {
+    "context_length": "max_position_embeddings",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "rope.freq_base": "rope_theta",
+    "attention.sliding_window": "sliding_window",
+    "attn_logit_softcapping": "attn_logit_softcapping",
+    "final_logit_softcapping": "final_logit_softcapping",
+}
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """How an architecture differs from the plain Llama block.
+
+    ``flags``: ModelConfig fields fixed for the architecture. ``gguf_defaults``: a function of the
+    fields read so far returning what GGUF never stores (sliding pattern, second RoPE base...).
+    ``gguf_transforms``: named weight transforms applied once at load. ``hf_fields``: a function of
+    the raw config.json and the generic fields returning the architecture's own (renamed keys...).
+    """
+
+    name: str
+    flags: Mapping[str, Any] = field(default_factory=dict)
+    gguf_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    gguf_transforms: tuple[Transform, ...] = ()
+    hf_fields: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+
+    def config_from_gguf(self, metadata: Mapping[str, Any], *, arch_key: str, vocab_size: int,
+                         tied: bool, source: str) -> ModelConfig:
+        fields_ = read_gguf_fields(metadata, arch_key, source)
+        fields_.update(vocab_size=vocab_size, tie_word_embeddings=tied, **self.flags)
+        if self.gguf_defaults is not None:
+            fields_.update(self.gguf_defaults(fields_))
+        return ModelConfig(architecture=self.name, **fields_)
+
+
+    def config_from_hf(self, raw: Mapping[str, Any], *, tied: bool, source: str) -> ModelConfig:
+        fields_ = read_hf_fields(raw, source)
+        fields_.update(tie_word_embeddings=tied, **self.flags)
+        if self.hf_fields is not None:
+            fields_.update(self.hf_fields(raw, fields_))
+        return ModelConfig(architecture=self.name, **fields_)
+
+
+def read_gguf_fields(metadata: Mapping[str, Any], arch_key: str, source: str) -> dict[str, Any]:
+    """ModelConfig fields from the ``<arch>.*`` keys; a missing required key is named in the error."""
+    out: dict[str, Any] = {}
+    for suffix, name in (_REQUIRED_KEYS | _OPTIONAL_KEYS).items():
+        key = f"{arch_key}.{suffix}"
+        if key not in metadata:
+            if suffix in _REQUIRED_KEYS:
+                raise ModelFormatError(f"{source}: required metadata key {key!r} is missing; the GGUF file is incomplete")
+            continue
+        out[name] = _scalar(metadata[key], key, source)
+    if out.get("rope_theta") is not None:
+        out["rope_theta"] = float(out["rope_theta"])
+    scaling = metadata.get(f"{arch_key}.rope.scaling.type")
+    if scaling == "linear":
+        out["rope_scaling_factor"] = float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0))
+    elif scaling not in (None, "none"):
+        raise ModelFormatError(f"{source}: RoPE scaling type {scaling!r} ({arch_key}.rope.scaling.type) is not supported yet")
+    return out
+
+
+def _scalar(value: Any, key: str, source: str) -> Any:
+    """Per-layer arrays are accepted when uniform; GGUF integers arrive as Python ints."""
+    if isinstance(value, np.ndarray):
+        if value.size == 0 or not (value == value.flat[0]).all():
+            raise ModelFormatError(f"{source}: metadata {key!r} varies per layer ({value.tolist()}); not supported yet")
+        return value.flat[0].item()
+    return value
+
+
+# config.json keys copied as they are (ModelConfig uses Hugging Face's names).
+_HF_SAME_NAME = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "attention_bias",
+                 "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")
+
+
+def read_hf_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """ModelConfig fields from a config.json: same-named keys, the activation, RoPE (both the
+    ``rope_theta``/``rope_scaling`` and the newer ``rope_parameters`` spellings) and the layer types."""
+    out: dict[str, Any] = {k: raw[k] for k in _HF_SAME_NAME if raw.get(k) is not None}
+    for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+        if key not in out:
+            raise ModelFormatError(f"{source}: required key {key!r} is missing from config.json")
+    act = raw.get("hidden_activation") or raw.get("hidden_act")
+    if act is not None:
+        out["hidden_act"] = act
+    out.update(_hf_rope(raw, source))
+    layer_types = raw.get("layer_types")
+    window = raw.get("sliding_window") or 0
+    if layer_types is None and window and raw.get("use_sliding_window", True):
+        layer_types = ["sliding_attention"] * out["num_hidden_layers"]
+    if layer_types:
+        out["layer_types"] = tuple(layer_types)
+        if "sliding_attention" in layer_types:
+            out["sliding_window"] = int(window)
+    return out
+
+
+def _hf_rope(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    params = raw.get("rope_parameters") or {}
+    by_layer_type = "full_attention" in params or "sliding_attention" in params
+    full = params.get("full_attention", params) if by_layer_type else params
+    out: dict[str, Any] = {}
+    theta = full.get("rope_theta", raw.get("rope_theta"))
+    if theta is not None:
+        out["rope_theta"] = float(theta)
+    local = params.get("sliding_attention", {}).get("rope_theta") if by_layer_type else raw.get("rope_local_base_freq")
+    if local is not None:
+        out["rope_local_base_freq"] = float(local)
+    scaling = full if full.get("rope_type", "default") != "default" else (raw.get("rope_scaling") or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "linear":
+        out["rope_scaling_factor"] = float(scaling["factor"])
+    elif kind != "default":
+        raise ModelFormatError(f"{source}: RoPE scaling {kind!r} in config.json is not supported yet")
+    return out

@@ -1,0 +1,73 @@
+"""The transformer block shared by every architecture: attention and gated MLP.
+
+Everything that differs between architectures is a config flag (qk-norm, biases, sandwich norms,
+sliding window, soft-capping); adapters never subclass these.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..cache import LayerCache
+from ..config import ModelConfig
+from .weights import LayerWeights
+
+
+class Attention:
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights) -> None:
+        self.w = w
+        self.n_heads, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        self.eps = config.rms_norm_eps
+        self.scale = config.attention_scale
+        self.softcap = config.attn_logit_softcapping
+        self.window = config.sliding_window if config.is_sliding(layer) else 0
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                 cache: LayerCache) -> torch.Tensor:
+        B, T, _ = x.shape
+        w = self.w
+        q = ops.qmatmul(x, w.q, w.q_bias).view(B, T, self.n_heads, self.hd)   # (B, T, H, hd)
+        k = ops.qmatmul(x, w.k, w.k_bias).view(B, T, self.n_kv, self.hd)      # (B, T, Hkv, hd)
+        v = ops.qmatmul(x, w.v, w.v_bias).view(B, T, self.n_kv, self.hd)      # (B, T, Hkv, hd)
+        if w.q_norm is not None:
+            q = ops.rms_norm(q, w.q_norm, self.eps)
+            k = ops.rms_norm(k, w.k_norm, self.eps)
+        q = ops.rope(q.transpose(1, 2), cos, sin)                             # (B, H, T, hd)
+        k = ops.rope(k.transpose(1, 2), cos, sin)                             # (B, Hkv, T, hd)
+        keys, values, key_pos = cache.update(k, v.transpose(1, 2), positions)  # (B, Hkv, S, hd)
+        out = ops.attention(q, keys, values, positions, key_pos, scale=self.scale, window=self.window,
+                            softcap=self.softcap)                             # (B, H, T, hd)
+        return ops.qmatmul(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd), w.o)
+
+
+class GatedMLP:
+    def __init__(self, config: ModelConfig, w: LayerWeights) -> None:
+        self.w = w
+        self.act = config.hidden_act
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        hidden = ops.gated_activation(ops.qmatmul(x, self.w.gate), ops.qmatmul(x, self.w.up), self.act)  # (B, T, F)
+        return ops.qmatmul(hidden, self.w.down)                                                       # (B, T, D)
+
+
+class DecoderBlock:
+    """``h = x + [PostNorm](Attn(Norm(x)))``; ``y = h + [PostNorm](MLP(Norm(h)))``."""
+
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights) -> None:
+        self.w = w
+        self.eps = config.rms_norm_eps
+        self.attention = Attention(config, layer, w)
+        self.mlp = GatedMLP(config, w)
+
+    def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+                 cache: LayerCache) -> torch.Tensor:
+        w = self.w
+        h = self.attention(ops.rms_norm(x, w.attn_norm, self.eps), cos, sin, positions, cache)
+        if w.post_attn_norm is not None:
+            h = ops.rms_norm(h, w.post_attn_norm, self.eps)
+        x = x + h
+        h = self.mlp(ops.rms_norm(x, w.ffn_norm, self.eps))
+        if w.post_ffn_norm is not None:
+            h = ops.rms_norm(h, w.post_ffn_norm, self.eps)
+        return x + h

@@ -1,0 +1,61 @@
+"""``DecoderLM``: one decoder-only language model driven entirely by its :class:`ModelConfig`."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import ops
+from ..cache import KVCache
+from ..config import ModelConfig
+from ..errors import TokenizerError
+from .blocks import DecoderBlock
+from .rope import RotaryEmbedding
+from .weights import ModelWeights
+
+
+class DecoderLM:
+    """Embedding -> blocks -> final norm -> output head (-> soft-cap)."""
+
+    def __init__(self, config: ModelConfig, weights: ModelWeights, device: torch.device, dtype: torch.dtype) -> None:
+        self.config = config
+        self.weights = weights
+        self.device = device
+        self.dtype = dtype
+        self.blocks = [DecoderBlock(config, i, w) for i, w in enumerate(weights.layers)]
+        ropes: dict[float, RotaryEmbedding] = {}
+        for theta in {config.rope_base(i) for i in range(config.num_hidden_layers)}:
+            ropes[theta] = RotaryEmbedding(config.head_dim, theta, device, freq_factors=weights.rope_freqs,
+                                           linear_factor=config.rope_scaling_factor)
+        self._ropes = ropes
+        self._layer_theta = [config.rope_base(i) for i in range(config.num_hidden_layers)]
+
+    def new_cache(self, n_ctx: int, dtype: torch.dtype | None = None) -> KVCache:
+        return KVCache(self.config, n_ctx, dtype or self.dtype, self.device)
+
+    def check_ids(self, ids: torch.Tensor) -> None:
+        """Token ids must lie in [0, vocab_size); anything else is a :class:`TokenizerError`."""
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
+            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0].item()
+            raise TokenizerError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
+
+    @torch.inference_mode()
+    def forward(self, ids: torch.Tensor, cache: KVCache, *, last_only: bool = False) -> torch.Tensor:
+        """Run ``ids`` (B=1, T) after what ``cache`` holds; returns float32 logits (1, T, V) or (1, 1, V)."""
+        self.check_ids(ids)
+        T = ids.shape[1]
+        positions = cache.positions_for(T, self.device)                            # (T,)
+        x = ops.embedding(ids, self.weights.embed, self.dtype)                     # (1, T, D)
+        if self.config.embedding_multiplier != 1.0:
+            x = x * torch.tensor(self.config.embedding_multiplier, dtype=self.dtype)
+        cos_sin = {theta: rope.cos_sin(positions) for theta, rope in self._ropes.items()}
+        for block, theta, layer_cache in zip(self.blocks, self._layer_theta, cache.layers):
+            x = block(x, *cos_sin[theta], positions, layer_cache)
+        cache.advance(T)
+        if last_only:
+            x = x[:, -1:]
+        x = ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
+        logits = ops.qmatmul(x, self.weights.output).float()                      # (1, T', V)
+        if self.config.final_logit_softcapping > 0:
+            logits = ops.softcap(logits, self.config.final_logit_softcapping)
+        return logits
+

@@ -1,0 +1,66 @@
+"""Builder for Hugging Face model directories (config.json + safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from gguf import get_tensor_name_map
+from gguf.constants import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
+
+from ..errors import ModelFormatError
+from ..log import get_logger
+from ..quant import GGMLType, QuantTensor
+from ..registry import detect_hf
+from ..sources import read_hf_config
+from ..weights.safetensors import SafetensorsReader
+from .decoder import DecoderLM
+from .transforms import cast_vectors, fold_norm_offset
+from .weights import collect_weights, gguf_tensor_name
+
+log = get_logger("load")
+
+_DTYPE_TO_GGML = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
+
+
+def _as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
+    """A dense checkpoint tensor as a QuantTensor of type F32/F16/BF16 (its bytes, not a copy)."""
+    qtype = _DTYPE_TO_GGML.get(tensor.dtype)
+    if qtype is None:
+        raise ModelFormatError(f"tensor {name!r} has dtype {tensor.dtype}; oxide reads f32, f16 and bf16 checkpoints")
+    raw = tensor.contiguous().view(torch.uint8).reshape(-1)
+    return QuantTensor(raw, qtype, tuple(tensor.shape), name=name)
+
+
+def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype) -> DecoderLM:
+    """Read config.json, map checkpoint names to roles through gguf-py's tables, build the model."""
+    raw_config = read_hf_config(directory)
+    spec = detect_hf(raw_config, str(directory / "config.json"))
+    adapter = spec.load_adapter()
+    reader = SafetensorsReader(directory)
+    arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
+    name_map = get_tensor_name_map(MODEL_ARCH(arch), int(raw_config.get("num_hidden_layers", 0)))
+    hf_names: dict[str, str] = {}    # GGUF name -> checkpoint name
+    for name in reader.names():
+        found = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        if found is None:
+            log.debug("%s: ignoring tensor %s", directory, name)
+            continue
+        hf_names[found[1]] = name
+    tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in hf_names or \
+        bool(raw_config.get("tie_word_embeddings"))
+    config = adapter.config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
+
+    def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
+        name = hf_names.get(gguf_tensor_name(role, layer, suffix))
+        return None if name is None else _as_quant(reader.get(name), name)
+
+    def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
+        gguf_name = gguf_tensor_name(role, layer, suffix)
+        return f"{directory}: {hf_names.get(gguf_name, f'the checkpoint tensor for {gguf_name}')}"
+
+    weights = collect_weights(config, lookup, describe)
+    fold_norm_offset(weights, config)
+    weights.move_matrices(device)
+    cast_vectors(weights, device)
+    return DecoderLM(config, weights, device, dtype)

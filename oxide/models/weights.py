@@ -1,0 +1,143 @@
+"""The model's weights, gathered by role from a tensor source and checked against the config.
+
+Roles are gguf-py's ``MODEL_TENSOR`` kinds, so the GGUF names come from gguf-py's own tables
+(``TENSOR_NAMES``) rather than a hand-written list. Matrices stay :class:`QuantTensor`s (F32/F16
+included); vectors (norms, biases) become dense float32 tensors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from gguf.constants import MODEL_TENSOR, TENSOR_NAMES
+
+from ..config import ModelConfig
+from ..errors import ModelFormatError
+from ..quant import QuantTensor
+
+Matrix = QuantTensor
+# A source answers (role, layer or None, suffix 'weight'|'bias') with a tensor, or None when absent.
+TensorLookup = Callable[[MODEL_TENSOR, "int | None", str], "QuantTensor | None"]
+
+
+def gguf_tensor_name(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
+    """gguf-py's name for a role, e.g. (ATTN_Q, 3, 'weight') -> 'blk.3.attn_q.weight'."""
+    base = TENSOR_NAMES[role]
+    return f"{base.format(bid=layer) if layer is not None else base}.{suffix}"
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    q: Matrix
+    k: Matrix
+    v: Matrix
+    o: Matrix
+    ffn_norm: torch.Tensor
+    gate: Matrix
+    up: Matrix
+    down: Matrix
+    q_bias: torch.Tensor | None = None
+    k_bias: torch.Tensor | None = None
+    v_bias: torch.Tensor | None = None
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    post_attn_norm: torch.Tensor | None = None
+    post_ffn_norm: torch.Tensor | None = None
+
+
+@dataclass
+class ModelWeights:
+    embed: Matrix
+    output: Matrix            # the same object as ``embed`` when embeddings are tied
+    output_norm: torch.Tensor
+    layers: list[LayerWeights]
+    rope_freqs: torch.Tensor | None = None   # per-frequency divisors (Llama 3.1 style), shape (hd/2,)
+
+    def move_matrices(self, device: torch.device) -> None:
+        """Put every quantized matrix on ``device`` (tied head and embedding stay one object)."""
+        for layer in self.layers:
+            for name in ("q", "k", "v", "o", "gate", "up", "down"):
+                setattr(layer, name, getattr(layer, name).to(device))
+        tied = self.output is self.embed
+        self.embed = self.embed.to(device)
+        self.output = self.embed if tied else self.output.to(device)
+
+    def matrices(self) -> list[QuantTensor]:
+        found = {id(self.embed): self.embed, id(self.output): self.output}
+        for layer in self.layers:
+            for m in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+                found[id(m)] = m
+        return list(found.values())
+
+
+class _Collector:
+    """Fetches each role from the source and checks its shape, naming the tensor on a mismatch."""
+
+    def __init__(self, lookup: TensorLookup, describe: Callable[[MODEL_TENSOR, int | None, str], str]) -> None:
+        self.lookup = lookup
+        self.describe = describe
+
+    def get(self, role: MODEL_TENSOR, layer: int | None, shape: tuple[int, ...], *, suffix: str = "weight",
+            required: bool = True) -> QuantTensor | None:
+        tensor = self.lookup(role, layer, suffix)
+        name = self.describe(role, layer, suffix)
+        if tensor is None:
+            if required:
+                raise ModelFormatError(f"tensor {name!r} is missing; the model file is incomplete or not of this architecture")
+            return None
+        if tuple(tensor.shape) != shape:
+            raise ModelFormatError(
+                f"tensor {name!r} has shape {tuple(tensor.shape)} but the model's metadata implies {shape}; "
+                f"the file's metadata and tensors disagree"
+            )
+        return tensor
+
+    def matrix(self, role: MODEL_TENSOR, layer: int | None, shape: tuple[int, int]) -> QuantTensor:
+        return self.get(role, layer, shape)
+
+    def vector(self, role: MODEL_TENSOR, layer: int | None, size: int, *, suffix: str = "weight",
+               required: bool = True) -> torch.Tensor | None:
+        tensor = self.get(role, layer, (size,), suffix=suffix, required=required)
+        return None if tensor is None else tensor.dequantize(torch.float32)
+
+
+def collect_weights(config: ModelConfig, lookup: TensorLookup,
+                    describe: Callable[[MODEL_TENSOR, int | None, str], str]) -> ModelWeights:
+    """Gather every tensor the config calls for, checking shapes (PyTorch order, (out, in))."""
+    c = _Collector(lookup, describe)
+    T = MODEL_TENSOR
+    D, F, hd = config.hidden_size, config.intermediate_size, config.head_dim
+    nq, nkv = config.num_attention_heads * hd, config.num_key_value_heads * hd
+    layers = []
+    for i in range(config.num_hidden_layers):
+        bias = config.attention_bias
+        layers.append(LayerWeights(
+            attn_norm=c.vector(T.ATTN_NORM, i, D),
+            q=c.matrix(T.ATTN_Q, i, (nq, D)),
+            k=c.matrix(T.ATTN_K, i, (nkv, D)),
+            v=c.matrix(T.ATTN_V, i, (nkv, D)),
+            o=c.matrix(T.ATTN_OUT, i, (D, nq)),
+            ffn_norm=c.vector(T.FFN_NORM, i, D),
+            gate=c.matrix(T.FFN_GATE, i, (F, D)),
+            up=c.matrix(T.FFN_UP, i, (F, D)),
+            down=c.matrix(T.FFN_DOWN, i, (D, F)),
+            q_bias=c.vector(T.ATTN_Q, i, nq, suffix="bias", required=bias),
+            k_bias=c.vector(T.ATTN_K, i, nkv, suffix="bias", required=bias),
+            v_bias=c.vector(T.ATTN_V, i, nkv, suffix="bias", required=bias),
+            q_norm=c.vector(T.ATTN_Q_NORM, i, hd, required=config.qk_norm),
+            k_norm=c.vector(T.ATTN_K_NORM, i, hd, required=config.qk_norm),
+            post_attn_norm=c.vector(T.ATTN_POST_NORM, i, D, required=config.sandwich_norms),
+            post_ffn_norm=c.vector(T.FFN_POST_NORM, i, D, required=config.sandwich_norms),
+        ))
+    embed = c.matrix(T.TOKEN_EMBD, None, (config.vocab_size, D))
+    output = embed if config.tie_word_embeddings else c.matrix(T.OUTPUT, None, (config.vocab_size, D))
+    return ModelWeights(
+        embed=embed,
+        output=output,
+        output_norm=c.vector(T.OUTPUT_NORM, None, D),
+        layers=layers,
+        rope_freqs=c.vector(T.ROPE_FREQS, None, hd // 2, required=False),
+    )

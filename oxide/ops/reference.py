@@ -1,0 +1,102 @@
+"""Reference implementations of every op, in plain PyTorch.
+
+These functions are the specification: fast paths (Triton, CUDA, C++) keep their signatures and
+are tested against them. They are also the fallback on CPU and MPS. Statistics (norm variance,
+softmax) are computed in float32 whatever the input dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..quant import QuantTensor
+
+Weight = QuantTensor | torch.Tensor
+
+
+def dense_weight(w: Weight, dtype: torch.dtype) -> torch.Tensor:
+    """``w`` as a dense tensor of ``dtype``; a quantized weight is dequantized once and cached on it."""
+    return w.dense(dtype) if isinstance(w, QuantTensor) else w.to(dtype)
+
+
+def qmatmul(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ dequantize(w).T (+ bias)``, like ``F.linear``: (..., K) x (N, K) -> (..., N)."""
+    return F.linear(x, dense_weight(w, x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def embedding(ids: torch.Tensor, w: Weight, dtype: torch.dtype) -> torch.Tensor:
+    """Rows ``w[ids]`` as ``dtype``: (...) -> (..., K). A quantized table dequantizes only the rows it needs
+    unless a dense copy is already cached (a tied output head caches one)."""
+    if isinstance(w, QuantTensor) and not w.has_dense(dtype):
+        return w.rows(ids.reshape(-1)).dequantize(dtype).reshape(*ids.shape, w.shape[-1])
+    return F.embedding(ids, dense_weight(w, dtype))
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2, -1) + eps) * weight``, computed in float32, returned in ``x.dtype``."""
+    x32 = x.float()
+    normed = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (normed * weight.float()).to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles ``positions[t] * inv_freq[i]`` in float32 -> (cos, sin), each (T, head_dim / 2)."""
+    angles = positions.float()[:, None] * inv_freq.float()[None, :]   # (T, hd/2)
+    return angles.cos(), angles.sin()
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding, half-split pairing (dim i pairs with i + hd/2), x: (B, H, T, hd), cos/sin: (T, hd/2).
+
+    ``out[:h] = x1 cos - x2 sin``, ``out[h:] = x2 cos + x1 sin`` with ``x1, x2 = x[:h], x[h:]``.
+    """
+    x1, x2 = x.chunk(2, dim=-1)                       # (B, H, T, hd/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
+    """Allowed (query, key) pairs, (T, S) bool: causal, and ``q - k < window`` when ``window > 0``."""
+    distance = q_pos[:, None] - k_pos[None, :]        # (T, S)
+    allowed = distance >= 0
+    if window > 0:
+        allowed &= distance < window
+    return allowed
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """Grouped-query attention over explicit positions.
+
+    q: (B, H, T, hd); k, v: (B, Hkv, S, hd) with H a multiple of Hkv (query head h reads kv head
+    h // (H / Hkv)); q_pos: (T,), k_pos: (S,) absolute positions. Scores ``s = scale * q.k`` (then
+    ``cap * tanh(s / cap)`` if ``softcap``), masked by :func:`attention_mask`, softmax in float32.
+    Returns (B, H, T, hd).
+    """
+    B, H, T, hd = q.shape
+    Hkv = k.shape[1]
+    qg = q.reshape(B, Hkv, H // Hkv * T, hd)                           # (B, Hkv, G*T, hd)
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale   # (B, Hkv, G*T, S)
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    allowed = attention_mask(q_pos, k_pos, window).repeat(H // Hkv, 1)   # (G*T, S)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    probs = torch.softmax(scores, dim=-1).to(v.dtype)
+    return torch.matmul(probs, v).reshape(B, H, T, hd)
+
+
+def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(gate) * up`` for the gated MLP; ``act`` is ``silu``, ``gelu`` or ``gelu_pytorch_tanh``."""
+    if act == "silu":
+        return F.silu(gate) * up
+    if act == "gelu_pytorch_tanh":
+        return F.gelu(gate, approximate="tanh") * up
+    if act == "gelu":
+        return F.gelu(gate) * up
+    raise ValueError(f"unknown activation {act!r}")
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap * tanh(x / cap)``: bounds logits smoothly to (-cap, cap)."""
+    return cap * torch.tanh(x / cap)

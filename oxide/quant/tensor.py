@@ -1,0 +1,110 @@
+"""``QuantTensor``: a weight kept in its GGML block form, dequantized on request."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from oxide.quant.dequant import check_raw, dequantize
+from oxide.quant.types import GGMLType, QTypeLike, block_geometry
+
+
+def _format_size(nbytes: int) -> str:
+    size = float(nbytes)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024.0:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024.0
+    return f"{size:.1f} GiB"
+
+
+class QuantTensor:
+    """Raw GGML blocks plus their type and logical shape (PyTorch order, block dim last).
+
+    ``data`` is stored as uint8 of shape ``(*shape[:-1], row_bytes)`` (a view of the given
+    tensor when it is contiguous, e.g. a memory-mapped file). ``dense(dtype)`` keeps one
+    dequantized copy on the object so a reference matmul dequantizes each weight once.
+    """
+
+    __slots__ = ("_data", "_qtype", "_shape", "_dense", "name")
+
+    def __init__(self, data: Tensor, qtype: QTypeLike, shape: Sequence[int], *, name: str = "") -> None:
+        dims = tuple(shape)
+        what = f"tensor {name!r}" if name else "tensor"
+        self._qtype: GGMLType = check_raw(data, qtype, dims, what)
+        geo = block_geometry(self._qtype)
+        row_bytes = dims[-1] // geo.block_size * geo.type_size
+        self._data = data.reshape(*dims[:-1], row_bytes)  # (..., row_bytes)
+        self._shape = tuple(int(d) for d in dims)
+        self._dense: Tensor | None = None
+        self.name = name
+
+    @property
+    def data(self) -> Tensor:
+        """The raw blocks, uint8 of shape ``(*shape[:-1], row_bytes)``."""
+        return self._data
+
+    @property
+    def qtype(self) -> GGMLType:
+        return self._qtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of raw blocks (the dequantized cache is not counted)."""
+        return self._data.numel()
+
+    @property
+    def numel(self) -> int:
+        """Number of logical weights."""
+        return math.prod(self._shape)
+
+    @property
+    def device(self) -> torch.device:
+        return self._data.device
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """A new tensor of ``shape`` and ``dtype``: float32 dequantization, then one cast."""
+        what = f"tensor {self.name!r}" if self.name else "tensor"
+        out = dequantize(self._data, self._qtype, self._shape, what=what)
+        return out if dtype == torch.float32 else out.to(dtype)
+
+    def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Like ``dequantize`` but cached: later calls with the same dtype return the same tensor.
+
+        Only one dtype is kept; asking for another replaces the cache. Treat the result as
+        read-only.
+        """
+        if self._dense is None or self._dense.dtype != dtype:
+            self._dense = self.dequantize(dtype)
+        return self._dense
+
+    def has_dense(self, dtype: torch.dtype) -> bool:
+        """Whether a ``dense(dtype)`` copy is already cached."""
+        return self._dense is not None and self._dense.dtype == dtype
+
+    def rows(self, index: Tensor) -> QuantTensor:
+        """The rows ``index`` of a 2-D tensor, still quantized (rows hold whole blocks)."""
+        data = self._data[index.to(self._data.device)]   # (len(index), row_bytes)
+        return QuantTensor(data, self._qtype, (data.shape[0], self._shape[-1]), name=self.name)
+
+    def drop_cache(self) -> None:
+        """Forget the ``dense`` copy (frees its memory once no one else holds it)."""
+        self._dense = None
+
+    def to(self, device: torch.device | str) -> QuantTensor:
+        """The same blocks on ``device`` (``self`` when already there). The cache is not carried."""
+        data = self._data.to(device)
+        if data is self._data:
+            return self
+        return QuantTensor(data, self._qtype, self._shape, name=self.name)
+
+    def __repr__(self) -> str:
+        where = "" if self.device.type == "cpu" else f", device={self.device}"
+        return f"QuantTensor({self._qtype.name}, shape={self._shape}, {_format_size(self.nbytes)}{where})"

@@ -1,0 +1,89 @@
+"""The architecture registry: one table, detection from metadata only.
+
+Each :class:`ArchSpec` names an architecture as oxide, GGUF (``general.architecture``) and Hugging
+Face (``model_type`` / ``architectures``) spell it, and where its adapter lives. Adapters are
+imported only when a model of that architecture is loaded, keeping ``import oxide`` light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .errors import UnsupportedArchitecture
+
+if TYPE_CHECKING:
+    from .models.arch.base import ArchAdapter
+
+
+@dataclass(frozen=True)
+class ArchSpec:
+    name: str
+    adapter: str                          # "module:attribute" of the ArchAdapter
+    gguf_names: tuple[str, ...]           # general.architecture values
+    hf_model_types: tuple[str, ...]       # config.json model_type values
+    hf_architectures: tuple[str, ...]     # config.json architectures entries
+    family: str
+    tensor_tables: str = ""               # gguf-py architecture whose tensor-name tables apply; "": gguf_names[0]
+
+    @property
+    def gguf_tables(self) -> str:
+        return self.tensor_tables or self.gguf_names[0]
+
+    def load_adapter(self) -> ArchAdapter:
+        module, attribute = self.adapter.split(":")
+        return getattr(importlib.import_module(module), attribute)
+
+
+ARCHITECTURES: tuple[ArchSpec, ...] = (
+    ArchSpec("llama", "oxide.models.arch.llama:LLAMA", ("llama",), ("llama",), ("LlamaForCausalLM",), "Llama 2/3, TinyLlama, SmolLM"),
+    ArchSpec("mistral", "oxide.models.arch.llama:MISTRAL", ("mistral",), ("mistral",), ("MistralForCausalLM",), "Mistral 7B",
+             tensor_tables="llama"),
+    ArchSpec("qwen2", "oxide.models.arch.qwen:QWEN2", ("qwen2",), ("qwen2",), ("Qwen2ForCausalLM",), "Qwen 2 / 2.5"),
+    ArchSpec("qwen3", "oxide.models.arch.qwen:QWEN3", ("qwen3",), ("qwen3",), ("Qwen3ForCausalLM",), "Qwen 3 (dense)"),
+    ArchSpec("gemma3", "oxide.models.arch.gemma3:GEMMA3", ("gemma3",), ("gemma3_text",), ("Gemma3ForCausalLM",), "Gemma 3 (text)"),
+)
+
+
+def supported_names() -> list[str]:
+    return [spec.name for spec in ARCHITECTURES]
+
+
+def get_spec(name: str) -> ArchSpec:
+    for spec in ARCHITECTURES:
+        if name == spec.name:
+            return spec
+    raise UnsupportedArchitecture(name, supported_names())
+
+
+def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
+    """The spec for a GGUF file, from ``general.architecture``."""
+    name = metadata.get("general.architecture")
+    for spec in ARCHITECTURES:
+        if name in spec.gguf_names:
+            return spec
+    raise UnsupportedArchitecture(str(name), supported_names(), source)
+
+
+def detect_hf(config: Mapping[str, Any], source: str = "") -> ArchSpec:
+    """The spec for a Hugging Face ``config.json``: by ``architectures`` first, then ``model_type``."""
+    for arch in config.get("architectures") or ():
+        for spec in ARCHITECTURES:
+            if arch in spec.hf_architectures:
+                return spec
+    model_type = config.get("model_type")
+    for spec in ARCHITECTURES:
+        if model_type in spec.hf_model_types:
+            return spec
+    named = (config.get("architectures") or [model_type])[0]
+    raise UnsupportedArchitecture(str(named), supported_names(), source)
+
+
+def markdown_table() -> str:
+    """The README's table of supported architectures."""
+    lines = ["| oxide | GGUF `general.architecture` | HF `model_type` | models |", "|---|---|---|---|"]
+    for spec in ARCHITECTURES:
+        lines.append(f"| {spec.name} | {', '.join(spec.gguf_names)} | {', '.join(spec.hf_model_types)} | {spec.family} |")
+    return "\n".join(lines)

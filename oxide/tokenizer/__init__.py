@@ -1,0 +1,10 @@
+"""Tokenizers built from GGUF metadata, reproducing llama.cpp's tokenization.
+
+``Tokenizer.from_gguf(path)`` / ``Tokenizer.from_gguf_metadata(metadata)`` pick the algorithm named
+by ``tokenizer.ggml.model``; :class:`StreamDecoder` turns ids into text incrementally.
+"""
+
+from .base import Tokenizer, TokenType
+from .stream import StreamDecoder
+
+__all__ = ["StreamDecoder", "TokenType", "Tokenizer"]

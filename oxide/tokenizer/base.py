@@ -1,0 +1,581 @@
+"""The tokenizer interface, and the vocabulary read from GGUF ``tokenizer.ggml.*`` metadata.
+
+The behaviour reproduces llama.cpp (``src/llama-vocab.cpp``) so that token ids match its
+``llama_tokenize`` / ``llama_detokenize`` exactly:
+
+* Token types (``tokenizer.ggml.token_type``: 1 normal, 2 unknown, 3 control, 4 user-defined,
+  5 unused, 6 byte) become attribute bit flags (:class:`Attr`), then llama.cpp's load-time fixes
+  are applied: tokens whose text marks an end of turn / end of generation / fill-in-the-middle role
+  (``<end_of_turn>``, ``</s>``, ``<|eot_id|>``, ...) are forced to *control*; for vocabularies named
+  Phi-3 the special tokens swallow the whitespace after them (*rstrip*).
+* Before the model-specific algorithm runs, special tokens written in the text are cut out whole
+  (:meth:`Tokenizer._partition`): control and unknown tokens only when ``parse_special`` is true,
+  user-defined tokens always. Longer tokens are cut first, each at its leftmost free occurrences.
+* Decoding renders each token as bytes (control/unknown: their text, or nothing when special tokens
+  are skipped; user-defined: their text; byte tokens ``<0xXX>``: that byte), removes one leading
+  space of the first piece when the vocabulary adds a space prefix, and decodes UTF-8 with U+FFFD
+  for invalid sequences.
+
+The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.model == "llama"``);
+:meth:`Tokenizer.from_gguf_metadata` picks one from :data:`_MODELS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from enum import IntEnum, IntFlag
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from ..errors import TokenizerError
+from ..log import get_logger
+
+log = get_logger("tokenizer")
+
+KEY_MODEL = "tokenizer.ggml.model"
+KEY_TOKENS = "tokenizer.ggml.tokens"
+KEY_SCORES = "tokenizer.ggml.scores"
+KEY_TOKEN_TYPE = "tokenizer.ggml.token_type"
+KEY_ADD_BOS = "tokenizer.ggml.add_bos_token"
+KEY_ADD_EOS = "tokenizer.ggml.add_eos_token"
+KEY_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
+
+# tokenizer.ggml.model -> (module, class) of the implementation; imported on first use.
+_MODELS: dict[str, tuple[str, str]] = {
+    "llama": ("oxide.tokenizer.spm", "SPMTokenizer"),
+}
+
+
+class TokenType(IntEnum):
+    """Values of ``tokenizer.ggml.token_type`` (gguf-py's ``TokenType``)."""
+
+    UNDEFINED = 0
+    NORMAL = 1
+    UNKNOWN = 2
+    CONTROL = 3
+    USER_DEFINED = 4
+    UNUSED = 5
+    BYTE = 6
+
+
+class Attr(IntFlag):
+    """Per-token attribute bits (llama.cpp's ``llama_token_attr``)."""
+
+    UNDEFINED = 0
+    UNKNOWN = 1 << 0
+    UNUSED = 1 << 1
+    NORMAL = 1 << 2
+    CONTROL = 1 << 3
+    USER_DEFINED = 1 << 4
+    BYTE = 1 << 5
+    LSTRIP = 1 << 7
+    RSTRIP = 1 << 8
+
+
+# Token type -> attribute; types outside the table are UNDEFINED (rendered as nothing).
+_TYPE_TO_ATTR = np.zeros(256, dtype=np.int32)
+_TYPE_TO_ATTR[TokenType.NORMAL] = Attr.NORMAL
+_TYPE_TO_ATTR[TokenType.UNKNOWN] = Attr.UNKNOWN
+_TYPE_TO_ATTR[TokenType.CONTROL] = Attr.CONTROL
+_TYPE_TO_ATTR[TokenType.USER_DEFINED] = Attr.USER_DEFINED
+_TYPE_TO_ATTR[TokenType.UNUSED] = Attr.UNUSED
+_TYPE_TO_ATTR[TokenType.BYTE] = Attr.BYTE
+
+_SPECIAL = Attr.CONTROL | Attr.UNKNOWN  # rendered only when special tokens are wanted
+_CUT_OUT = Attr.CONTROL | Attr.UNKNOWN | Attr.USER_DEFINED  # matched whole in the raw text
+
+# Roles llama.cpp fills from the metadata key, or else by looking the texts up in the vocabulary
+# (the token found is then forced to CONTROL). The deprecated prefix/suffix/middle keys override
+# the fim_* ones when both are present.
+_ROLE_KEYS: dict[str, tuple[str, ...]] = {
+    "eot": ("tokenizer.ggml.eot_token_id",),
+    "eom": ("tokenizer.ggml.eom_token_id",),
+    "fim_pre": ("tokenizer.ggml.fim_pre_token_id", "tokenizer.ggml.prefix_token_id"),
+    "fim_suf": ("tokenizer.ggml.fim_suf_token_id", "tokenizer.ggml.suffix_token_id"),
+    "fim_mid": ("tokenizer.ggml.fim_mid_token_id", "tokenizer.ggml.middle_token_id"),
+    "fim_pad": ("tokenizer.ggml.fim_pad_token_id",),
+    "fim_rep": ("tokenizer.ggml.fim_rep_token_id",),
+    "fim_sep": ("tokenizer.ggml.fim_sep_token_id",),
+}
+_ROLE_TEXTS: dict[str, tuple[str, ...]] = {
+    "eot": ("<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+            "<EOT>", "_<EOT>", "[EOT]", "<｜end▁of▁sentence｜>", "<end_of_utterance>"),
+    "eom": ("<|eom_id|>",),
+    "fim_pre": ("<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>",
+                "<|code_prefix|>", "<|prefix|>"),
+    "fim_suf": ("<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>",
+                "<|code_suffix|>", "<|suffix|>"),
+    "fim_mid": ("<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>",
+                "<|code_middle|>", "<|middle|>"),
+    "fim_pad": ("<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"),
+    "fim_rep": ("<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"),
+    "fim_sep": ("<|file_sep|>",),
+}
+# Texts llama.cpp treats as end of generation whatever their type (they are forced to CONTROL).
+_EOG_TEXTS = (
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
+    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
+    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
+    "<｜end▁of▁sentence｜>", "[e~[",
+)
+# Tokens that are always rendered, whatever their stored type (gpt-oss chat markers).
+_FORCED_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+
+_ASCII_SPACE = frozenset(" \t\n\v\f\r")  # C isspace() in the "C" locale
+
+
+def _bytes_of(text: str) -> bytes:
+    """UTF-8 bytes of a vocabulary string (strings that were not valid UTF-8 in the file round-trip)."""
+    return text.encode("utf-8", "surrogateescape")
+
+
+class Vocab:
+    """The vocabulary shared by every tokenizer model: texts, scores, attributes and special ids.
+
+    Built from metadata with one dict (text -> id) and flat lists; no per-token objects.
+    """
+
+    def __init__(self, metadata: Mapping[str, Any], *, defaults: Mapping[str, int | None],
+                 add_bos: bool, add_eos: bool, add_space_prefix: bool) -> None:
+        tokens = metadata.get(KEY_TOKENS)
+        if tokens is None:
+            raise TokenizerError(
+                f"GGUF metadata key {KEY_TOKENS!r} is missing: the file has no vocabulary. "
+                f"Use a GGUF converted with its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)."
+            )
+        if isinstance(tokens, (str, bytes)) or not all(isinstance(t, str) for t in tokens[:1]):
+            raise TokenizerError(f"GGUF metadata key {KEY_TOKENS!r} must be an array of strings, "
+                                 f"got {type(tokens).__name__}; the file is corrupt: convert it again")
+        n = len(tokens)
+        if n == 0:
+            raise TokenizerError(f"GGUF metadata key {KEY_TOKENS!r} is empty; convert the model again")
+        tokens = list(tokens)
+        if "" in tokens:  # llama.cpp gives empty entries a placeholder text
+            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
+        self.tokens: list[str] = tokens
+        self.token_to_id: dict[str, int] = dict(zip(tokens, range(n)))
+        if len(self.token_to_id) != n:
+            raise TokenizerError(f"{KEY_TOKENS!r}: {_duplicate_message(tokens)}; the vocabulary is corrupt")
+        self.scores: list[float] = _per_token_array(metadata, KEY_SCORES, n, np.float32, 0.0).tolist()
+        types = _per_token_array(metadata, KEY_TOKEN_TYPE, n, np.int32, int(TokenType.NORMAL))
+        attrs = _TYPE_TO_ATTR[np.clip(types, 0, 255)]  # (n,) int32
+
+        ids = {role: _metadata_id(metadata, f"tokenizer.ggml.{key}", default, n)
+               for role, key, default in (("bos", "bos_token_id", defaults.get("bos")),
+                                          ("eos", "eos_token_id", defaults.get("eos")),
+                                          ("unk", "unknown_token_id", defaults.get("unk")),
+                                          ("pad", "padding_token_id", defaults.get("pad")))}
+        roles = self._detect_roles(metadata, attrs, n)
+        self._force_attrs(attrs)
+        self._name_rules(metadata, attrs)
+        self.attrs: list[int] = attrs.tolist()
+
+        self.bos_id: int | None = ids["bos"]
+        self.eos_id: int | None = ids["eos"]
+        self.unk_id: int | None = ids["unk"]
+        self.pad_id: int | None = ids["pad"]
+        self.eot_ids: list[int] = roles["eot"]
+        self.eom_ids: list[int] = roles["eom"]
+        self.add_bos: bool = bool(metadata.get(KEY_ADD_BOS, add_bos))
+        self.add_eos: bool = bool(metadata.get(KEY_ADD_EOS, add_eos))
+        self.add_space_prefix: bool = bool(metadata.get(KEY_ADD_SPACE_PREFIX, add_space_prefix))
+        for flag, key, token in ((self.add_bos, KEY_ADD_BOS, "bos"), (self.add_eos, KEY_ADD_EOS, "eos")):
+            if flag and ids[token] is None:
+                raise TokenizerError(f"GGUF metadata key {key!r} is true but tokenizer.ggml.{token}_token_id "
+                                     f"is not set to a token of the vocabulary; fix the file's metadata")
+
+    def _detect_roles(self, metadata: Mapping[str, Any], attrs: np.ndarray, n: int) -> dict[str, list[int]]:
+        """Ids of each role: the metadata's, else every token whose text names it (forced to CONTROL).
+
+        llama.cpp keeps one of several matches (whichever its hash map yields first); all are kept
+        here, so that e.g. Phi-3's ``<|endoftext|>`` and ``<|end|>`` both end generation.
+        """
+        roles: dict[str, list[int]] = {}
+        for role, keys in _ROLE_KEYS.items():
+            found = None
+            for key in keys:
+                found = _metadata_id(metadata, key, found, n)
+            if found is not None:
+                roles[role] = [found]
+                continue
+            roles[role] = sorted(self.token_to_id[t] for t in _ROLE_TEXTS[role] if t in self.token_to_id)
+            for i in roles[role]:
+                attrs[i] |= Attr.CONTROL
+        return roles
+
+    def _force_attrs(self, attrs: np.ndarray) -> None:
+        for text in _EOG_TEXTS:
+            i = self.token_to_id.get(text)
+            if i is not None:
+                attrs[i] |= Attr.CONTROL
+        for text in _FORCED_USER_DEFINED:
+            i = self.token_to_id.get(text)
+            if i is not None:
+                attrs[i] = Attr.USER_DEFINED
+
+    def _name_rules(self, metadata: Mapping[str, Any], attrs: np.ndarray) -> None:
+        """Whitespace-stripping rules llama.cpp keys on the model name (only Phi-3 for these vocabularies)."""
+        name = str(metadata.get("general.name", "")).lower()
+        if "phi-3" in name or "phi3" in name:
+            attrs[(attrs & int(_CUT_OUT)) != 0] |= int(Attr.RSTRIP)
+            for text, strip in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
+                i = self.token_to_id.get(text)
+                if i is not None:
+                    attrs[i] = attrs[i] | Attr.RSTRIP if strip else attrs[i] & ~Attr.RSTRIP
+
+    def check_id(self, token_id: int) -> None:
+        if not 0 <= token_id < len(self.tokens):
+            raise TokenizerError(f"token id {token_id} is out of range for this vocabulary of "
+                                 f"{len(self.tokens)} tokens (valid ids: 0..{len(self.tokens) - 1})")
+
+
+def _duplicate_message(tokens: list[str]) -> str:
+    seen: dict[str, int] = {}
+    for i, t in enumerate(tokens):
+        if t in seen:
+            return f"duplicate token {t!r} has ids {seen[t]} and {i}"
+        seen[t] = i
+    raise AssertionError("no duplicate found")
+
+
+def _per_token_array(metadata: Mapping[str, Any], key: str, n: int, dtype: type, default: float) -> np.ndarray:
+    value = metadata.get(key)
+    if value is None:
+        return np.full(n, default, dtype=dtype)
+    array = np.asarray(value)
+    if array.ndim != 1 or array.dtype.kind not in "iuf":
+        raise TokenizerError(f"GGUF metadata key {key!r} must be a numeric array, got {type(value).__name__}; "
+                             f"the file is corrupt: convert it again")
+    if len(array) < n:
+        raise TokenizerError(f"GGUF metadata key {key!r} has {len(array)} entries but {KEY_TOKENS!r} has {n}; "
+                             f"the file is corrupt: convert it again")
+    return array[:n].astype(dtype, copy=False)
+
+
+def _metadata_id(metadata: Mapping[str, Any], key: str, default: int | None, n: int) -> int | None:
+    """A token id from ``key``; like llama.cpp, an out-of-range value is ignored with a warning."""
+    if default is not None and not 0 <= default < n:
+        default = None
+    value = metadata.get(key)
+    if value is None:
+        return default
+    if not 0 <= int(value) < n:
+        log.warning("metadata %s = %s is outside the vocabulary of %d tokens; using %s", key, value, n, default)
+        return default
+    return int(value)
+
+
+class _SpecialMatcher:
+    """Finds the special tokens written in a text (those of one ``parse_special`` mode).
+
+    A regular expression built as a character trie finds the longest special token starting at a
+    position. ``prefixes[t]`` lists (rank, length) of the special tokens that are prefixes of ``t``
+    (``t`` included); ``straddle[t]`` holds the characters ``c`` such that some proper suffix of
+    ``t`` followed by ``c`` begins another special token.
+    """
+
+    def __init__(self, vocab: Vocab, ids: Iterable[int]) -> None:
+        texts = {vocab.tokens[i]: i for i in ids}
+        # llama.cpp's order: longest (in UTF-8 bytes) first; ties by id here.
+        ordered = sorted(texts, key=lambda t: (-len(_bytes_of(t)), texts[t]))
+        self.rank = {t: r for r, t in enumerate(ordered)}
+        self.ids = [texts[t] for t in ordered]
+        self.strip = [vocab.attrs[i] & (Attr.LSTRIP | Attr.RSTRIP) for i in self.ids]
+        self.any_strip = any(self.strip)
+        self.prefixes: dict[str, list[tuple[int, int]]] = {
+            t: [(self.rank[t[:k]], k) for k in range(1, len(t) + 1) if t[:k] in self.rank] for t in ordered
+        }
+        trie = _trie(ordered)
+        self.straddle: dict[str, frozenset[str]] = {}
+        for t in ordered:
+            follow: set[str] = set()
+            for j in range(1, len(t)):
+                node: dict[str, Any] | None = trie
+                for ch in t[j:]:
+                    node = node.get(ch)
+                    if node is None:
+                        break
+                if node is not None:
+                    follow.update(ch for ch in node if ch)
+            if follow:
+                self.straddle[t] = frozenset(follow)
+        pattern = _trie_pattern(trie)
+        self.finditer = re.compile(pattern).finditer
+        self.overlapping = re.compile(f"(?=({pattern}))").finditer
+
+
+def _trie(words: Iterable[str]) -> dict[str, Any]:
+    """Nested dicts keyed by character; the key ``""`` marks the end of a word."""
+    root: dict[str, Any] = {}
+    for w in words:
+        node = root
+        for ch in w:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+    return root
+
+
+def _trie_pattern(node: dict[str, Any]) -> str:
+    """A regex matching the words of a trie, preferring the longest at a position."""
+    branches = [re.escape(ch) + _trie_pattern(child) for ch, child in node.items() if ch]
+    if not branches:
+        return ""
+    body = branches[0] if len(branches) == 1 else "(?:" + "|".join(branches) + ")"
+    if "" in node:  # a word ends here: the longer continuations are optional (greedy)
+        return (body if len(branches) > 1 else f"(?:{body})") + "?"
+    return body
+
+
+class Tokenizer:
+    """Text <-> token ids, built from GGUF metadata; reproduces llama.cpp's tokenization.
+
+    Attributes: ``bos_id``, ``eos_ids`` (end of sequence plus end of turn/message ids), ``pad_id``,
+    ``vocab_size``, ``add_bos``/``add_eos`` (what ``encode(..., add_special_tokens=True)`` adds) and
+    ``special_tokens`` (text -> id of the control and user-defined tokens).
+    """
+
+    model_name: str = ""
+
+    def __init__(self, vocab: Vocab) -> None:
+        self.vocab = vocab
+        self._piece_cache: dict[int, bytes] = {}
+
+    # construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
+        """The tokenizer stored in a GGUF file's metadata."""
+        from ..weights.gguf import read_metadata
+
+        try:
+            return cls.from_gguf_metadata(read_metadata(path))
+        except TokenizerError as e:
+            raise TokenizerError(f"{path}: {e}") from None
+
+    @classmethod
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        """Build from GGUF metadata (key -> value, as ``oxide.weights.gguf.read_metadata`` returns it),
+        choosing the algorithm named by ``tokenizer.ggml.model``."""
+        model = metadata.get(KEY_MODEL)
+        if model not in _MODELS:
+            what = "is missing" if model is None else f"is {model!r}, which is not supported"
+            raise TokenizerError(
+                f"GGUF metadata key {KEY_MODEL!r} {what}; supported tokenizer models: {', '.join(sorted(_MODELS))}. "
+                f"Use a model whose tokenizer is one of these."
+            )
+        module, name = _MODELS[model]
+        impl: type[Tokenizer] = getattr(importlib.import_module(module), name)
+        return impl._from_metadata(metadata)
+
+    @classmethod
+    def _from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+        raise NotImplementedError
+
+    # public attributes ----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        return len(self.vocab.tokens)
+
+    @property
+    def bos_id(self) -> int | None:
+        return self.vocab.bos_id
+
+    @property
+    def pad_id(self) -> int | None:
+        return self.vocab.pad_id
+
+    @property
+    def add_bos(self) -> bool:
+        return self.vocab.add_bos
+
+    @property
+    def add_eos(self) -> bool:
+        return self.vocab.add_eos
+
+    @cached_property
+    def eos_ids(self) -> list[int]:
+        """End of sequence, then end of turn and end of message when the vocabulary has them."""
+        v = self.vocab
+        first = [] if v.eos_id is None else [v.eos_id]
+        return list(dict.fromkeys(first + v.eot_ids + v.eom_ids))
+
+    @cached_property
+    def special_tokens(self) -> dict[str, int]:
+        """Text -> id of every control and user-defined token."""
+        mask = Attr.CONTROL | Attr.USER_DEFINED
+        return {self.vocab.tokens[i]: i for i, a in enumerate(self.vocab.attrs) if a & mask}
+
+    # encoding -------------------------------------------------------------------------------
+    def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
+        """Token ids of ``text``.
+
+        ``add_special_tokens``: prepend BOS / append EOS as ``tokenizer.ggml.add_bos_token`` /
+        ``add_eos_token`` say. ``parse_special``: control tokens written in the text (``<start_of_turn>``)
+        become their ids; user-defined tokens are always recognised, as in llama.cpp.
+        """
+        ids = self._encode_parts(self._partition(text, parse_special))
+        if add_special_tokens:
+            if self.vocab.add_bos:
+                ids.insert(0, self.vocab.bos_id)
+            if self.vocab.add_eos:
+                ids.append(self.vocab.eos_id)
+        return ids
+
+    def _encode_parts(self, parts: list[str | int]) -> list[int]:
+        """Ids of a partitioned text: ``str`` parts go through the model's algorithm, ``int`` parts are ids."""
+        raise NotImplementedError
+
+    @cached_property
+    def _matchers(self) -> dict[bool, _SpecialMatcher | None]:
+        attrs = self.vocab.attrs
+        every = [i for i, a in enumerate(attrs) if a & _CUT_OUT]
+        user = [i for i in every if not attrs[i] & _SPECIAL]
+        return {True: _SpecialMatcher(self.vocab, every) if every else None,
+                False: _SpecialMatcher(self.vocab, user) if user else None}
+
+    def _partition(self, text: str, parse_special: bool) -> list[str | int]:
+        """Split ``text`` into raw-text parts and special-token ids (llama.cpp's ``tokenizer_st_partition``).
+
+        llama.cpp takes the special tokens longest first, each claiming its leftmost occurrences that
+        do not overlap text already claimed. Scanning left to right for the longest token at each
+        position gives the same parts unless an occurrence starts inside a match and ends after it
+        (or a token strips whitespace); only then is llama.cpp's order simulated (:meth:`_claim`).
+        """
+        matcher = self._matchers[parse_special]
+        if not text:
+            return []
+        if matcher is None:
+            return [text]
+        matches = [(m.start(), m.end(), m.group()) for m in matcher.finditer(text)]
+        if not matches:
+            return [text]
+        n = len(text)
+        if matcher.any_strip or any(end < n and text[end] in matcher.straddle.get(t, ()) for _, end, t in matches):
+            return self._claim(text, matcher)
+        parts: list[str | int] = []
+        last = 0
+        for start, end, t in matches:
+            if start > last:
+                parts.append(text[last:start])
+            parts.append(matcher.ids[matcher.rank[t]])
+            last = end
+        if last < n:
+            parts.append(text[last:])
+        return parts
+
+    @staticmethod
+    def _claim(text: str, matcher: _SpecialMatcher) -> list[str | int]:
+        """llama.cpp's partition order, simulated over every occurrence of every special token."""
+        found = sorted(hit for m in matcher.overlapping(text) for hit in
+                       ((rank, m.start(), k) for rank, k in matcher.prefixes[m.group(1)]))
+        n = len(text)
+        state = bytearray(n)  # 0: free text, 1: part of a special token, 2: whitespace stripped
+        taken: list[tuple[int, int, int]] = []
+        for rank, pos, k in found:
+            if state.count(0, pos, pos + k) != k:
+                continue
+            state[pos:pos + k] = b"\x01" * k
+            taken.append((pos, k, matcher.ids[rank]))
+            strip = matcher.strip[rank]
+            if strip & Attr.LSTRIP:
+                i = pos - 1
+                while i >= 0 and state[i] == 0 and text[i] in _ASCII_SPACE:
+                    state[i] = 2
+                    i -= 1
+            if strip & Attr.RSTRIP:
+                i = pos + k
+                while i < n and state[i] == 0 and text[i] in _ASCII_SPACE:
+                    state[i] = 2
+                    i += 1
+        parts: list[str | int] = []
+        end = 0
+        for pos, k, token_id in sorted(taken):
+            start, stop = end, pos
+            while start < stop and state[start] == 2:
+                start += 1
+            while stop > start and state[stop - 1] == 2:
+                stop -= 1
+            if start < stop:
+                parts.append(text[start:stop])
+            parts.append(token_id)
+            end = pos + k
+        while end < n and state[end] == 2:
+            end += 1
+        if end < n:
+            parts.append(text[end:])
+        return parts
+
+    # decoding -------------------------------------------------------------------------------
+    def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; control tokens appear as their text unless ``skip_special_tokens``.
+
+        Equals llama.cpp's ``llama_detokenize(remove_special=skip, unparse_special=not skip)``
+        decoded as UTF-8 with U+FFFD for invalid bytes.
+        """
+        ids = [int(i) for i in ids]
+        for i in ids:
+            self.vocab.check_id(i)
+        stop = len(ids)
+        if skip_special_tokens and self.vocab.add_eos and stop and ids[-1] == self.vocab.eos_id:
+            stop -= 1
+        render = PieceRenderer(self, skip_special_tokens)
+        return b"".join([render(i) for i in ids[:stop]]).decode("utf-8", "replace")
+
+    def token_to_piece(self, id: int) -> str:  # noqa: A002 - the contract's name
+        """The text of one token as decoding renders it with special tokens shown (control tokens as
+        their text; a byte token that is not a whole character becomes U+FFFD)."""
+        self.vocab.check_id(id)
+        return self.token_bytes(id).decode("utf-8", "replace")
+
+    def token_bytes(self, token_id: int, special: bool = True) -> bytes:
+        """The bytes one token contributes to decoded text (llama.cpp's ``token_to_piece``, no lstrip)."""
+        attr = self.vocab.attrs[token_id]
+        if attr & _SPECIAL and not special:
+            return b""
+        piece = self._piece_cache.get(token_id)
+        if piece is None:
+            text = self.vocab.tokens[token_id]
+            if attr & (_SPECIAL | Attr.USER_DEFINED):
+                piece = _bytes_of(text)
+            elif attr & Attr.NORMAL:
+                piece = self._normal_piece(text)
+            elif attr & Attr.BYTE:
+                piece = bytes([int(text[3:5], 16)])
+            else:  # unused or undefined tokens render as nothing
+                piece = b""
+            self._piece_cache[token_id] = piece
+        return piece
+
+    def _normal_piece(self, text: str) -> bytes:
+        """Bytes of a normal token's text (the model's escaping undone)."""
+        raise NotImplementedError
+
+
+class PieceRenderer:
+    """Renders ids one at a time as :meth:`Tokenizer.decode` does (the per-token part of llama.cpp's
+    ``llama_detokenize``): skips a leading BOS when skipping special tokens, and removes one leading
+    space from the first piece when the vocabulary adds a space prefix."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool) -> None:
+        self._tok = tokenizer
+        self._special = not skip_special_tokens
+        self._first = True
+        self._remove_space = tokenizer.vocab.add_space_prefix
+
+    def __call__(self, token_id: int) -> bytes:
+        vocab = self._tok.vocab
+        if self._first:
+            self._first = False
+            if not self._special and vocab.add_bos and token_id == vocab.bos_id:
+                self._remove_space = False
+                return b""
+        piece = self._tok.token_bytes(token_id, self._special)
+        if self._remove_space:
+            self._remove_space = False
+            if piece[:1] == b" ":
+                piece = piece[1:]
+        return piece

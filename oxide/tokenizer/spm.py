@@ -1,0 +1,165 @@
+"""SentencePiece vocabularies (``tokenizer.ggml.model == "llama"``: Llama 1/2, Gemma, Phi-3, ...),
+tokenized as llama.cpp's ``llm_tokenizer_spm`` does.
+
+For each raw-text part (special tokens are already cut out by :meth:`Tokenizer._partition`):
+
+1. A space is prepended when ``tokenizer.ggml.add_space_prefix`` is true (the default) and the part
+   starts the text or follows a special token; every ``" "`` becomes ``"▁"`` (U+2581).
+2. The part is split into characters. The adjacent pair whose concatenation is a vocabulary token
+   with the highest score is merged (ties: the leftmost pair), again and again until no adjacent
+   pair forms a token: a heap of candidate pairs over a linked list of symbols, entries made stale
+   by an earlier merge being skipped when popped.
+3. Each remaining symbol is its token; a character outside the vocabulary becomes its UTF-8 bytes
+   as ``<0xXX>`` tokens (or ``<unk>`` when the vocabulary has no byte tokens).
+
+Merges cannot cross a position just before a ``"▁"`` unless some token has ``"▁"`` after its first
+character preceded by the same text, so the part is cut into words there and each word's ids are
+cached: the result is identical to merging the whole part at once.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from functools import cached_property
+from heapq import heapify, heappop, heappush
+from typing import Any
+
+from ..errors import TokenizerError
+from .base import Tokenizer, Vocab
+
+SPACE = "▁"  # U+2581, SentencePiece's visible space
+_PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at a ▁ (or at the text start)
+
+
+class SPMTokenizer(Tokenizer):
+    """SentencePiece tokenizer over a GGUF ``llama`` vocabulary (see the module docstring)."""
+
+    model_name = "llama"
+    _CACHE_MAX_WORD = 64  # longer words are merged every time
+    _CACHE_MAX_ENTRIES = 1 << 17  # the cache is emptied when it grows past this
+
+    def __init__(self, vocab: Vocab) -> None:
+        super().__init__(vocab)
+        self._cache: dict[str, list[int]] = {}
+        get = vocab.token_to_id.get
+        # byte -> id: the <0xXX> token, else llama.cpp's fallback to the one-byte text itself (a byte
+        # >= 0x80 alone is not UTF-8; such texts are read with surrogateescape).
+        self._byte_ids: list[int | None] = [
+            get(f"<0x{b:02X}>", get(chr(b) if b < 0x80 else chr(0xDC00 + b))) for b in range(256)
+        ]
+
+    @classmethod
+    def _from_metadata(cls, metadata: Mapping[str, Any]) -> SPMTokenizer:
+        vocab = Vocab(metadata, defaults={"bos": 1, "eos": 2, "unk": 0, "pad": None},
+                      add_bos=True, add_eos=False, add_space_prefix=True)
+        return cls(vocab)
+
+    @cached_property
+    def _glue(self) -> tuple[frozenset[str], tuple[int, ...]]:
+        """Texts that, ending a word, may merge with the next ``"▁"``: every ``t[:k]`` with ``t[k] == "▁"``,
+        ``k > 0``, over the vocabulary (and their lengths)."""
+        glue = set()
+        for t in self.vocab.tokens:
+            k = t.find(SPACE, 1)
+            while k > 0:
+                glue.add(t[:k])
+                k = t.find(SPACE, k + 1)
+        return frozenset(glue), tuple(sorted({len(g) for g in glue}))
+
+    def _encode_parts(self, parts: list[str | int]) -> list[int]:
+        out: list[int] = []
+        cache = self._cache
+        after_special = True  # the first part counts as following a special token
+        for part in parts:
+            if isinstance(part, int):
+                out.append(part)
+                after_special = True
+                continue
+            if after_special and self.vocab.add_space_prefix:
+                part = " " + part
+            after_special = False
+            for word in self._words(part.replace(" ", SPACE)):
+                ids = cache.get(word)
+                if ids is None:
+                    ids = self._merge(word)
+                    if len(word) <= self._CACHE_MAX_WORD:
+                        if len(cache) >= self._CACHE_MAX_ENTRIES:
+                            cache.clear()
+                        cache[word] = ids
+                out.extend(ids)
+        return out
+
+    def _words(self, text: str) -> list[str]:
+        """``text`` cut before each ``"▁"`` where no vocabulary token can span the cut."""
+        pieces = _PIECES.findall(text)
+        glue, lengths = self._glue
+        if not glue:
+            return pieces
+        words = []
+        word = pieces[0]
+        for piece in pieces[1:]:
+            if any(word[-k:] in glue for k in lengths):
+                word += piece
+            else:
+                words.append(word)
+                word = piece
+        words.append(word)
+        return words
+
+    def _merge(self, word: str) -> list[int]:
+        """Ids of one word by greedy highest-score merging (llama.cpp's ``llm_tokenizer_spm_session``)."""
+        get = self.vocab.token_to_id.get
+        n = len(word)
+        if n == 1:
+            token = get(word)
+            return [token] if token is not None else self._fallback(word)
+        scores = self.vocab.scores
+        # Symbols are runs word[i:end[i]] named by their first index i; end[i] == 0 once merged away.
+        end = list(range(1, n + 1))
+        prev = list(range(-1, n - 1))
+        # Candidate pairs: (-score, left, right, length of left+right when pushed).
+        heap = [(-scores[t], i, i + 1, 2) for i in range(n - 1) if (t := get(word[i:i + 2])) is not None]
+        heapify(heap)
+        while heap:
+            _, left, right, size = heappop(heap)
+            left_end, right_end = end[left], end[right]
+            if left_end == 0 or right_end == 0 or (left_end - left) + (right_end - right) != size:
+                continue  # one side was merged into something else since this pair was pushed
+            end[left] = right_end
+            end[right] = 0
+            if right_end < n:
+                prev[right_end] = left
+            before = prev[left]
+            if before >= 0 and (t := get(word[before:right_end])) is not None:
+                heappush(heap, (-scores[t], before, left, right_end - before))
+            if right_end < n:
+                after_end = end[right_end]
+                if (t := get(word[left:after_end])) is not None:
+                    heappush(heap, (-scores[t], left, right_end, after_end - left))
+        out: list[int] = []
+        i = 0
+        while i < n:
+            j = end[i]
+            token = get(word[i:j])
+            if token is not None:
+                out.append(token)
+            else:  # only single characters can be missing: merged symbols are tokens
+                out.extend(self._fallback(word[i:j]))
+            i = j
+        return out
+
+    def _fallback(self, char: str) -> list[int]:
+        """A character outside the vocabulary: its UTF-8 bytes as byte tokens, else ``<unk>``."""
+        ids = [self._byte_ids[b] for b in char.encode("utf-8", "surrogatepass")]
+        if None in ids:
+            if self.vocab.unk_id is None:
+                raise TokenizerError(
+                    f"character {char!r} is not in the vocabulary, which has neither byte tokens <0xXX> "
+                    f"nor an unknown token (tokenizer.ggml.unknown_token_id); remove it from the text"
+                )
+            return [self.vocab.unk_id]
+        return ids  # type: ignore[return-value]
+
+    def _normal_piece(self, text: str) -> bytes:
+        return text.replace(SPACE, " ").encode("utf-8", "surrogateescape")

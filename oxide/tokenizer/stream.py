@@ -1,0 +1,34 @@
+"""Streaming detokenization: text pieces as ids arrive, never splitting a UTF-8 character.
+
+Each id is rendered to bytes exactly as :meth:`Tokenizer.decode` renders it (same first-token and
+special-token rules, through :class:`~oxide.tokenizer.base.PieceRenderer`), and the bytes go through
+an incremental UTF-8 decoder that holds back an incomplete trailing sequence until the next bytes
+complete it; invalid sequences become U+FFFD as in ``decode``. Hence, for any ids,
+``"".join(d.push(i) for i in ids) + d.flush() == tokenizer.decode(ids, skip_special_tokens)``
+(when skipping special tokens, up to a trailing EOS of a vocabulary that adds EOS and does not mark
+it as a control token, which ``decode`` drops and a stream cannot know to be last).
+"""
+
+from __future__ import annotations
+
+import codecs
+
+from .base import PieceRenderer, Tokenizer
+
+
+class StreamDecoder:
+    """Feed ids one at a time with :meth:`push`; call :meth:`flush` at the end."""
+
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+        self._tokenizer = tokenizer
+        self._render = PieceRenderer(tokenizer, skip_special_tokens)
+        self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, id: int) -> str:  # noqa: A002 - the contract's name
+        """The text completed by this token (``""`` while a character is still incomplete)."""
+        self._tokenizer.vocab.check_id(id)
+        return self._utf8.decode(self._render(id))
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character comes out as U+FFFD)."""
+        return self._utf8.decode(b"", final=True)

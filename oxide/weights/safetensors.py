@@ -1,0 +1,65 @@
+"""Listing and memory-mapped reading of Hugging Face safetensors checkpoints.
+
+A directory holds either one ``model.safetensors`` or shards listed by
+``model.safetensors.index.json`` (``weight_map``: tensor name -> shard file).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from ..errors import ModelFormatError
+
+INDEX_FILE = "model.safetensors.index.json"
+SINGLE_FILE = "model.safetensors"
+
+
+def shard_map(directory: Path) -> dict[str, Path]:
+    """Tensor name -> the file holding it."""
+    index = directory / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, ValueError, KeyError) as e:
+            raise ModelFormatError(f"{index}: unreadable shard index ({e}); re-download the model") from None
+        missing = sorted({f for f in weight_map.values() if not (directory / f).exists()})
+        if missing:
+            raise ModelFormatError(f"{index}: lists shards that are missing: {', '.join(missing)}; download them")
+        return {name: directory / f for name, f in weight_map.items()}
+    single = directory / SINGLE_FILE
+    if not single.exists():
+        raise ModelFormatError(f"{directory}: no {SINGLE_FILE} or {INDEX_FILE}; oxide reads safetensors checkpoints")
+    return {name: single for name in _keys(single)}
+
+
+def _keys(path: Path) -> list[str]:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return list(f.keys())
+    except Exception as e:  # safetensors raises its own error types for corrupt headers
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({e}); re-download it") from None
+
+
+class SafetensorsReader:
+    """Reads tensors by name across shards, keeping each shard open (memory-mapped) once."""
+
+    def __init__(self, directory: Path) -> None:
+        self.files = shard_map(directory)
+        self._open: dict[Path, object] = {}
+
+    def names(self) -> list[str]:
+        return list(self.files)
+
+    def get(self, name: str) -> torch.Tensor:
+        path = self.files[name]
+        handle = self._open.get(path)
+        if handle is None:
+            handle = self._open[path] = safe_open(str(path), framework="pt")
+        try:
+            return handle.get_tensor(name)
+        except Exception as e:
+            raise ModelFormatError(f"{path}: tensor {name!r} cannot be read ({e}); the file is corrupt") from None

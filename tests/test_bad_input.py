@@ -1,0 +1,184 @@
+"""The bad-input catalogue: every case is a typed OxideError naming the file, key or value at fault."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+
+import oxide
+from oxide.errors import (
+    ContextOverflowError,
+    InvalidOptionError,
+    ModelFormatError,
+    ModelNotFoundError,
+    OxideError,
+    TokenizerError,
+    UnsupportedArchitecture,
+    UnsupportedQuantType,
+)
+from oxide.registry import supported_names
+
+RNG = np.random.default_rng(1234)
+
+
+def write_tiny_llama(path: Path, *, arch: str = "llama", q_rows: int = 32,
+                     attn_q_type: gguf.GGMLQuantizationType | None = None) -> Path:
+    """A one-block Llama-shaped GGUF with random F32 weights (hidden 32, 2 heads, vocab 16)."""
+    hidden, ffn, vocab = 32, 64, 16
+    w = gguf.GGUFWriter(str(path), arch)
+    w.add_context_length(64)
+    w.add_embedding_length(hidden)
+    w.add_block_count(1)
+    w.add_feed_forward_length(ffn)
+    w.add_head_count(2)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("llama")
+    w.add_token_list([f"t{i}" for i in range(vocab)])
+    w.add_token_scores([0.0] * vocab)
+    w.add_token_types([1] * vocab)
+
+    def add(name: str, *shape: int) -> None:
+        w.add_tensor(name, RNG.standard_normal(shape).astype(np.float32))
+
+    add("token_embd.weight", vocab, hidden)
+    add("output_norm.weight", hidden)
+    add("blk.0.attn_norm.weight", hidden)
+    if attn_q_type is None:
+        add("blk.0.attn_q.weight", q_rows, hidden)
+    else:
+        block, size = gguf.GGML_QUANT_SIZES[attn_q_type]
+        raw = RNG.integers(0, 256, size=(q_rows, hidden // block * size), dtype=np.uint8)
+        w.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=attn_q_type)
+    add("blk.0.attn_k.weight", hidden, hidden)
+    add("blk.0.attn_v.weight", hidden, hidden)
+    add("blk.0.attn_output.weight", hidden, hidden)
+    add("blk.0.ffn_norm.weight", hidden)
+    add("blk.0.ffn_gate.weight", ffn, hidden)
+    add("blk.0.ffn_up.weight", ffn, hidden)
+    add("blk.0.ffn_down.weight", hidden, ffn)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_tiny_file_loads(tmp_path: Path) -> None:
+    """The fixture itself is valid, so the failures below are due to the one defect each introduces."""
+    model = oxide.load(write_tiny_llama(tmp_path / "ok.gguf"), device="cpu")
+    logits = model.logits([1, 2, 3])
+    assert logits.shape == (3, 16) and logits.isfinite().all()
+
+
+def test_missing_path(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError, match="nope.gguf"):
+        oxide.load(tmp_path / "nope.gguf")
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(ModelFormatError, match=r"empty\.gguf.*empty"):
+        oxide.load(tmp_path / "empty.gguf")
+
+
+def test_wrong_magic(tmp_path: Path) -> None:
+    (tmp_path / "bad.gguf").write_bytes(b"GGML" + bytes(100))
+    with pytest.raises(ModelFormatError, match=r"bad\.gguf.*not a GGUF file"):
+        oxide.load(tmp_path / "bad.gguf")
+
+
+@pytest.mark.parametrize("keep", [6, 20, 90, 300, 700])   # inside the counts, keys, token list, tensor infos
+def test_truncated_header(tmp_path: Path, keep: int) -> None:
+    whole = write_tiny_llama(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:keep])
+    with pytest.raises(ModelFormatError, match=r"cut\.gguf.*truncated"):
+        oxide.load(cut)
+
+
+def test_truncated_tensor_data(tmp_path: Path) -> None:
+    whole = write_tiny_llama(tmp_path / "whole.gguf").read_bytes()
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(whole[:-1000])
+    with pytest.raises(ModelFormatError, match=r"cut\.gguf: tensor '.*' data ends at byte .* truncated"):
+        oxide.load(cut)
+
+
+def test_truncated_real_model(gemma_path: Path, tmp_path: Path) -> None:
+    """Cut inside the 262,144-token vocabulary and inside the tensor data of the real file."""
+    for size, what in ((3_000_000, "truncated GGUF header"), (150_000_000, "truncated")):
+        cut = tmp_path / "gemma-cut.gguf"
+        with open(gemma_path, "rb") as src:
+            cut.write_bytes(src.read(size))
+        with pytest.raises(ModelFormatError, match=what):
+            oxide.load(cut)
+
+
+def test_unknown_architecture(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "alien.gguf", arch="alien")
+    with pytest.raises(UnsupportedArchitecture) as info:
+        oxide.load(path)
+    message = str(info.value)
+    assert "'alien'" in message and "alien.gguf" in message
+    for name in supported_names():
+        assert name in message
+
+
+def test_unsupported_tensor_type(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "iq.gguf", attn_q_type=gguf.GGMLQuantizationType.Q8_1)
+    with pytest.raises(UnsupportedQuantType, match=r"blk\.0\.attn_q\.weight.*IQ2_XXS"):
+        oxide.load(path)
+
+
+def test_shape_inconsistent_with_metadata(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "shape.gguf", q_rows=48)
+    with pytest.raises(ModelFormatError, match=r"blk\.0\.attn_q\.weight.*\(48, 32\).*\(32, 32\)"):
+        oxide.load(path)
+
+
+@pytest.mark.parametrize("content, what", [(None, "missing"), (b"{not json", "invalid JSON"),
+                                           (b"\xff\xfe\x00", "cannot be read"), (b"[1, 2]", "JSON object")])
+def test_unreadable_config_json(tmp_path: Path, content: bytes | None, what: str) -> None:
+    if content is not None:
+        (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(ModelFormatError, match=rf"config\.json.*{what}"):
+        oxide.load(tmp_path)
+
+
+def test_invalid_sampling_options() -> None:
+    with pytest.raises(InvalidOptionError, match="temperature") as info:
+        oxide.SamplingOptions(temperature=-1)
+    assert isinstance(info.value, ValueError)
+
+
+def test_prompt_longer_than_context(tmp_path: Path) -> None:
+    model = oxide.load(write_tiny_llama(tmp_path / "ok.gguf"), device="cpu", n_ctx=8)
+    with pytest.raises(ContextOverflowError, match="context"):
+        model.generate(list(range(1, 12)), max_new_tokens=1)
+    with pytest.raises(ContextOverflowError):
+        model.logits(list(range(12)))
+
+
+@pytest.mark.parametrize("bad", [16, 1000, -1])
+def test_token_id_out_of_range(tmp_path: Path, bad: int) -> None:
+    model = oxide.load(write_tiny_llama(tmp_path / "ok.gguf"), device="cpu")
+    with pytest.raises(TokenizerError, match=rf"token id {bad} .*vocabulary of 16"):
+        model.logits([1, bad])
+    with pytest.raises(TokenizerError, match=str(bad)):
+        model.generate([1, bad], max_new_tokens=1)
+
+
+@pytest.mark.parametrize("kwargs", [{"device": "tpu"}, {"dtype": "int3"}, {"n_ctx": 0}])
+def test_bad_load_options(tmp_path: Path, kwargs: dict) -> None:
+    with pytest.raises(InvalidOptionError):
+        oxide.load(write_tiny_llama(tmp_path / "ok.gguf"), **kwargs)
+
+
+def test_errors_share_one_base() -> None:
+    for cls in (ModelFormatError, UnsupportedArchitecture, UnsupportedQuantType, TokenizerError,
+                ContextOverflowError, InvalidOptionError):
+        assert issubclass(cls, OxideError)
