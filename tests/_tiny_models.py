@@ -30,7 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import gguf
-import numpy as np
 import torch
 from transformers import (
     Gemma3ForCausalLM,
@@ -172,6 +171,18 @@ def permute_rows(w: torch.Tensor, n_heads: int) -> torch.Tensor:
     return w.reshape(n_heads, 2, w.shape[0] // n_heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
+def rope_bases(config) -> tuple[float, float | None]:
+    """(RoPE base of full-attention layers, of sliding layers or None), from transformers >= 5
+    ``rope_parameters`` (per layer type or flat) or the older ``rope_theta`` / ``rope_local_base_freq``."""
+    params = getattr(config, "rope_parameters", None)
+    if params:
+        sliding = params.get("sliding_attention")
+        return float(params.get("full_attention", params)["rope_theta"]), (
+            None if sliding is None else float(sliding["rope_theta"]))
+    local = getattr(config, "rope_local_base_freq", None)
+    return float(config.rope_theta), None if local is None else float(local)
+
+
 def _write_hparams(writer: gguf.GGUFWriter, config, conv: _Conversion) -> None:
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
@@ -179,10 +190,10 @@ def _write_hparams(writer: gguf.GGUFWriter, config, conv: _Conversion) -> None:
     writer.add_feed_forward_length(config.intermediate_size)
     writer.add_head_count(config.num_attention_heads)
     writer.add_head_count_kv(config.num_key_value_heads)
-    rope = config.rope_parameters
-    writer.add_rope_freq_base(rope.get("full_attention", rope)["rope_theta"])
-    if "sliding_attention" in rope:
-        writer.add_rope_freq_base_swa(rope["sliding_attention"]["rope_theta"])
+    full_base, sliding_base = rope_bases(config)
+    writer.add_rope_freq_base(full_base)
+    if sliding_base is not None:
+        writer.add_rope_freq_base_swa(sliding_base)
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     head_dim = getattr(config, "head_dim", None)
     if head_dim is not None:

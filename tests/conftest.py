@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 
-def test_cache_dir() -> Path:
+def oxide_test_cache() -> Path:
     """``$OXIDE_TEST_CACHE`` or ``~/.cache/oxide-tests``: reference tensors and downloads live here."""
     path = Path(os.environ.get("OXIDE_TEST_CACHE", Path.home() / ".cache" / "oxide-tests"))
     path.mkdir(parents=True, exist_ok=True)

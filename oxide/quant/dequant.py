@@ -97,8 +97,11 @@ def _u32_bits(field: Tensor) -> Tensor:
 
 
 def _lookup(table: tuple[int, ...], idx: Tensor) -> Tensor:
-    """``table[idx]`` as float32 for integer indices."""
-    return _const(table, torch.float32, idx.device)[idx.long()]
+    """``table[idx]`` as float32 for integer indices ``(n, ...)`` (a row-wise gather, the
+    fastest table lookup in PyTorch on CPU)."""
+    n = idx.shape[0]
+    values = _const(table, torch.float32, idx.device).expand(n, len(table))  # (n, len(table))
+    return torch.gather(values, 1, idx.reshape(n, -1).long()).view(idx.shape)
 
 
 def _deq_f32(blocks: Tensor, out: Tensor) -> None:

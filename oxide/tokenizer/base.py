@@ -26,7 +26,7 @@ import importlib
 import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from enum import IntEnum, IntFlag
+from enum import IntEnum
 from functools import cached_property
 from typing import Any
 
@@ -63,8 +63,8 @@ class TokenType(IntEnum):
     BYTE = 6
 
 
-class Attr(IntFlag):
-    """Per-token attribute bits (llama.cpp's ``llama_token_attr``)."""
+class Attr:
+    """Per-token attribute bits (llama.cpp's ``llama_token_attr``), as plain ints for speed."""
 
     UNDEFINED = 0
     UNKNOWN = 1 << 0
@@ -173,6 +173,7 @@ class Vocab:
         roles = self._detect_roles(metadata, attrs, n)
         self._force_attrs(attrs)
         self._name_rules(metadata, attrs)
+        self.attr_array: np.ndarray = attrs  # (n,) int32
         self.attrs: list[int] = attrs.tolist()
 
         self.bos_id: int | None = ids["bos"]
@@ -222,7 +223,7 @@ class Vocab:
         """Whitespace-stripping rules llama.cpp keys on the model name (only Phi-3 for these vocabularies)."""
         name = str(metadata.get("general.name", "")).lower()
         if "phi-3" in name or "phi3" in name:
-            attrs[(attrs & int(_CUT_OUT)) != 0] |= int(Attr.RSTRIP)
+            attrs[(attrs & _CUT_OUT) != 0] |= Attr.RSTRIP
             for text, strip in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
                 i = self.token_to_id.get(text)
                 if i is not None:
@@ -274,39 +275,47 @@ class _SpecialMatcher:
     """Finds the special tokens written in a text (those of one ``parse_special`` mode).
 
     A regular expression built as a character trie finds the longest special token starting at a
-    position. ``prefixes[t]`` lists (rank, length) of the special tokens that are prefixes of ``t``
-    (``t`` included); ``straddle[t]`` holds the characters ``c`` such that some proper suffix of
-    ``t`` followed by ``c`` begins another special token.
+    position; ``rank`` is llama.cpp's processing order (longest in UTF-8 bytes first; ties by id here).
     """
 
-    def __init__(self, vocab: Vocab, ids: Iterable[int]) -> None:
-        texts = {vocab.tokens[i]: i for i in ids}
-        # llama.cpp's order: longest (in UTF-8 bytes) first; ties by id here.
+    def __init__(self, vocab: Vocab, ids: np.ndarray) -> None:
+        texts = {vocab.tokens[i]: i for i in ids.tolist()}
         ordered = sorted(texts, key=lambda t: (-len(_bytes_of(t)), texts[t]))
         self.rank = {t: r for r, t in enumerate(ordered)}
         self.ids = [texts[t] for t in ordered]
         self.strip = [vocab.attrs[i] & (Attr.LSTRIP | Attr.RSTRIP) for i in self.ids]
         self.any_strip = any(self.strip)
-        self.prefixes: dict[str, list[tuple[int, int]]] = {
-            t: [(self.rank[t[:k]], k) for k in range(1, len(t) + 1) if t[:k] in self.rank] for t in ordered
-        }
-        trie = _trie(ordered)
-        self.straddle: dict[str, frozenset[str]] = {}
-        for t in ordered:
+        self.max_len = max(map(len, ordered))
+        self._trie = _trie(ordered)
+        pattern = _trie_pattern(self._trie)
+        self.finditer = re.compile(pattern).finditer
+        self.overlapping = re.compile(f"(?=({pattern}))").finditer
+        self._prefixes: dict[str, list[tuple[int, int]]] = {}
+        self._straddle: dict[str, frozenset[str]] = {}
+
+    def prefixes(self, t: str) -> list[tuple[int, int]]:
+        """(rank, length) of the special tokens that are prefixes of ``t`` (``t`` included)."""
+        found = self._prefixes.get(t)
+        if found is None:
+            found = [(self.rank[t[:k]], k) for k in range(1, len(t) + 1) if t[:k] in self.rank]
+            self._prefixes[t] = found
+        return found
+
+    def straddle(self, t: str) -> frozenset[str]:
+        """Characters ``c`` such that a proper suffix of ``t`` followed by ``c`` begins a special token."""
+        found = self._straddle.get(t)
+        if found is None:
             follow: set[str] = set()
             for j in range(1, len(t)):
-                node: dict[str, Any] | None = trie
+                node: dict[str, Any] | None = self._trie
                 for ch in t[j:]:
                     node = node.get(ch)
                     if node is None:
                         break
                 if node is not None:
                     follow.update(ch for ch in node if ch)
-            if follow:
-                self.straddle[t] = frozenset(follow)
-        pattern = _trie_pattern(trie)
-        self.finditer = re.compile(pattern).finditer
-        self.overlapping = re.compile(f"(?=({pattern}))").finditer
+            found = self._straddle[t] = frozenset(follow)
+        return found
 
 
 def _trie(words: Iterable[str]) -> dict[str, Any]:
@@ -343,7 +352,8 @@ class Tokenizer:
 
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
-        self._piece_cache: dict[int, bytes] = {}
+        self._pieces: dict[bool, dict[int, bytes]] = {True: {}, False: {}}  # special -> id -> bytes
+        self._matchers: dict[bool, _SpecialMatcher | None] = {}
 
     # construction ---------------------------------------------------------------------------
     @classmethod
@@ -406,8 +416,8 @@ class Tokenizer:
     @cached_property
     def special_tokens(self) -> dict[str, int]:
         """Text -> id of every control and user-defined token."""
-        mask = Attr.CONTROL | Attr.USER_DEFINED
-        return {self.vocab.tokens[i]: i for i, a in enumerate(self.vocab.attrs) if a & mask}
+        ids = np.flatnonzero(self.vocab.attr_array & (Attr.CONTROL | Attr.USER_DEFINED)).tolist()
+        return {self.vocab.tokens[i]: i for i in ids}
 
     # encoding -------------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
@@ -429,23 +439,27 @@ class Tokenizer:
         """Ids of a partitioned text: ``str`` parts go through the model's algorithm, ``int`` parts are ids."""
         raise NotImplementedError
 
-    @cached_property
-    def _matchers(self) -> dict[bool, _SpecialMatcher | None]:
-        attrs = self.vocab.attrs
-        every = [i for i, a in enumerate(attrs) if a & _CUT_OUT]
-        user = [i for i in every if not attrs[i] & _SPECIAL]
-        return {True: _SpecialMatcher(self.vocab, every) if every else None,
-                False: _SpecialMatcher(self.vocab, user) if user else None}
+    def _matcher(self, parse_special: bool) -> _SpecialMatcher | None:
+        """The special-token finder of one mode, built on first use."""
+        if parse_special not in self._matchers:
+            attrs = self.vocab.attr_array
+            wanted = (attrs & _CUT_OUT) != 0
+            if not parse_special:
+                wanted &= (attrs & _SPECIAL) == 0
+            ids = np.flatnonzero(wanted)
+            self._matchers[parse_special] = _SpecialMatcher(self.vocab, ids) if len(ids) else None
+        return self._matchers[parse_special]
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
         """Split ``text`` into raw-text parts and special-token ids (llama.cpp's ``tokenizer_st_partition``).
 
         llama.cpp takes the special tokens longest first, each claiming its leftmost occurrences that
         do not overlap text already claimed. Scanning left to right for the longest token at each
-        position gives the same parts unless an occurrence starts inside a match and ends after it
-        (or a token strips whitespace); only then is llama.cpp's order simulated (:meth:`_claim`).
+        position gives the same parts, except near a match that an occurrence of another token may
+        start inside and end after, or when tokens strip whitespace: there llama.cpp's order is
+        simulated (:meth:`_claim`) over a window that no occurrence crosses.
         """
-        matcher = self._matchers[parse_special]
+        matcher = self._matcher(parse_special)
         if not text:
             return []
         if matcher is None:
@@ -453,25 +467,45 @@ class Tokenizer:
         matches = [(m.start(), m.end(), m.group()) for m in matcher.finditer(text)]
         if not matches:
             return [text]
-        n = len(text)
-        if matcher.any_strip or any(end < n and text[end] in matcher.straddle.get(t, ()) for _, end, t in matches):
+        if matcher.any_strip:
             return self._claim(text, matcher)
+        n = len(text)
+
+        def straddles(end: int, t: str) -> bool:
+            return end < n and text[end] in matcher.straddle(t)
+
         parts: list[str | int] = []
-        last = 0
-        for start, end, t in matches:
-            if start > last:
-                parts.append(text[last:start])
-            parts.append(matcher.ids[matcher.rank[t]])
-            last = end
-        if last < n:
-            parts.append(text[last:])
+        last = i = 0
+        while i < len(matches):
+            start, end, t = matches[i]
+            _add_text(parts, text[last:start])
+            if not straddles(end, t):
+                parts.append(matcher.ids[matcher.rank[t]])
+                last, i = end, i + 1
+                continue
+            # Occurrences starting inside a match end before its end + max_len; widen the window
+            # until no occurrence starting inside it can reach past it.
+            stop = end - 1 + matcher.max_len
+            i += 1
+            while i < len(matches) and matches[i][0] < stop:
+                _, end, t = matches[i]
+                stop = max(stop, end - 1 + matcher.max_len if straddles(end, t) else end)
+                i += 1
+            stop = min(stop, n)
+            for part in self._claim(text[start:stop], matcher):
+                if isinstance(part, str):
+                    _add_text(parts, part)
+                else:
+                    parts.append(part)
+            last = stop
+        _add_text(parts, text[last:])
         return parts
 
     @staticmethod
     def _claim(text: str, matcher: _SpecialMatcher) -> list[str | int]:
         """llama.cpp's partition order, simulated over every occurrence of every special token."""
         found = sorted(hit for m in matcher.overlapping(text) for hit in
-                       ((rank, m.start(), k) for rank, k in matcher.prefixes[m.group(1)]))
+                       ((rank, m.start(), k) for rank, k in matcher.prefixes(m.group(1))))
         n = len(text)
         state = bytearray(n)  # 0: free text, 1: part of a special token, 2: whitespace stripped
         taken: list[tuple[int, int, int]] = []
@@ -517,13 +551,19 @@ class Tokenizer:
         decoded as UTF-8 with U+FFFD for invalid bytes.
         """
         ids = [int(i) for i in ids]
-        for i in ids:
-            self.vocab.check_id(i)
+        if not ids:
+            return ""
+        low, high = min(ids), max(ids)
+        self.vocab.check_id(low if low < 0 else high)
         stop = len(ids)
-        if skip_special_tokens and self.vocab.add_eos and stop and ids[-1] == self.vocab.eos_id:
+        if skip_special_tokens and self.vocab.add_eos and ids[-1] == self.vocab.eos_id:
             stop -= 1
         render = PieceRenderer(self, skip_special_tokens)
-        return b"".join([render(i) for i in ids[:stop]]).decode("utf-8", "replace")
+        special = not skip_special_tokens
+        cache = self._pieces[special]
+        rest = [cache[i] if i in cache else self.token_bytes(i, special) for i in ids[1:stop]]
+        head = render(ids[0]) if stop else b""
+        return (head + b"".join(rest)).decode("utf-8", "replace")
 
     def token_to_piece(self, id: int) -> str:  # noqa: A002 - the contract's name
         """The text of one token as decoding renders it with special tokens shown (control tokens as
@@ -533,13 +573,14 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int, special: bool = True) -> bytes:
         """The bytes one token contributes to decoded text (llama.cpp's ``token_to_piece``, no lstrip)."""
-        attr = self.vocab.attrs[token_id]
-        if attr & _SPECIAL and not special:
-            return b""
-        piece = self._piece_cache.get(token_id)
+        cache = self._pieces[special]
+        piece = cache.get(token_id)
         if piece is None:
+            attr = self.vocab.attrs[token_id]
             text = self.vocab.tokens[token_id]
-            if attr & (_SPECIAL | Attr.USER_DEFINED):
+            if attr & _SPECIAL:
+                piece = _bytes_of(text) if special else b""
+            elif attr & Attr.USER_DEFINED:
                 piece = _bytes_of(text)
             elif attr & Attr.NORMAL:
                 piece = self._normal_piece(text)
@@ -547,12 +588,21 @@ class Tokenizer:
                 piece = bytes([int(text[3:5], 16)])
             else:  # unused or undefined tokens render as nothing
                 piece = b""
-            self._piece_cache[token_id] = piece
+            cache[token_id] = piece
         return piece
 
     def _normal_piece(self, text: str) -> bytes:
         """Bytes of a normal token's text (the model's escaping undone)."""
         raise NotImplementedError
+
+
+def _add_text(parts: list[str | int], text: str) -> None:
+    """Append raw text to ``parts``, joining it to a raw-text part just before it."""
+    if text:
+        if parts and isinstance(parts[-1], str):
+            parts[-1] += text
+        else:
+            parts.append(text)
 
 
 class PieceRenderer:

