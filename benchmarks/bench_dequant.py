@@ -9,7 +9,7 @@ tensor of a real model is dequantized by both, as at load time.
 Fresh output memory is page-faulted on first touch, which bounds the fastest types; set
 ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's transparent-huge-page hint) to see that cost shrink.
 
-    python benchmarks/bench_dequant.py [--mb 32] [--threads 2] [--types Q4_K,Q8_0] [--gguf F]
+    python -m benchmarks.bench_dequant [--mb 32] [--threads 2] [--types Q4_K,Q8_0] [--gguf F]
 """
 
 from __future__ import annotations

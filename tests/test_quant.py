@@ -315,3 +315,32 @@ def test_quant_tensor_sizes_are_consistent_for_every_type(rng: np.random.Generat
         qt = QuantTensor(torch.from_numpy(random_raw(qtype, shape, rng)), qtype, shape)
         assert qt.nbytes * 8 == qt.numel * bits_per_weight(qtype)
         assert qt.numel == math.prod(shape)
+
+
+def test_quant_tensor_rows_and_has_dense(rng: np.random.Generator) -> None:
+    raw = random_raw(GGMLType.Q4_0, (9, 4, 64), rng)
+    qt = QuantTensor(torch.from_numpy(raw), GGMLType.Q4_0, (9, 4, 64), name="token_embd.weight")
+    ref = reference(raw, GGMLType.Q4_0)
+    ids = torch.tensor([8, 0, 3, 3])
+    picked = qt.rows(ids)
+    assert picked.shape == (4, 4, 64) and picked.name == "token_embd.weight"
+    assert_bit_exact(picked.dequantize(), ref[ids])
+    assert not qt.has_dense()
+    qt.dense()
+    assert qt.has_dense() and not qt.has_dense(torch.float16)
+    flat = QuantTensor(torch.from_numpy(random_raw(GGMLType.Q8_0, (64,), rng)), GGMLType.Q8_0, (64,))
+    with pytest.raises(ValueError, match="at least 2 dimensions"):
+        flat.rows(ids)
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.F32, GGMLType.F16, GGMLType.BF16], ids=lambda t: t.name)
+def test_float_types_in_their_own_dtype(qtype: GGMLType, rng: np.random.Generator) -> None:
+    native = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}[qtype]
+    raw = random_raw(qtype, (3, 10), rng)
+    data = torch.from_numpy(raw)
+    qt = QuantTensor(data, qtype, (3, 10))
+    out = qt.dequantize(native)
+    assert out.dtype == native and out.shape == (3, 10)
+    assert torch.equal(out.float(), reference(raw, qtype))
+    out.fill_(1.0)  # a copy, not a view of the raw bytes
+    assert torch.equal(data, torch.from_numpy(raw))

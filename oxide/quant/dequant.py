@@ -45,7 +45,7 @@ def _const(values: tuple[int, ...], dtype: torch.dtype, device: torch.device) ->
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def _reinterpret(raw: Tensor, dtype: torch.dtype) -> Tensor:
+def reinterpret(raw: Tensor, dtype: torch.dtype) -> Tensor:
     """View bytes ``(..., k)`` as ``(..., k / itemsize)`` values of ``dtype``, copying only
     when the bytes are strided or not aligned to the element size."""
     raw = raw.contiguous()
@@ -58,7 +58,7 @@ def _reinterpret(raw: Tensor, dtype: torch.dtype) -> Tensor:
 
 def _f16(blocks: Tensor, start: int) -> Tensor:
     """The little-endian f16 at byte ``start`` of every block, widened exactly to float32."""
-    return _reinterpret(blocks[:, start : start + 2], torch.float16).float()  # (n, 1)
+    return reinterpret(blocks[:, start : start + 2], torch.float16).float()  # (n, 1)
 
 
 def _split(field: Tensor, shifts: Sequence[int], mask: int) -> list[Tensor]:
@@ -69,7 +69,7 @@ def _split(field: Tensor, shifts: Sequence[int], mask: int) -> list[Tensor]:
     uint8 to get the bytes back in order.
     """
     width = next(w for w in (8, 4, 2, 1) if field.shape[-1] % w == 0)
-    words = _reinterpret(field, _WORD_DTYPES[width])  # (..., m / width)
+    words = reinterpret(field, _WORD_DTYPES[width])  # (..., m / width)
     wide_mask = int.from_bytes(bytes([mask]) * width, "little")
     return [(words >> s) & wide_mask if s else words & wide_mask for s in shifts]
 
@@ -92,7 +92,7 @@ def _bits(field: Tensor) -> Tensor:
 
 def _u32_bits(field: Tensor) -> Tensor:
     """``(n, 4)`` bytes of a little-endian u32 -> ``(n, 32)`` int32: entry ``j`` is bit ``j``."""
-    word = _reinterpret(field, torch.int32)  # (n, 1)
+    word = reinterpret(field, torch.int32)  # (n, 1)
     return (word >> _const(tuple(range(32)), torch.int32, field.device)) & 1  # (n, 32)
 
 
@@ -106,17 +106,17 @@ def _lookup(table: tuple[int, ...], idx: Tensor) -> Tensor:
 
 def _deq_f32(blocks: Tensor, out: Tensor) -> None:
     """F32: 4 little-endian bytes per weight, copied as is."""
-    out.copy_(_reinterpret(blocks, torch.float32))
+    out.copy_(reinterpret(blocks, torch.float32))
 
 
 def _deq_f16(blocks: Tensor, out: Tensor) -> None:
     """F16: 2 bytes per weight, IEEE half widened exactly to float32."""
-    out.copy_(_reinterpret(blocks, torch.float16))
+    out.copy_(reinterpret(blocks, torch.float16))
 
 
 def _deq_bf16(blocks: Tensor, out: Tensor) -> None:
     """BF16: 2 bytes per weight, the high 16 bits of a float32 (``bits << 16``)."""
-    out.copy_(_reinterpret(blocks, torch.bfloat16))
+    out.copy_(reinterpret(blocks, torch.bfloat16))
 
 
 def _deq_q4_0(blocks: Tensor, out: Tensor) -> None:

@@ -8,8 +8,12 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from oxide.quant.dequant import check_raw, dequantize
+from oxide.errors import InvalidOptionError
+from oxide.quant.dequant import check_raw, dequantize, reinterpret
 from oxide.quant.types import GGMLType, QTypeLike, block_geometry
+
+# Float types whose bytes already are a torch dtype: no float32 detour when that dtype is asked.
+_NATIVE_DTYPES = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
 
 
 def _format_size(nbytes: int) -> str:
@@ -70,10 +74,31 @@ class QuantTensor:
         return self._data.device
 
     def dequantize(self, dtype: torch.dtype = torch.float32) -> Tensor:
-        """A new tensor of ``shape`` and ``dtype``: float32 dequantization, then one cast."""
+        """A new tensor of ``shape`` and ``dtype``: float32 dequantization, then one cast.
+
+        F32/F16/BF16 data asked for in its own dtype is copied as is (same values).
+        """
+        if _NATIVE_DTYPES.get(self._qtype) == dtype:
+            return reinterpret(self._data, dtype).clone().view(self._shape)
         what = f"tensor {self.name!r}" if self.name else "tensor"
         out = dequantize(self._data, self._qtype, self._shape, what=what)
         return out if dtype == torch.float32 else out.to(dtype)
+
+    def has_dense(self, dtype: torch.dtype = torch.float32) -> bool:
+        """Whether ``dense(dtype)`` would return a cached tensor without dequantizing."""
+        return self._dense is not None and self._dense.dtype == dtype
+
+    def rows(self, index: Tensor) -> QuantTensor:
+        """The blocks of rows ``index`` (along dim 0) as a new QuantTensor, e.g. for embedding lookups.
+
+        ``index``: integer tensor ``(R,)``; the result has shape ``(R, *shape[1:])``.
+        """
+        if len(self._shape) < 2:
+            raise InvalidOptionError(
+                f"QuantTensor.rows needs at least 2 dimensions; {self!r} has {len(self._shape)}"
+            )
+        picked = self._data.index_select(0, index.to(self._data.device, torch.long))  # (R, ..., row_bytes)
+        return QuantTensor(picked, self._qtype, (picked.shape[0], *self._shape[1:]), name=self.name)
 
     def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Like ``dequantize`` but cached: later calls with the same dtype return the same tensor.
@@ -84,15 +109,6 @@ class QuantTensor:
         if self._dense is None or self._dense.dtype != dtype:
             self._dense = self.dequantize(dtype)
         return self._dense
-
-    def has_dense(self, dtype: torch.dtype) -> bool:
-        """Whether a ``dense(dtype)`` copy is already cached."""
-        return self._dense is not None and self._dense.dtype == dtype
-
-    def rows(self, index: Tensor) -> QuantTensor:
-        """The rows ``index`` of a 2-D tensor, still quantized (rows hold whole blocks)."""
-        data = self._data[index.to(self._data.device)]   # (len(index), row_bytes)
-        return QuantTensor(data, self._qtype, (data.shape[0], self._shape[-1]), name=self.name)
 
     def drop_cache(self) -> None:
         """Forget the ``dense`` copy (frees its memory once no one else holds it)."""

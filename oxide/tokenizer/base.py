@@ -348,8 +348,6 @@ class Tokenizer:
     ``special_tokens`` (text -> id of the control and user-defined tokens).
     """
 
-    model_name: str = ""
-
     def __init__(self, vocab: Vocab) -> None:
         self.vocab = vocab
         self._pieces: dict[bool, dict[int, bytes]] = {True: {}, False: {}}  # special -> id -> bytes

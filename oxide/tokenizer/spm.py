@@ -35,9 +35,8 @@ _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at 
 class SPMTokenizer(Tokenizer):
     """SentencePiece tokenizer over a GGUF ``llama`` vocabulary (see the module docstring)."""
 
-    model_name = "llama"
     _CACHE_MAX_WORD = 64  # longer words are merged every time
-    _CACHE_MAX_ENTRIES = 1 << 17  # the cache is emptied when it grows past this
+    _CACHE_MAX_ENTRIES = 1 << 16  # the cache is emptied when it grows past this
 
     def __init__(self, vocab: Vocab) -> None:
         super().__init__(vocab)

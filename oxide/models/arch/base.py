@@ -29,6 +29,7 @@ _OPTIONAL_KEYS = {
     "attention.key_length": "head_dim",
     "attention.layer_norm_rms_epsilon": "rms_norm_eps",
     "rope.freq_base": "rope_theta",
+    "rope.freq_base_swa": "rope_local_base_freq",
     "attention.sliding_window": "sliding_window",
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
@@ -78,8 +79,9 @@ def read_gguf_fields(metadata: Mapping[str, Any], arch_key: str, source: str) ->
                 raise ModelFormatError(f"{source}: required metadata key {key!r} is missing; the GGUF file is incomplete")
             continue
         out[name] = _scalar(metadata[key], key, source)
-    if out.get("rope_theta") is not None:
-        out["rope_theta"] = float(out["rope_theta"])
+    for name in ("rope_theta", "rope_local_base_freq"):
+        if name in out:
+            out[name] = float(out[name])
     scaling = metadata.get(f"{arch_key}.rope.scaling.type")
     if scaling == "linear":
         out["rope_scaling_factor"] = float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0))

@@ -3,7 +3,7 @@
 
 GGUF stores the norm weights with Gemma's ``1 + w`` already folded in, so ``norm_offset`` is 0
 there; Hugging Face checkpoints store ``w`` (``norm_offset`` 1, folded at load). GGUF omits the layer pattern and the local RoPE base; llama.cpp and transformers both use the
-values below. The attention scale is ``1/sqrt(head_dim)`` except for the 27B model (62 layers),
+values below (newer converters write ``rope.freq_base_swa``, which is used when present). The attention scale is ``1/sqrt(head_dim)`` except for the 27B model (62 layers),
 which uses ``1/sqrt(hidden / heads)``, as llama.cpp does.
 """
 
@@ -26,7 +26,7 @@ def _gguf_defaults(fields: dict[str, Any]) -> dict[str, Any]:
     head_dim = fields.get("head_dim") or hidden // heads
     out: dict[str, Any] = {
         "embedding_multiplier": math.sqrt(hidden),
-        "rope_local_base_freq": LOCAL_ROPE_BASE,
+        "rope_local_base_freq": fields.get("rope_local_base_freq", LOCAL_ROPE_BASE),
         "query_pre_attn_scalar": float(hidden // heads if layers == LAYERS_OF_27B else head_dim),
     }
     if fields.get("sliding_window"):

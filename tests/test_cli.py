@@ -1,0 +1,52 @@
+"""The command line: ``oxide run`` and ``oxide info`` (in-process), ``python -m oxide`` (a subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from oxide.cli import main
+
+
+def test_run_streams_greedy_text(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["run", str(gemma_path), "The capital of France is", "--temperature", "0", "-n", "8", "--stats"])
+    out, err = capsys.readouterr()
+    assert code == 0
+    assert out.startswith(" the capital of the country of France.")
+    assert "prompt: 6 tokens" in err and "generated: 8 tokens" in err
+
+
+def test_run_without_model_uses_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "The capital of France is", "--temp", "0", "-n", "3"]) == 0
+    assert capsys.readouterr().out.startswith(" the capital")
+
+
+def test_info(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", str(gemma_path)]) == 0
+    out = capsys.readouterr().out
+    for expected in ("architecture:  gemma3", "Q4_K", "x27", "Q8_0", "sliding_window", "512",
+                     "device:        cpu (", "compute dtype: torch.float32 (CPU"):
+        assert expected in out
+
+
+def test_bad_model_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"nope")
+    assert main(["info", str(bad)]) == 2
+    assert "oxide: error:" in capsys.readouterr().err
+    assert main(["run", str(bad), "hi"]) == 2
+    assert main(["run", str(tmp_path / "missing.gguf"), "hi"]) == 2
+
+
+def test_invalid_sampling_flag(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", str(gemma_path), "hi", "--top-p", "0"]) == 2
+    assert "top_p" in capsys.readouterr().err
+
+
+def test_python_dash_m(gemma_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "oxide", "info", str(gemma_path)], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0 and "gemma3" in out.stdout
