@@ -129,8 +129,8 @@ def test_unknown_architecture(tmp_path: Path) -> None:
 
 
 def test_unsupported_tensor_type(tmp_path: Path) -> None:
-    path = write_tiny_llama(tmp_path / "iq.gguf", attn_q_type=gguf.GGMLQuantizationType.Q8_1)
-    with pytest.raises(UnsupportedQuantType, match=r"blk\.0\.attn_q\.weight.*IQ2_XXS"):
+    path = write_tiny_llama(tmp_path / "q8_1.gguf", attn_q_type=gguf.GGMLQuantizationType.Q8_1)
+    with pytest.raises(UnsupportedQuantType, match=r"blk\.0\.attn_q\.weight.*Q8_1"):
         oxide.load(path)
 
 

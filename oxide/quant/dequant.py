@@ -7,14 +7,13 @@ into ``type_size`` bytes (see ``oxide.quant.types``). One small function per typ
 ``dequantize`` drives them over the tensor in chunks, so intermediates stay cache-sized
 and there is no Python loop over blocks. All code is plain tensor ops, so it runs on CPU,
 CUDA and MPS tensors alike. Bit fields are cut out of 8-byte little-endian words (one
-shift and one mask handle 8 bytes at once), which is several times faster than per-byte
-ops on the short strided rows of a block.
+shift and one mask handle 8 bytes at once), which beats per-byte ops on the short strided
+rows of a block.
 
-Bit-exactness: the scale products are rounded to float32 in the same order as
-``gguf.quants`` (``gguf-py``): e.g. Q4_K is ``(d * sc) * q - (dmin * m)`` with each
-product rounded on its own, never ``d * (sc * q)`` and never a fused multiply-add.
-Integer parts (``q - 8``, ``ql | qh << 4`` ...) are small and exact in float32, so they
-are formed in whatever order is fastest.
+Bit-exactness: float32 operations follow ``gguf.quants`` (gguf-py) in order and rounding:
+e.g. Q4_K is ``(d * sc) * q - (dmin * m)``, each product and the difference rounded on its
+own (two kernels, never a fused multiply-add). Integer parts (``q - 8``, ``ql | qh << 4``
+...) are small and exact, so they are formed in integer dtypes in whatever order is fastest.
 """
 
 from __future__ import annotations
@@ -352,6 +351,7 @@ def dequantize(data: Tensor, qtype: QTypeLike, shape: Sequence[int], *, what: st
     and equals ``gguf.quants.dequantize`` bit for bit. ``what`` names the tensor in errors.
     """
     t = check_raw(data, qtype, shape, what)
+    dims = tuple(int(d) for d in shape)
     geo = block_geometry(t)
     blocks = data.reshape(-1).view(-1, geo.type_size)  # (n_blocks, type_size)
     n_blocks = blocks.shape[0]
@@ -361,4 +361,4 @@ def dequantize(data: Tensor, qtype: QTypeLike, shape: Sequence[int], *, what: st
     step = max(1, chunk // geo.block_size)
     for start in range(0, n_blocks, step):
         fn(blocks[start : start + step], out[start : start + step])  # (step, block_size)
-    return out.view(tuple(shape))
+    return out.view(dims)
