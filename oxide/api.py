@@ -143,18 +143,19 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
     resolved = resolve_source(source)
     chosen = select_device(device)
     policy = choose_precision(chosen, dtype)
-    if resolved.kind != "gguf":
+    if resolved.kind == "hf":
         from .models.hf import build_from_hf_dir
 
-        lm, tokenizer, template, origin = build_from_hf_dir(resolved.path, chosen, policy.compute_dtype)
+        lm = build_from_hf_dir(resolved.path, chosen, policy.compute_dtype)
+        tokenizer = Tokenizer.from_hf_dir(resolved.path)
+        template, origin = ChatTemplate.from_hf_dir(resolved.path), "tokenizer_config.json / chat_template.jinja"
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        template = ChatTemplate.from_gguf_metadata(gguf.metadata)
-        origin = "GGUF tokenizer.chat_template"
-        if template is None:
-            template = fallback_template(tokenizer.special_tokens)
-            origin = "built-in fallback" if template is not None else "none"
+        template, origin = ChatTemplate.from_gguf_metadata(gguf.metadata), "GGUF tokenizer.chat_template"
+    if template is None:
+        template = fallback_template(tokenizer.special_tokens)
+        origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)

@@ -39,7 +39,8 @@ class ArchSpec:
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("llama", "oxide.models.arch.llama:LLAMA", ("llama",), ("llama",), ("LlamaForCausalLM",), "Llama 2/3, TinyLlama, SmolLM"),
-    ArchSpec("mistral", "oxide.models.arch.llama:MISTRAL", ("mistral",), ("mistral",), ("MistralForCausalLM",), "Mistral 7B",
+    ArchSpec("mistral", "oxide.models.arch.llama:MISTRAL", ("mistral",), ("mistral",), ("MistralForCausalLM",),
+             "Mistral 7B (llama.cpp writes these GGUFs as llama)",
              tensor_tables="llama"),
     ArchSpec("qwen2", "oxide.models.arch.qwen:QWEN2", ("qwen2",), ("qwen2",), ("Qwen2ForCausalLM",), "Qwen 2 / 2.5"),
     ArchSpec("qwen3", "oxide.models.arch.qwen:QWEN3", ("qwen3",), ("qwen3",), ("Qwen3ForCausalLM",), "Qwen 3 (dense)"),

@@ -148,9 +148,8 @@ def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
 
 @functools.lru_cache(maxsize=None)
 def ids_by_kind(tok: Tokenizer) -> dict[int, list[int]]:
-    attrs = np.asarray(tok.vocab.attrs)
     kinds = (Attr.NORMAL, Attr.BYTE, Attr.CONTROL, Attr.USER_DEFINED, Attr.UNKNOWN)
-    found = {kind: np.flatnonzero(attrs & kind).tolist() for kind in kinds}
+    found = {kind: np.flatnonzero(tok.vocab.attr_array & kind).tolist() for kind in kinds}
     return {kind: ids for kind, ids in found.items() if ids}
 
 

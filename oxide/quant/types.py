@@ -156,7 +156,7 @@ def check_nbytes(qtype: QTypeLike, shape: Sequence[int], actual: int, what: str 
         g = block_geometry(t)
         n_blocks = expected // g.type_size
         raise ModelFormatError(
-            f"{what}: a {t.name} tensor of shape {tuple(shape)} needs {expected} bytes "
+            f"{what}: a {t.name} tensor of shape {tuple(int(d) for d in shape)} needs {expected} bytes "
             f"({n_blocks} blocks x {g.type_size} bytes), but {actual} bytes were given; "
             f"the file is truncated or the type/shape recorded for it is wrong"
         )

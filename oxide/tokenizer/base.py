@@ -281,6 +281,7 @@ class _SpecialMatcher:
     def __init__(self, vocab: Vocab, ids: np.ndarray) -> None:
         texts = {vocab.tokens[i]: i for i in ids.tolist()}
         ordered = sorted(texts, key=lambda t: (-len(_bytes_of(t)), texts[t]))
+        self.texts = ordered
         self.rank = {t: r for r, t in enumerate(ordered)}
         self.ids = [texts[t] for t in ordered]
         self.strip = [vocab.attrs[i] & (Attr.LSTRIP | Attr.RSTRIP) for i in self.ids]
@@ -290,14 +291,14 @@ class _SpecialMatcher:
         pattern = _trie_pattern(self._trie)
         self.finditer = re.compile(pattern).finditer
         self.overlapping = re.compile(f"(?=({pattern}))").finditer
-        self._prefixes: dict[str, list[tuple[int, int]]] = {}
+        self._prefixes: dict[str, list[int]] = {}
         self._straddle: dict[str, frozenset[str]] = {}
 
-    def prefixes(self, t: str) -> list[tuple[int, int]]:
-        """(rank, length) of the special tokens that are prefixes of ``t`` (``t`` included)."""
+    def prefixes(self, t: str) -> list[int]:
+        """Ranks of the special tokens that are prefixes of ``t`` (``t`` included)."""
         found = self._prefixes.get(t)
         if found is None:
-            found = [(self.rank[t[:k]], k) for k in range(1, len(t) + 1) if t[:k] in self.rank]
+            found = [self.rank[t[:k]] for k in range(1, len(t) + 1) if t[:k] in self.rank]
             self._prefixes[t] = found
         return found
 
@@ -501,45 +502,37 @@ class Tokenizer:
 
     @staticmethod
     def _claim(text: str, matcher: _SpecialMatcher) -> list[str | int]:
-        """llama.cpp's partition order, simulated over every occurrence of every special token."""
-        found = sorted(hit for m in matcher.overlapping(text) for hit in
-                       ((rank, m.start(), k) for rank, k in matcher.prefixes(m.group(1))))
-        n = len(text)
-        state = bytearray(n)  # 0: free text, 1: part of a special token, 2: whitespace stripped
-        taken: list[tuple[int, int, int]] = []
-        for rank, pos, k in found:
-            if state.count(0, pos, pos + k) != k:
-                continue
-            state[pos:pos + k] = b"\x01" * k
-            taken.append((pos, k, matcher.ids[rank]))
-            strip = matcher.strip[rank]
-            if strip & Attr.LSTRIP:
-                i = pos - 1
-                while i >= 0 and state[i] == 0 and text[i] in _ASCII_SPACE:
-                    state[i] = 2
-                    i -= 1
-            if strip & Attr.RSTRIP:
-                i = pos + k
-                while i < n and state[i] == 0 and text[i] in _ASCII_SPACE:
-                    state[i] = 2
-                    i += 1
-        parts: list[str | int] = []
-        end = 0
-        for pos, k, token_id in sorted(taken):
-            start, stop = end, pos
-            while start < stop and state[start] == 2:
-                start += 1
-            while stop > start and state[stop - 1] == 2:
-                stop -= 1
-            if start < stop:
-                parts.append(text[start:stop])
-            parts.append(token_id)
-            end = pos + k
-        while end < n and state[end] == 2:
-            end += 1
-        if end < n:
-            parts.append(text[end:])
-        return parts
+        """llama.cpp's partition, literally: for each special token present, longest first, split every
+        raw fragment at the token's leftmost occurrences (stripping whitespace next to LSTRIP/RSTRIP
+        tokens)."""
+        present = {m.group(1) for m in matcher.overlapping(text)}
+        # Fragments: (start, end, id) with id -1 for raw text.
+        fragments = [(0, len(text), -1)]
+        for rank in sorted({r for t in present for r in matcher.prefixes(t)}):
+            token, token_id, strip = matcher.texts[rank], matcher.ids[rank], matcher.strip[rank]
+            split: list[tuple[int, int, int]] = []
+            for start, end, kind in fragments:
+                pos = text.find(token, start, end) if kind < 0 else -1
+                if pos < 0:
+                    split.append((start, end, kind))
+                    continue
+                while pos >= 0:
+                    left = pos
+                    if strip & Attr.LSTRIP:
+                        while left > start and text[left - 1] in _ASCII_SPACE:
+                            left -= 1
+                    if left > start:
+                        split.append((start, left, -1))
+                    split.append((pos, pos + len(token), token_id))
+                    start = pos + len(token)
+                    if strip & Attr.RSTRIP:
+                        while start < end and text[start] in _ASCII_SPACE:
+                            start += 1
+                    pos = text.find(token, start, end)
+                if start < end:
+                    split.append((start, end, -1))
+            fragments = split
+        return [text[start:end] if kind < 0 else kind for start, end, kind in fragments]
 
     # decoding -------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:

@@ -1,0 +1,131 @@
+"""The reference ops against independent formulations, and the dispatch rules."""
+
+from __future__ import annotations
+
+import math
+
+import gguf
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from oxide import ops
+from oxide.errors import KernelUnavailableError
+from oxide.ops import dispatch, reference
+from oxide.quant import GGMLType, QuantTensor
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _quantized(rows: int, cols: int, qtype: GGMLType, seed: int) -> tuple[QuantTensor, torch.Tensor]:
+    w = np.random.default_rng(seed).standard_normal((rows, cols)).astype(np.float32)
+    raw = gguf.quants.quantize(w, qtype)
+    dense = torch.from_numpy(gguf.quants.dequantize(raw, qtype).reshape(rows, cols))
+    return QuantTensor(torch.from_numpy(raw.reshape(-1).view(np.uint8)), qtype, (rows, cols)), dense
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.F16])
+@pytest.mark.parametrize("lead", [(1,), (3,), (2, 5)])
+def test_qmatmul_is_linear_over_dequantized(qtype: GGMLType, lead: tuple[int, ...]) -> None:
+    w, dense = _quantized(48, 64, qtype, seed=3)
+    x = torch.randn(*lead, 64, generator=_gen(1))
+    bias = torch.randn(48, generator=_gen(2))
+    torch.testing.assert_close(ops.qmatmul(x, w, bias), x @ dense.T + bias, rtol=1e-5, atol=1e-5)
+    assert ops.qmatmul(x, w).shape == (*lead, 48)
+
+
+def test_embedding_of_quantized_rows_equals_dense_rows() -> None:
+    w, dense = _quantized(40, 64, GGMLType.Q8_0, seed=4)
+    ids = torch.tensor([[3, 0, 39, 3], [7, 8, 9, 10]])
+    assert torch.equal(ops.embedding(ids, w, torch.float32), dense[ids])
+    w.dense(torch.float32)                       # the cached path gives the same rows
+    assert torch.equal(ops.embedding(ids, w, torch.float32), dense[ids])
+
+
+def test_rms_norm() -> None:
+    x, w = torch.randn(2, 3, 32, generator=_gen(5)), torch.randn(32, generator=_gen(6))
+    expected = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
+    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), expected)
+    half = ops.rms_norm(x.half(), w, 1e-6)
+    assert half.dtype == torch.float16
+    torch.testing.assert_close(half.float(), expected, rtol=2e-3, atol=2e-3)
+
+
+def test_rope_is_a_rotation_of_half_split_pairs() -> None:
+    """Pairs (i, i + hd/2) rotate by angle pos * inv_freq[i]: compare with complex multiplication."""
+    hd, T = 16, 7
+    x = torch.randn(1, 2, T, hd, generator=_gen(7), dtype=torch.float64)
+    inv_freq = 1.0 / 10000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    positions = torch.arange(3, 3 + T)
+    cos, sin = ops.rope_cos_sin(positions, inv_freq)
+    out = ops.rope(x, cos.double(), sin.double())
+    z = torch.complex(x[..., : hd // 2], x[..., hd // 2:])
+    rotated = z * torch.exp(1j * positions[:, None].double() * inv_freq[None, :])
+    torch.testing.assert_close(out, torch.cat((rotated.real, rotated.imag), -1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("window, softcap", [(0, 0.0), (4, 0.0), (0, 5.0)])
+def test_attention_against_sdpa(window: int, softcap: float) -> None:
+    B, H, Hkv, T, S, hd = 1, 4, 2, 5, 9, 8
+    q = torch.randn(B, H, T, hd, generator=_gen(8))
+    k, v = torch.randn(B, Hkv, S, hd, generator=_gen(9)), torch.randn(B, Hkv, S, hd, generator=_gen(10))
+    q_pos, k_pos = torch.arange(S - T, S), torch.arange(S)
+    scale = 1 / math.sqrt(hd)
+    out = ops.attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+    # Independent: expand kv heads, build the mask by loops, softmax by hand.
+    kx, vx = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
+    scores = q @ kx.transpose(-1, -2) * scale
+    if softcap:
+        scores = softcap * torch.tanh(scores / softcap)
+    mask = torch.tensor([[kp <= qp and (window == 0 or qp - kp < window) for kp in k_pos.tolist()]
+                         for qp in q_pos.tolist()])
+    expected = torch.softmax(scores.masked_fill(~mask, float("-inf")), -1) @ vx
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    if not softcap and not window:
+        sdpa = F.scaled_dot_product_attention(q, kx, vx, attn_mask=mask, scale=scale)
+        torch.testing.assert_close(out, sdpa, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("act, fn", [("silu", F.silu), ("gelu", F.gelu),
+                                     ("gelu_pytorch_tanh", lambda g: F.gelu(g, approximate="tanh"))])
+def test_gated_activation(act: str, fn) -> None:
+    gate, up = torch.randn(3, 16, generator=_gen(11)), torch.randn(3, 16, generator=_gen(12))
+    torch.testing.assert_close(ops.gated_activation(gate, up, act), fn(gate) * up)
+
+
+def test_every_op_has_a_reference_on_every_device_type() -> None:
+    for op in ("qmatmul", "embedding", "rms_norm", "rope", "attention", "gated_activation", "softcap"):
+        assert "torch" in dispatch.implementations(op)
+        for device_type in ("cpu", "cuda", "mps"):
+            assert dispatch.resolve(op, device_type) is getattr(reference, op)
+
+
+@pytest.fixture
+def fake_op():
+    name = "test_fake_op"
+    dispatch.register(name, "torch", lambda: "reference")
+    dispatch.register(name, "fast", lambda: "fast", priority=10, available=lambda: False)
+    yield name
+    dispatch._IMPLS.pop(name)
+    dispatch._RESOLVED.clear()
+
+
+def test_unavailable_fast_path_falls_back(fake_op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OXIDE_IMPL", raising=False)
+    assert dispatch.resolve(fake_op, "cpu")() == "reference"
+
+
+def test_explicit_unavailable_impl_raises(fake_op: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OXIDE_IMPL", "fast")
+    dispatch._RESOLVED.clear()
+    with pytest.raises(KernelUnavailableError, match="fast.*test_fake_op"):
+        dispatch.resolve(fake_op, "cpu")
+    monkeypatch.setenv("OXIDE_IMPL", "cuda")
+    with pytest.raises(KernelUnavailableError, match="no cuda implementation"):
+        dispatch.resolve(fake_op, "cpu")
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    assert dispatch.resolve(fake_op, "cpu")() == "reference"
+    dispatch._RESOLVED.clear()
