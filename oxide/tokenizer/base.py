@@ -559,8 +559,9 @@ class Tokenizer:
     def token_to_piece(self, id: int) -> str:  # noqa: A002 - the contract's name
         """The text of one token as decoding renders it with special tokens shown (control tokens as
         their text; a byte token that is not a whole character becomes U+FFFD)."""
-        self.vocab.check_id(id)
-        return self.token_bytes(id).decode("utf-8", "replace")
+        token_id = int(id)
+        self.vocab.check_id(token_id)
+        return self.token_bytes(token_id).decode("utf-8", "replace")
 
     def token_bytes(self, token_id: int, special: bool = True) -> bytes:
         """The bytes one token contributes to decoded text (llama.cpp's ``token_to_piece``, no lstrip)."""

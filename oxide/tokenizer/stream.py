@@ -26,8 +26,9 @@ class StreamDecoder:
 
     def push(self, id: int) -> str:  # noqa: A002 - the contract's name
         """The text completed by this token (``""`` while a character is still incomplete)."""
-        self._tokenizer.vocab.check_id(id)
-        return self._utf8.decode(self._render(id))
+        token_id = int(id)
+        self._tokenizer.vocab.check_id(token_id)
+        return self._utf8.decode(self._render(token_id))
 
     def flush(self) -> str:
         """Whatever is still held back (an incomplete character comes out as U+FFFD)."""
