@@ -107,7 +107,7 @@ class Generation:
     def _run(self) -> Iterator[str]:
         history = list(self.prompt_ids)
         generated: list[int] = []
-        decoder = StreamDecoder(self.tokenizer, skip_special_tokens=True)
+        decoder = StreamDecoder(self.tokenizer, skip_special_tokens=True, continuation=True)
         text, emitted = "", 0
         finish, stop_string_hit = "length", False
         start = time.perf_counter()

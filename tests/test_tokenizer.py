@@ -459,3 +459,12 @@ def test_build_is_fast(gemma_path: Path) -> None:
     tok.encode("x", parse_special=False)
     elapsed = time.perf_counter() - start
     assert elapsed < 2.0, f"building the 262,144-token Gemma tokenizer took {elapsed:.2f} s"
+
+
+def test_stream_continuation_keeps_leading_space() -> None:
+    """Generated ids continue a prompt: their first piece keeps its space, unlike decode() of the same ids."""
+    tok = Tokenizer.from_gguf(_vocab_file("llama-spm"))
+    ids = tok.encode("world again")   # the space prefix makes the first piece "▁world"
+    stream = StreamDecoder(tok, skip_special_tokens=True, continuation=True)
+    assert "".join(stream.push(i) for i in ids) + stream.flush() == " world again"
+    assert tok.decode(ids) == "world again"

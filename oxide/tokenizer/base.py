@@ -600,13 +600,14 @@ def _add_text(parts: list[str | int], text: str) -> None:
 class PieceRenderer:
     """Renders ids one at a time as :meth:`Tokenizer.decode` does (the per-token part of llama.cpp's
     ``llama_detokenize``): skips a leading BOS when skipping special tokens, and removes one leading
-    space from the first piece when the vocabulary adds a space prefix."""
+    space from the first piece when the vocabulary adds a space prefix, unless the ids continue a text
+    already decoded (``continuation``: generated tokens after a prompt keep their leading space)."""
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool) -> None:
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool, continuation: bool = False) -> None:
         self._tok = tokenizer
         self._special = not skip_special_tokens
-        self._first = True
-        self._remove_space = tokenizer.vocab.add_space_prefix
+        self._first = not continuation
+        self._remove_space = tokenizer.vocab.add_space_prefix and not continuation
 
     def __call__(self, token_id: int) -> bytes:
         vocab = self._tok.vocab

@@ -19,9 +19,11 @@ from .base import PieceRenderer, Tokenizer
 class StreamDecoder:
     """Feed ids one at a time with :meth:`push`; call :meth:`flush` at the end."""
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True) -> None:
+    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool = True, *, continuation: bool = False) -> None:
+        """``continuation``: the ids follow text decoded elsewhere (a prompt), so the first piece keeps its
+        leading space; otherwise the stream equals :meth:`Tokenizer.decode` of the same ids."""
         self._tokenizer = tokenizer
-        self._render = PieceRenderer(tokenizer, skip_special_tokens)
+        self._render = PieceRenderer(tokenizer, skip_special_tokens, continuation)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, id: int) -> str:  # noqa: A002 - the contract's name
