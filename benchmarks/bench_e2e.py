@@ -116,7 +116,7 @@ def main() -> None:
     base = results.get("transformers")
     print(f"Gemma 3 270M Q4_K_M, {args.threads} threads, prompt {next(iter(results.values()))['prompt_tokens']} "
           f"tokens, decode {DECODE_TOKENS} tokens")
-    print(f"| engine | load s | prefill tok/s | decode tok/s | peak RSS MB | decode vs transformers |")
+    print("| engine | load s | prefill tok/s | decode tok/s | peak RSS MB | decode vs transformers |")
     print("|---|---|---|---|---|---|")
     for engine, r in results.items():
         ratio = f"{r['decode_tok_s'] / base['decode_tok_s']:.2f}x" if base else "-"

@@ -65,8 +65,8 @@ class Model:
     def logits(self, ids: Sequence[int]) -> torch.Tensor:
         """Float32 logits (len(ids), vocab) of one forward over ``ids`` on a fresh cache."""
         ids = list(ids)
-        if not ids:
-            raise InvalidOptionError("logits() needs at least one token id")
+        if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise InvalidOptionError("logits() takes a non-empty flat sequence of integer token ids")
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens exceed the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx or pass fewer tokens")

@@ -228,12 +228,14 @@ class TopP:
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor:
         if self.p >= 1.0:
             return logits
-        sorted_logits, order = torch.sort(logits, descending=True, stable=True)  # (V,), (V,)
-        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)  # (V,)
-        mass_before = F.pad(cum[:-1], (1, 0))  # (V,) S_{j-1}, with S_0 = 0
-        drop_sorted = mass_before >= self.p  # (V,)
-        drop = torch.empty_like(drop_sorted).scatter_(0, order, drop_sorted)  # (V,) back to id order
-        return logits.masked_fill(drop, _NEG_INF)  # (V,)
+        # Only tokens still in play are sorted (after top-k, a few dozen rather than the vocabulary);
+        # they are listed in id order, so the stable sort still breaks ties by lowest id.
+        alive = torch.nonzero(logits > _NEG_INF).squeeze(1)  # (n,)
+        sorted_logits, order = torch.sort(logits[alive], descending=True, stable=True)  # (n,), (n,)
+        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)  # (n,)
+        mass_before = F.pad(cum[:-1], (1, 0))  # (n,) S_{j-1}, with S_0 = 0
+        dropped = alive[order[mass_before >= self.p]]  # ids removed
+        return logits.index_fill(0, dropped, _NEG_INF)  # (V,)
 
 
 @dataclass(frozen=True)

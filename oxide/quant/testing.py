@@ -33,7 +33,8 @@ def random_raw(qtype: QTypeLike, shape: Sequence[int], rng: np.random.Generator)
     dims = tuple(shape)
     nbytes = expected_nbytes(t, dims, "random tensor")
     lead = dims[:-1]
-    row_bytes = dims[-1] // block_geometry(t).block_size * block_geometry(t).type_size
+    geo = block_geometry(t)
+    row_bytes = dims[-1] // geo.block_size * geo.type_size
     if t in (GGMLType.F32, GGMLType.F16, GGMLType.BF16):
         values = _spread(rng, math.prod(dims))
         if t == GGMLType.F32:
@@ -43,7 +44,7 @@ def random_raw(qtype: QTypeLike, shape: Sequence[int], rng: np.random.Generator)
         else:  # bf16: the high 16 bits of each float32
             raw = (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
         return raw.reshape(*lead, row_bytes)
-    blocks = rng.integers(0, 256, size=nbytes, dtype=np.uint8).reshape(-1, block_geometry(t).type_size)
+    blocks = rng.integers(0, 256, size=nbytes, dtype=np.uint8).reshape(-1, geo.type_size)
     for off in F16_FIELDS[t]:
         scale = _spread(rng, blocks.shape[0]).astype(np.float16)
         blocks[:, off : off + 2] = scale.view(np.uint8).reshape(-1, 2)

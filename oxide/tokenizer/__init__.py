@@ -4,7 +4,8 @@
 by ``tokenizer.ggml.model``; :class:`StreamDecoder` turns ids into text incrementally.
 """
 
-from .base import Tokenizer, TokenType
+from .base import TokenType, VocabTokenizer
+from .interface import Tokenizer
 from .stream import StreamDecoder
 
-__all__ = ["StreamDecoder", "TokenType", "Tokenizer"]
+__all__ = ["StreamDecoder", "TokenType", "Tokenizer", "VocabTokenizer"]

@@ -9,7 +9,7 @@ The behaviour reproduces llama.cpp (``src/llama-vocab.cpp``) so that token ids m
   (``<end_of_turn>``, ``</s>``, ``<|eot_id|>``, ...) are forced to *control*; for vocabularies named
   Phi-3 the special tokens swallow the whitespace after them (*rstrip*).
 * Before the model-specific algorithm runs, special tokens written in the text are cut out whole
-  (:meth:`Tokenizer._partition`): control and unknown tokens only when ``parse_special`` is true,
+  (:meth:`VocabTokenizer._partition`): control and unknown tokens only when ``parse_special`` is true,
   user-defined tokens always. Longer tokens are cut first, each at its leftmost free occurrences.
 * Decoding renders each token as bytes (control/unknown: their text, or nothing when special tokens
   are skipped; user-defined: their text; byte tokens ``<0xXX>``: that byte), removes one leading
@@ -17,13 +17,11 @@ The behaviour reproduces llama.cpp (``src/llama-vocab.cpp``) so that token ids m
   for invalid sequences.
 
 The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.model == "llama"``);
-:meth:`Tokenizer.from_gguf_metadata` picks one from :data:`_MODELS`.
+:meth:`Tokenizer.from_gguf_metadata` picks one from :data:`.interface.GGUF_MODELS`.
 """
 
 from __future__ import annotations
 
-import importlib
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from enum import IntEnum
@@ -33,22 +31,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import TokenizerError
+from .interface import Tokenizer
 from ..log import get_logger
 
 log = get_logger("tokenizer")
 
-KEY_MODEL = "tokenizer.ggml.model"
 KEY_TOKENS = "tokenizer.ggml.tokens"
 KEY_SCORES = "tokenizer.ggml.scores"
 KEY_TOKEN_TYPE = "tokenizer.ggml.token_type"
 KEY_ADD_BOS = "tokenizer.ggml.add_bos_token"
 KEY_ADD_EOS = "tokenizer.ggml.add_eos_token"
 KEY_ADD_SPACE_PREFIX = "tokenizer.ggml.add_space_prefix"
-
-# tokenizer.ggml.model -> (module, class) of the implementation; imported on first use.
-_MODELS: dict[str, tuple[str, str]] = {
-    "llama": ("oxide.tokenizer.spm", "SPMTokenizer"),
-}
 
 
 class TokenType(IntEnum):
@@ -341,12 +334,13 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     return body
 
 
-class Tokenizer:
-    """Text <-> token ids, built from GGUF metadata; reproduces llama.cpp's tokenization.
+class VocabTokenizer(Tokenizer):
+    """Text <-> token ids from a GGUF vocabulary (``tokenizer.ggml.*``); reproduces llama.cpp's tokenization.
 
     Attributes: ``bos_id``, ``eos_ids`` (end of sequence plus end of turn/message ids), ``pad_id``,
     ``vocab_size``, ``add_bos``/``add_eos`` (what ``encode(..., add_special_tokens=True)`` adds) and
-    ``special_tokens`` (text -> id of the control and user-defined tokens).
+    ``special_tokens`` (text -> id of the control and user-defined tokens). Subclasses implement one
+    ``tokenizer.ggml.model``: ``_from_metadata``, ``_encode_parts`` and ``_normal_piece``.
     """
 
     def __init__(self, vocab: Vocab) -> None:
@@ -354,35 +348,15 @@ class Tokenizer:
         self._pieces: dict[bool, dict[int, bytes]] = {True: {}, False: {}}  # special -> id -> bytes
         self._matchers: dict[bool, _SpecialMatcher | None] = {}
 
-    # construction ---------------------------------------------------------------------------
     @classmethod
-    def from_gguf(cls, path: str | os.PathLike[str]) -> Tokenizer:
-        """The tokenizer stored in a GGUF file's metadata."""
-        from ..weights.gguf import read_metadata
-
-        try:
-            return cls.from_gguf_metadata(read_metadata(path))
-        except TokenizerError as e:
-            raise TokenizerError(f"{path}: {e}") from None
-
-    @classmethod
-    def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
-        """Build from GGUF metadata (key -> value, as ``oxide.weights.gguf.read_metadata`` returns it),
-        choosing the algorithm named by ``tokenizer.ggml.model``."""
-        model = metadata.get(KEY_MODEL)
-        if model not in _MODELS:
-            what = "is missing" if model is None else f"is {model!r}, which is not supported"
-            raise TokenizerError(
-                f"GGUF metadata key {KEY_MODEL!r} {what}; supported tokenizer models: {', '.join(sorted(_MODELS))}. "
-                f"Use a model whose tokenizer is one of these."
-            )
-        module, name = _MODELS[model]
-        impl: type[Tokenizer] = getattr(importlib.import_module(module), name)
-        return impl._from_metadata(metadata)
-
-    @classmethod
-    def _from_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+    def _from_metadata(cls, metadata: Mapping[str, Any]) -> VocabTokenizer:
         raise NotImplementedError
+
+    def check_id(self, token_id: int) -> None:
+        self.vocab.check_id(token_id)
+
+    def piece_renderer(self, skip_special_tokens: bool, continuation: bool = False) -> PieceRenderer:
+        return PieceRenderer(self, skip_special_tokens, continuation)
 
     # public attributes ----------------------------------------------------------------------
     @property
@@ -603,7 +577,7 @@ class PieceRenderer:
     space from the first piece when the vocabulary adds a space prefix, unless the ids continue a text
     already decoded (``continuation``: generated tokens after a prompt keep their leading space)."""
 
-    def __init__(self, tokenizer: Tokenizer, skip_special_tokens: bool, continuation: bool = False) -> None:
+    def __init__(self, tokenizer: VocabTokenizer, skip_special_tokens: bool, continuation: bool = False) -> None:
         self._tok = tokenizer
         self._special = not skip_special_tokens
         self._first = not continuation

@@ -26,13 +26,13 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 from ..errors import TokenizerError
-from .base import Tokenizer, Vocab
+from .base import VocabTokenizer, Vocab
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
 _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at a ▁ (or at the text start)
 
 
-class SPMTokenizer(Tokenizer):
+class SPMTokenizer(VocabTokenizer):
     """SentencePiece tokenizer over a GGUF ``llama`` vocabulary (see the module docstring)."""
 
     _CACHE_MAX_WORD = 64  # longer words are merged every time

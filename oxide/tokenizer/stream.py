@@ -1,7 +1,7 @@
 """Streaming detokenization: text pieces as ids arrive, never splitting a UTF-8 character.
 
 Each id is rendered to bytes exactly as :meth:`Tokenizer.decode` renders it (same first-token and
-special-token rules, through :class:`~oxide.tokenizer.base.PieceRenderer`), and the bytes go through
+special-token rules, through :meth:`Tokenizer.piece_renderer`), and the bytes go through
 an incremental UTF-8 decoder that holds back an incomplete trailing sequence until the next bytes
 complete it; invalid sequences become U+FFFD as in ``decode``. Hence, for any ids,
 ``"".join(d.push(i) for i in ids) + d.flush() == tokenizer.decode(ids, skip_special_tokens)``
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import codecs
 
-from .base import PieceRenderer, Tokenizer
+from .interface import Tokenizer
 
 
 class StreamDecoder:
@@ -23,13 +23,13 @@ class StreamDecoder:
         """``continuation``: the ids follow text decoded elsewhere (a prompt), so the first piece keeps its
         leading space; otherwise the stream equals :meth:`Tokenizer.decode` of the same ids."""
         self._tokenizer = tokenizer
-        self._render = PieceRenderer(tokenizer, skip_special_tokens, continuation)
+        self._render = tokenizer.piece_renderer(skip_special_tokens, continuation)
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def push(self, id: int) -> str:  # noqa: A002 - the contract's name
         """The text completed by this token (``""`` while a character is still incomplete)."""
         token_id = int(id)
-        self._tokenizer.vocab.check_id(token_id)
+        self._tokenizer.check_id(token_id)
         return self._utf8.decode(self._render(token_id))
 
     def flush(self) -> str:
