@@ -228,6 +228,13 @@ def _k_scale_min(packed: Tensor) -> tuple[Tensor, Tensor]:
     return sc.float(), m.float()
 
 
+def _k_sub_block_scales(blocks: Tensor) -> tuple[Tensor, Tensor]:
+    """Q4_K/Q5_K per-sub-block factors ``d * sc[g]`` and ``dmin * m[g]``, each (n, 8, 1)."""
+    d, dmin = _f16(blocks, 0), _f16(blocks, 2)  # (n, 1)
+    sc, m = _k_scale_min(blocks[:, 4:16])  # (n, 8)
+    return (d * sc).unsqueeze(-1), (dmin * m).unsqueeze(-1)
+
+
 def _deq_q4_k(blocks: Tensor, out: Tensor) -> None:
     """Q4_K: 256 weights in 144 bytes: f16 ``d``, f16 ``dmin``, 12 bytes of 6-bit scales and
     mins (see ``_k_scale_min``), 128 bytes of 4-bit ``q``.
@@ -236,10 +243,7 @@ def _deq_q4_k(blocks: Tensor, out: Tensor) -> None:
     ``g``, high for odd. ``w = (d * sc[g]) * q - (dmin * m[g])``.
     """
     n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)  # (n, 1)
-    sc, m = _k_scale_min(blocks[:, 4:16])  # (n, 8)
-    dl = (d * sc).unsqueeze(-1)  # (n, 8, 1)
-    ml = (dmin * m).unsqueeze(-1)  # (n, 8, 1)
+    dl, ml = _k_sub_block_scales(blocks)  # (n, 8, 1) each
     q = _nibbles(blocks[:, 16:].view(n, 4, 32)).view(n, 8, 32)  # (n, 8, 32)
     torch.mul(q, dl, out=out.view(n, 8, 32)).sub_(ml)
 
@@ -252,10 +256,7 @@ def _deq_q5_k(blocks: Tensor, out: Tensor) -> None:
     ``w = (d * sc[g]) * q - (dmin * m[g])``.
     """
     n = blocks.shape[0]
-    d, dmin = _f16(blocks, 0), _f16(blocks, 2)  # (n, 1)
-    sc, m = _k_scale_min(blocks[:, 4:16])  # (n, 8)
-    dl = (d * sc).unsqueeze(-1)  # (n, 8, 1)
-    ml = (dmin * m).unsqueeze(-1)  # (n, 8, 1)
+    dl, ml = _k_sub_block_scales(blocks)  # (n, 8, 1) each
     low = _nibbles(blocks[:, 48:].view(n, 4, 32)).view(n, 8, 32)  # (n, 8, 32)
     high = _bits(blocks[:, 16:48])  # (n, 8, 32)
     torch.mul(low | (high << 4), dl, out=out.view(n, 8, 32)).sub_(ml)
