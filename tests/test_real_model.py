@@ -83,3 +83,13 @@ def test_capital_of_france(gemma) -> None:
     assert done.text.startswith(" the capital of the country of France. It is the largest city in France")
     assert done.finish_reason == "length" and len(done.token_ids) == 16
     assert done.stats.prompt_tokens == 6 and done.stats.decode_tokens_per_second > 0
+
+
+def test_half_precision_policy_runs_close_to_f32(gemma_path: Path, our_logits: list[torch.Tensor],
+                                                 refs: References) -> None:
+    """The GPU dtypes also run on CPU (OXIDE_DTYPE / dtype=): bf16 keeps top-1 within a few percent of f32."""
+    half = oxide.load(gemma_path, device="cpu", dtype="bf16")
+    assert half.dtype == torch.bfloat16
+    short = [half.logits(seq) for seq in refs.ids[:-1]]
+    assert all(l.dtype == torch.float32 for l in short)
+    assert _agreement(short, [o.argmax(-1) for o in our_logits[:-1]]) >= 0.9
