@@ -77,7 +77,7 @@ class Model:
         """Token ids for text (BOS added as the vocabulary asks), chat messages (rendered with the model's
         template; no second BOS when the template writes one) or ids (used as given)."""
         if isinstance(prompt, str):
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
+            return self._single_bos(self.tokenizer.encode(prompt, add_special_tokens=True))
         items = list(prompt)
         if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
             return [int(i) for i in items]
@@ -97,6 +97,14 @@ class Model:
         ids = tok.encode(text, add_special_tokens=False)
         if tok.add_bos and tok.bos_id is not None and (not ids or ids[0] != tok.bos_id):
             ids.insert(0, tok.bos_id)
+        return self._single_bos(ids)
+
+    def _single_bos(self, ids: list[int]) -> list[int]:
+        """Drop a BOS the text itself spelled out when the tokenizer added one too (llama.cpp warns of the same)."""
+        bos = self.tokenizer.bos_id
+        if bos is not None and ids[:2] == [bos, bos]:
+            log.warning("the prompt starts with two BOS tokens (one added, one in the text); keeping one")
+            return ids[1:]
         return ids
 
     def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,

@@ -74,3 +74,7 @@ def test_bad_prompt_type(gemma) -> None:
         gemma.generate([1.5, "x"], max_new_tokens=1)
     with pytest.raises(oxide.InvalidOptionError):
         gemma.generate(PROMPT, max_new_tokens=-1)
+
+
+def test_no_double_bos_when_the_text_spells_it(gemma) -> None:
+    assert gemma.encode_prompt("<bos>The capital of France is") == gemma.encode_prompt(PROMPT)
