@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -106,12 +107,18 @@ def _info(ns: argparse.Namespace) -> int:
     print(f"kv cache:      {policy.kv_cache_dtype} ({policy.kv_cache_reason})")
     print("config:")
     for key, value in config.summary().items():
-        print(f"  {key:26} {value}")
+        print(f"  {key:26} {_runs(value) if key == 'layer_types' else value}")
     print("tensors:")
     for name, n in counts.most_common():
         print(f"  {name:8} x{n:<4} {format_bytes(sizes[name])}")
     print(f"  total    x{sum(counts.values()):<4} {format_bytes(sum(sizes.values()))}")
     return 0
+
+
+def _runs(items: Sequence[str]) -> str:
+    """('a', 'a', 'b') -> 'a x2, b': run-length form of a per-layer list."""
+    groups = [(item, len(list(run))) for item, run in itertools.groupby(items)]
+    return ", ".join(item if n == 1 else f"{item} x{n}" for item, n in groups)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

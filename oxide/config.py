@@ -52,7 +52,6 @@ class ModelConfig:
     rope_scaling_factor: float = 1.0      # linear position interpolation: positions / factor
     sliding_window: int = 0               # 0: no sliding-window layers
     layer_types: tuple[str, ...] = field(default=())   # per layer; empty: all full attention
-    extra: tuple[tuple[str, Any], ...] = ()             # metadata kept for `oxide info`, never read by layers
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -105,7 +104,7 @@ class ModelConfig:
 
     def summary(self) -> dict[str, Any]:
         """Field -> value, for display."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"} | dict(self.extra)
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 def layer_pattern(num_layers: int, every: int) -> tuple[str, ...]:
