@@ -21,6 +21,8 @@ KEY_MODEL = "tokenizer.ggml.model"
 # tokenizer.ggml.model -> (module, class) of the implementation; imported on first use.
 GGUF_MODELS: dict[str, tuple[str, str]] = {
     "llama": ("oxide.tokenizer.spm", "SPMTokenizer"),
+    "bert": ("oxide.tokenizer.wpm", "WPMTokenizer"),
+    "t5": ("oxide.tokenizer.ugm", "UGMTokenizer"),
 }
 
 
