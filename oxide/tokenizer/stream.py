@@ -5,8 +5,11 @@ special-token rules, through :meth:`Tokenizer.piece_renderer`), and the bytes go
 an incremental UTF-8 decoder that holds back an incomplete trailing sequence until the next bytes
 complete it; invalid sequences become U+FFFD as in ``decode``. Hence, for any ids,
 ``"".join(d.push(i) for i in ids) + d.flush() == tokenizer.decode(ids, skip_special_tokens)``
-(when skipping special tokens, up to a trailing EOS of a vocabulary that adds EOS and does not mark
-it as a control token, which ``decode`` drops and a stream cannot know to be last).
+with two exceptions a stream cannot know about: a trailing EOS of a vocabulary that adds EOS and does
+not mark it as a control token (``decode`` drops it when skipping special tokens), and WordPiece's
+clean-up of spaces before punctuation and contractions, which looks at the following token (a
+``bert`` stream keeps those spaces, as llama.cpp's pieces joined together do). For tokenizer.json
+files with byte fallback, invalid byte runs may give a different number of U+FFFD than ``decode``.
 """
 
 from __future__ import annotations
