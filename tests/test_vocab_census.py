@@ -1,0 +1,39 @@
+"""Every vocabulary llama.cpp ships (the llama-cpp-python sdist) loads, and every one with expected
+tokenizations reproduces them exactly; the per-family files test each more deeply."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from oxide.tokenizer import Tokenizer
+
+from _sdist import llama_cpp_models_dir
+
+SEPARATOR = "\n__ggml_vocab_test__\n"
+VOCABS = sorted(llama_cpp_models_dir().glob("ggml-vocab-*.gguf"))
+
+
+def _cases(vocab: Path) -> list[tuple[str, list[int]]]:
+    """The .inp texts (each ends with the separator) and the .out lines of expected ids, one per text."""
+    inputs = Path(f"{vocab}.inp").read_text(encoding="utf-8").split(SEPARATOR)[:-1]
+    outputs = Path(f"{vocab}.out").read_text(encoding="utf-8").split("\n")[: len(inputs)]
+    assert len(inputs) == len(outputs)
+    return [(text, [int(t) for t in out.split()]) for text, out in zip(inputs, outputs)]
+
+
+def test_census() -> None:
+    assert len(VOCABS) >= 19, "the sdist's vocabularies were not all found"
+
+
+@pytest.mark.parametrize("vocab", VOCABS, ids=lambda p: p.name)
+def test_every_vocab_loads_and_matches_its_expected_tokenizations(vocab: Path) -> None:
+    tok = Tokenizer.from_gguf(vocab)
+    assert tok.vocab_size > 1000
+    if not Path(f"{vocab}.inp").exists():
+        return
+    cases = _cases(vocab)
+    assert cases
+    mismatches = [text for text, expected in cases if tok.encode(text, parse_special=False) != expected]
+    assert not mismatches, f"{vocab.name}: {len(mismatches)}/{len(cases)} differ, first {mismatches[0]!r}"
