@@ -219,7 +219,8 @@ def test_gemma_metadata_attributes(gemma_tok: Tokenizer, gemma_ref: Llama, gemma
     vocab = gemma_ref._model.vocab
     assert gemma_tok.vocab_size == llama_cpp.llama_vocab_n_tokens(vocab) == 262144
     assert gemma_tok.bos_id == llama_cpp.llama_vocab_bos(vocab) == 2
-    assert gemma_tok.eos_ids == [llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)] == [1, 106]
+    assert gemma_tok.eos_ids[:2] == [llama_cpp.llama_vocab_eos(vocab), llama_cpp.llama_vocab_eot(vocab)] == [1, 106]
+    assert gemma_tok.eos_ids == [1, 106, 212]   # and "</s>", an end marker by its text for llama.cpp
     assert gemma_tok.pad_id == 0
     assert gemma_tok.add_bos is True and gemma_tok.add_eos is False
     assert gemma_tok.vocab.add_space_prefix is False  # Gemma 3's file says so
@@ -320,7 +321,7 @@ def test_spm_end_of_turn_ids(spm_pair: tuple[str, Tokenizer, Llama]) -> None:
     for token_id in tok.eos_ids:
         assert llama_cpp.llama_vocab_is_eog(vocab, token_id)
     if name == "phi-3":
-        assert tok.eos_ids == [32000, 32007]  # <|endoftext|>, <|end|>
+        assert tok.eos_ids == [32000, 32007, 2]  # <|endoftext|>, <|end|>, and "</s>" by its text
 
 
 @pytest.fixture(scope="module")

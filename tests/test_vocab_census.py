@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import llama_cpp
 import pytest
 
 from oxide.tokenizer import Tokenizer
@@ -37,3 +38,12 @@ def test_every_vocab_loads_and_matches_its_expected_tokenizations(vocab: Path) -
     assert cases
     mismatches = [text for text, expected in cases if tok.encode(text, parse_special=False) != expected]
     assert not mismatches, f"{vocab.name}: {len(mismatches)}/{len(cases)} differ, first {mismatches[0]!r}"
+
+
+@pytest.mark.parametrize("vocab", VOCABS, ids=lambda p: p.name)
+def test_generation_stops_where_llama_cpp_stops(vocab: Path) -> None:
+    """``eos_ids`` is exactly llama.cpp's end-of-generation set (EOS, end of turn, FIM pad..., end markers)."""
+    ref = llama_cpp.Llama(str(vocab), vocab_only=True, verbose=False)
+    handle = ref._model.vocab
+    expected = {i for i in range(llama_cpp.llama_vocab_n_tokens(handle)) if llama_cpp.llama_vocab_is_eog(handle, i)}
+    assert set(Tokenizer.from_gguf(vocab).eos_ids) == expected

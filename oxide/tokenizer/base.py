@@ -178,6 +178,7 @@ class Vocab:
         self.pad_id: int | None = ids["pad"]
         self.eot_ids: list[int] = roles["eot"]
         self.eom_ids: list[int] = roles["eom"]
+        self.eog_ids: list[int] = self._end_of_generation(ids["eos"], roles, attrs)
         self.add_bos: bool = bool(metadata.get(KEY_ADD_BOS, add_bos))
         self.add_eos: bool = bool(metadata.get(KEY_ADD_EOS, add_eos))
         self.add_space_prefix: bool = bool(metadata.get(KEY_ADD_SPACE_PREFIX, add_space_prefix))
@@ -228,6 +229,15 @@ class Vocab:
         close = self.token_to_id.get("</s>")
         if close is not None and has("<|tool_response>"):
             attrs[close] = Attr.NORMAL
+
+    def _end_of_generation(self, eos: int | None, roles: dict[str, list[int]], attrs: np.ndarray) -> list[int]:
+        """llama.cpp's end-of-generation set: EOS, then the end of turn/message and FIM pad/repo/separator
+        tokens, then every token whose text is an end marker and is still a control token after the
+        exceptions of :meth:`_not_end_markers`."""
+        by_role = [i for role in ("eot", "eom", "fim_pad", "fim_rep", "fim_sep") for i in roles[role]]
+        by_text = [self.token_to_id[t] for t in _EOG_TEXTS if t in self.token_to_id]
+        by_text = [i for i in by_text if attrs[i] & Attr.CONTROL]
+        return list(dict.fromkeys(([] if eos is None else [eos]) + by_role + sorted(by_text)))
 
     def _name_rules(self, metadata: Mapping[str, Any], attrs: np.ndarray) -> None:
         """Whitespace-stripping rules llama.cpp keys on the model name (only Phi-3 for these vocabularies)."""
@@ -396,12 +406,10 @@ class VocabTokenizer(Tokenizer):
     def add_eos(self) -> bool:
         return self.vocab.add_eos
 
-    @cached_property
+    @property
     def eos_ids(self) -> list[int]:
-        """End of sequence, then end of turn and end of message when the vocabulary has them."""
-        v = self.vocab
-        first = [] if v.eos_id is None else [v.eos_id]
-        return list(dict.fromkeys(first + v.eot_ids + v.eom_ids))
+        """The tokens that end generation, as llama.cpp decides them (:meth:`Vocab._end_of_generation`)."""
+        return self.vocab.eog_ids
 
     @cached_property
     def special_tokens(self) -> dict[str, int]:
