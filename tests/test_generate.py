@@ -38,7 +38,7 @@ def test_max_new_tokens_zero(gemma) -> None:
 
 def test_end_tokens_and_ignore_eos(gemma, monkeypatch: pytest.MonkeyPatch) -> None:
     first = gemma.generate(PROMPT, max_new_tokens=1, sampling=GREEDY).token_ids[0]
-    monkeypatch.setattr(gemma.tokenizer, "eos_ids", [first])
+    monkeypatch.setattr(gemma.tokenizer.vocab, "eog_ids", [first])
     stopped = gemma.generate(PROMPT, max_new_tokens=5, sampling=GREEDY)
     assert (stopped.token_ids, stopped.finish_reason) == ([], "stop")
     ignored = gemma.generate(PROMPT, max_new_tokens=3, sampling=GREEDY, ignore_eos=True)
