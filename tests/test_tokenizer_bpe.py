@@ -31,7 +31,8 @@ from llama_cpp import Llama
 from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
-from oxide.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, BPETokenizer, clean_spaces
+from oxide.tokenizer.base import clean_spaces
+from oxide.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, BPETokenizer
 from oxide.tokenizer.pretokenize import PRE_TOKENIZERS, UNSUPPORTED, _collapse_table, collapse
 from oxide.weights.gguf import read_metadata
 import _sdist  # tests/ is on sys.path (pytest prepend import mode)

@@ -24,7 +24,8 @@ from llama_cpp import Llama
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.tokenizer.ugm import UGMTokenizer
-from oxide.tokenizer.wpm import WPMTokenizer, clean_up_spaces
+from oxide.tokenizer.base import clean_spaces
+from oxide.tokenizer.wpm import WPMTokenizer
 from oxide.weights.gguf import read_metadata
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
@@ -235,7 +236,7 @@ def test_bert_decode_space_clean_up(bert: tuple[Tokenizer, Llama], seed: int) ->
         ids = [rng.choice(pool) for _ in range(rng.randint(1, 12))]
         for skip in (False, True):
             assert tok.decode(ids, skip_special_tokens=skip) == ref_decode(ref, ids, skip), f"seed {seed}, {ids}"
-    assert clean_up_spaces(" a , b ' c 's d ' ' e 're 't") == " a, b'c's d'' e're 't"
+    assert clean_spaces(" a , b ' c 's d ' ' e 're 't") == " a, b'c's d'' e're 't"
 
 
 def test_bert_token_to_piece_matches_llama_cpp(bert: tuple[Tokenizer, Llama], seed: int) -> None:
@@ -272,7 +273,7 @@ def test_bert_stream_renders_each_token_like_llama_cpp(bert: tuple[Tokenizer, Ll
         stream = StreamDecoder(tok, skip_special_tokens=False)
         text = "".join(stream.push(i) for i in ids) + stream.flush()
         assert text == b"".join(ref_piece(ref, i) for i in ids).decode("utf-8", "replace"), f"seed {seed}, {ids}"
-        if clean_up_spaces(text) == text:
+        if clean_spaces(text) == text:
             assert text == tok.decode(ids)
 
 

@@ -361,6 +361,20 @@ def _trie_pattern(node: dict[str, Any]) -> str:
     return body
 
 
+_SPACE_BEFORE_PUNCT = re.compile(r" (?=[?!.,])")
+_SPACE_BEFORE_CONTRACTION = re.compile(r" (?='(?:[sm]|[rv]e))")
+
+
+def clean_spaces(text: str) -> str:
+    """llama.cpp's ``clean_spaces`` passes over detokenized text (BPE and WordPiece), in order: remove a space
+    before ``?``, ``!``, ``.`` or ``,``; turn ``" ' "`` into ``"'"`` (left to right, no overlaps); remove the
+    space before ``'s``, ``'m``, ``'re`` and ``'ve``. (llama.cpp edits bytes; only ASCII is touched, so
+    working on the decoded text gives the same result.)"""
+    text = _SPACE_BEFORE_PUNCT.sub("", text)
+    text = text.replace(" ' ", "'")
+    return _SPACE_BEFORE_CONTRACTION.sub("", text)
+
+
 class VocabTokenizer(Tokenizer):
     """Text <-> token ids from a GGUF vocabulary (``tokenizer.ggml.*``); reproduces llama.cpp's tokenization.
 

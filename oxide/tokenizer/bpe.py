@@ -45,7 +45,7 @@ from typing import Any
 
 from ..errors import TokenizerError
 from ..log import get_logger
-from .base import Vocab, VocabTokenizer
+from .base import Vocab, VocabTokenizer, clean_spaces
 from .pretokenize import PreSpec, pre_spec, pre_tokenizer
 
 log = get_logger("tokenizer")
@@ -69,18 +69,6 @@ CHAR_TO_BYTE = {c: b for b, c in enumerate(BYTE_TO_CHAR)}
 _LATIN1_TO_CHARS = str.maketrans({chr(b): c for b, c in enumerate(BYTE_TO_CHAR)})
 
 _SPACE_RUN = re.compile(f"(?<!{SPACE}){SPACE}")  # the first "▁" of each run
-_SPACE_BEFORE_PUNCT = re.compile(r" (?=[?!.,])")
-_SPACE_BEFORE_CONTRACTION = re.compile(r" (?='(?:[sm]|re|ve))")
-
-
-def clean_spaces(text: str) -> str:
-    """llama.cpp's ``clean_spaces`` passes over detokenized text, in order: remove a space before
-    ``?``, ``!``, ``.`` or ``,``; turn ``" ' "`` into ``"'"`` (left to right, no overlaps); remove the
-    space before ``'s``, ``'m``, ``'re`` and ``'ve``. (llama.cpp edits bytes; only ASCII is touched, so
-    working on the decoded text gives the same result.)"""
-    text = _SPACE_BEFORE_PUNCT.sub("", text)
-    text = text.replace(" ' ", "'")
-    return _SPACE_BEFORE_CONTRACTION.sub("", text)
 
 
 class BPETokenizer(VocabTokenizer):

@@ -34,13 +34,12 @@ unassigned letters.
 
 from __future__ import annotations
 
-import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import TokenizerError
-from .base import Vocab, VocabTokenizer, _metadata_id
+from .base import Vocab, VocabTokenizer, _metadata_id, clean_spaces
 
 SPACE = "▁"  # U+2581, the word-start marker of the converted vocabulary
 KEY_SEP = "tokenizer.ggml.seperator_token_id"  # sic: llama.cpp's spelling
@@ -106,18 +105,6 @@ class _CharMap(dict):
                 out = f" {out} "
         self[cp] = out
         return out
-
-
-def clean_up_spaces(text: str) -> str:
-    """llama.cpp's ``clean_spaces`` passes over decoded text, in order: drop a space before ``?!.,``;
-    turn ``" ' "`` into ``"'"``; drop the space before ``'s``, ``'m``, ``'re`` and ``'ve``."""
-    text = _SPACE_BEFORE_PUNCT.sub("", text)
-    text = text.replace(" ' ", "'")  # left to right, without overlap, as llama.cpp's scan
-    return _SPACE_BEFORE_CONTRACTION.sub("", text)
-
-
-_SPACE_BEFORE_PUNCT = re.compile(r" (?=[?!.,])")
-_SPACE_BEFORE_CONTRACTION = re.compile(r" (?='(?:[sm]|[rv]e))")
 
 
 class WPMTokenizer(VocabTokenizer):
@@ -213,7 +200,7 @@ class WPMTokenizer(VocabTokenizer):
     # decoding -------------------------------------------------------------------------------
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         """Text of ``ids`` (llama.cpp's ``llama_detokenize``, its space clean-up included)."""
-        return clean_up_spaces(super().decode(ids, skip_special_tokens))
+        return clean_spaces(super().decode(ids, skip_special_tokens))
 
     def _normal_piece(self, text: str) -> bytes:
         return text.replace(SPACE, " ").encode("utf-8", "surrogateescape")
