@@ -11,13 +11,10 @@ pre-tokenizer of the table is checked by giving GPT-2's vocabulary that ``tokeni
 from __future__ import annotations
 
 import ctypes
-import inspect
-import json
 import os
 import random
 import re
 import tarfile
-import time
 from collections.abc import Iterator
 from itertools import pairwise
 from pathlib import Path
@@ -431,26 +428,4 @@ def test_heap_merge_equals_scan_merge(seed: int) -> None:
         assert tok._merge(word) == tok._merge_heap(word), f"seed {seed}, word #{k} {word!r}"
 
 
-@pytest.mark.parametrize("name", ["command-r", "llama-bpe", "gemma-4"])
-def test_build_is_fast(name: str) -> None:
-    metadata = read_metadata(vocab_path(name))
-    start = time.perf_counter()
-    tok = Tokenizer.from_gguf_metadata(metadata)
-    tok.encode("<|endoftext|>hi there", parse_special=True)
-    tok.encode("x", parse_special=False)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 2.0, f"building the {tok.vocab_size}-token {name} tokenizer took {elapsed:.2f} s"
 
-
-def test_encode_speed_on_prose() -> None:
-    """At least 1 MB/s on English prose with an empty word cache (Llama 3's vocabulary)."""
-    prose = "\n\n".join(inspect.getdoc(obj) or "" for module in (os, json, inspect, random, re, tarfile, ctypes, gguf)
-                        for obj in vars(module).values() if callable(obj))
-    tok = Tokenizer.from_gguf(vocab_path("llama-bpe"))
-    tok.encode("warm up the special-token matcher")
-    tok._cache.clear()
-    start = time.perf_counter()
-    tok.encode(prose)
-    elapsed = time.perf_counter() - start
-    megabytes = len(prose.encode("utf-8")) / 1e6
-    assert megabytes > 0.1 and megabytes / elapsed >= 1.0, f"{megabytes / elapsed:.2f} MB/s"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import os
 import random
-import time
 import unicodedata
 
 import gguf
@@ -277,13 +276,6 @@ def test_bert_stream_renders_each_token_like_llama_cpp(bert: tuple[Tokenizer, Ll
             assert text == tok.decode(ids)
 
 
-def test_bert_encode_speed(bert: tuple[Tokenizer, Llama], seed: int) -> None:
-    tok, _ = bert
-    rng = random.Random(seed + 7)
-    text = " ".join(random_text(rng) for _ in range(200))  # tens of thousands of characters
-    start = time.perf_counter()
-    tok.encode(text)
-    assert time.perf_counter() - start < 2.0
 
 
 # --- unigram (nomic-bert-moe) ----------------------------------------------------------------------

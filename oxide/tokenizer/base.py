@@ -25,7 +25,7 @@ The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.mode
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
 from functools import cached_property
 from typing import Any
@@ -373,6 +373,28 @@ def clean_spaces(text: str) -> str:
     text = _SPACE_BEFORE_PUNCT.sub("", text)
     text = text.replace(" ' ", "'")
     return _SPACE_BEFORE_CONTRACTION.sub("", text)
+
+
+class WordCache:
+    """Memo of a word's ids (the model's algorithm is the slow part of encoding and real text repeats
+    words). Words longer than ``max_word`` are computed every time; the memo is emptied past
+    ``max_entries`` words, which bounds its memory."""
+
+    def __init__(self, compute: Callable[[str], list[int]], max_word: int = 64, max_entries: int = 1 << 16) -> None:
+        self._compute = compute
+        self._max_word = max_word
+        self._max_entries = max_entries
+        self._memo: dict[str, list[int]] = {}
+
+    def __call__(self, word: str) -> list[int]:
+        ids = self._memo.get(word)
+        if ids is None:
+            ids = self._compute(word)
+            if len(word) <= self._max_word:
+                if len(self._memo) >= self._max_entries:
+                    self._memo.clear()
+                self._memo[word] = ids
+        return ids
 
 
 class VocabTokenizer(Tokenizer):

@@ -45,7 +45,7 @@ from typing import Any
 
 from ..errors import TokenizerError
 from ..log import get_logger
-from .base import Vocab, VocabTokenizer, clean_spaces
+from .base import Vocab, VocabTokenizer, WordCache, clean_spaces
 from .pretokenize import PreSpec, pre_spec, pre_tokenizer
 
 log = get_logger("tokenizer")
@@ -75,8 +75,6 @@ class BPETokenizer(VocabTokenizer):
     """Byte-pair-encoding tokenizer over a GGUF ``gpt2`` or ``gemma4`` vocabulary (see the module
     docstring). ``pre``: the ``tokenizer.ggml.pre`` value in effect."""
 
-    _CACHE_MAX_WORD = 64  # longer words are merged every time
-    _CACHE_MAX_ENTRIES = 1 << 16  # the cache is emptied when it grows past this
     _HEAP_MIN_SYMBOLS = 64  # words at least this long are merged with a heap (O(n log n))
     _NO_MERGE = 1 << 62  # rank of a pair that is not a merge
 
@@ -86,7 +84,7 @@ class BPETokenizer(VocabTokenizer):
         self.spec = spec
         self._split = pre_tokenizer(spec.patterns).split
         self._ranks, self._sep = _merge_ranks(merges)
-        self._cache: dict[str, list[int]] = {}
+        self._word_ids_cached = WordCache(self._word_ids)
         get = vocab.token_to_id.get
         if spec.byte_encode:  # the token whose text is the single byte (bytes >= 0x80 only as surrogateescape)
             self._byte_ids = [get(chr(b) if b < 0x80 else chr(0xDC00 + b)) for b in range(256)]
@@ -136,7 +134,6 @@ class BPETokenizer(VocabTokenizer):
     # encoding -------------------------------------------------------------------------------
     def _encode_parts(self, parts: list[str | int]) -> list[int]:
         out: list[int] = []
-        cache = self._cache
         for part in parts:
             if isinstance(part, int):
                 out.append(part)
@@ -145,14 +142,7 @@ class BPETokenizer(VocabTokenizer):
                 part = part.replace(" ", SPACE)
             for word in self._split(part):
                 for piece in self._cut_at_spaces(word) if self._glue else (word,):
-                    ids = cache.get(piece)
-                    if ids is None:
-                        ids = self._word_ids(piece)
-                        if len(piece) <= self._CACHE_MAX_WORD:
-                            if len(cache) >= self._CACHE_MAX_ENTRIES:
-                                cache.clear()
-                            cache[piece] = ids
-                    out.extend(ids)
+                    out.extend(self._word_ids_cached(piece))
         return out
 
     def _cut_at_spaces(self, word: str) -> list[str]:

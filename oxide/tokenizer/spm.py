@@ -26,7 +26,7 @@ from heapq import heapify, heappop, heappush
 from typing import Any
 
 from ..errors import TokenizerError
-from .base import VocabTokenizer, Vocab
+from .base import Vocab, VocabTokenizer, WordCache
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
 _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at a ▁ (or at the text start)
@@ -35,12 +35,10 @@ _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at 
 class SPMTokenizer(VocabTokenizer):
     """SentencePiece tokenizer over a GGUF ``llama`` vocabulary (see the module docstring)."""
 
-    _CACHE_MAX_WORD = 64  # longer words are merged every time
-    _CACHE_MAX_ENTRIES = 1 << 16  # the cache is emptied when it grows past this
 
     def __init__(self, vocab: Vocab) -> None:
         super().__init__(vocab)
-        self._cache: dict[str, list[int]] = {}
+        self._word_ids_cached = WordCache(self._merge)
         get = vocab.token_to_id.get
         # byte -> id: the <0xXX> token, else llama.cpp's fallback to the one-byte text itself (a byte
         # >= 0x80 alone is not UTF-8; such texts are read with surrogateescape).
@@ -68,7 +66,6 @@ class SPMTokenizer(VocabTokenizer):
 
     def _encode_parts(self, parts: list[str | int]) -> list[int]:
         out: list[int] = []
-        cache = self._cache
         after_special = True  # the first part counts as following a special token
         for part in parts:
             if isinstance(part, int):
@@ -79,14 +76,7 @@ class SPMTokenizer(VocabTokenizer):
                 part = " " + part
             after_special = False
             for word in self._words(part.replace(" ", SPACE)):
-                ids = cache.get(word)
-                if ids is None:
-                    ids = self._merge(word)
-                    if len(word) <= self._CACHE_MAX_WORD:
-                        if len(cache) >= self._CACHE_MAX_ENTRIES:
-                            cache.clear()
-                        cache[word] = ids
-                out.extend(ids)
+                out.extend(self._word_ids_cached(word))
         return out
 
     def _words(self, text: str) -> list[str]:

@@ -39,7 +39,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..errors import TokenizerError
-from .base import Vocab, VocabTokenizer, _metadata_id, clean_spaces
+from .base import Vocab, VocabTokenizer, WordCache, _metadata_id, clean_spaces
 
 SPACE = "▁"  # U+2581, the word-start marker of the converted vocabulary
 KEY_SEP = "tokenizer.ggml.seperator_token_id"  # sic: llama.cpp's spelling
@@ -113,8 +113,6 @@ class WPMTokenizer(VocabTokenizer):
     ``sep_id``: the separator appended by ``encode(..., add_special_tokens=True)``.
     """
 
-    _CACHE_MAX_WORD = 64  # longer words are cut every time
-    _CACHE_MAX_ENTRIES = 1 << 16  # the cache is emptied when it grows past this
 
     def __init__(self, vocab: Vocab, sep_id: int | None, lowercase: bool, strip_accents: bool) -> None:
         super().__init__(vocab)
@@ -123,7 +121,7 @@ class WPMTokenizer(VocabTokenizer):
         self.strip_accents = strip_accents
         self._charmap = _CharMap(lowercase, strip_accents)
         self._max_len = max(map(len, vocab.tokens))  # in characters
-        self._cache: dict[str, list[int]] = {}
+        self._word_ids_cached = WordCache(self._cut)
         if vocab.unk_id is None:
             raise TokenizerError("a WordPiece vocabulary needs an unknown token: set "
                                  "tokenizer.ggml.unknown_token_id (llama.cpp's default, 100, is outside this one)")
@@ -163,20 +161,12 @@ class WPMTokenizer(VocabTokenizer):
 
     def _encode_parts(self, parts: list[str | int]) -> list[int]:
         out: list[int] = []
-        cache = self._cache
         for part in parts:
             if isinstance(part, int):
                 out.append(part)
                 continue
             for word in self.words(part):
-                ids = cache.get(word)
-                if ids is None:
-                    ids = self._cut(word)
-                    if len(word) <= self._CACHE_MAX_WORD:
-                        if len(cache) >= self._CACHE_MAX_ENTRIES:
-                            cache.clear()
-                        cache[word] = ids
-                out.extend(ids)
+                out.extend(self._word_ids_cached(word))
         return out
 
     def _cut(self, word: str) -> list[int]:
