@@ -7,7 +7,6 @@ Random inputs are drawn fresh on every run; the seed is printed and named in fai
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import os
 import random
@@ -23,7 +22,8 @@ from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.weights.gguf import read_metadata
-from _sdist import llama_cpp_models_dir  # tests/ is on sys.path (pytest prepend import mode)
+from _sdist import llama_cpp_models_dir
+from _llama_ref import ref_decode, ref_encode, ref_piece
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -120,29 +120,6 @@ def _vocab_file(name: str) -> str:
 def spm_pair(request: pytest.FixtureRequest) -> tuple[str, Tokenizer, Llama]:
     path = _vocab_file(request.param)
     return request.param, Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
-
-
-def ref_encode(ref: Llama, text: str, parse_special: bool, add_special: bool = False) -> list[int]:
-    return ref.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
-
-
-def ref_piece(ref: Llama, token_id: int) -> bytes:
-    """llama.cpp's token_to_piece(special=True, no lstrip)."""
-    buffer = ctypes.create_string_buffer(256)
-    n = llama_cpp.llama_token_to_piece(ref._model.vocab, token_id, buffer, 256, 0, True)
-    assert n >= 0
-    return buffer.raw[:n]
-
-
-def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
-    """llama.cpp's llama_detokenize(remove_special=skip, unparse_special=not skip), UTF-8 with U+FFFD."""
-    vocab = ref._model.vocab
-    array = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
-    size = 64 * len(ids) + 64
-    buffer = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_detokenize(vocab, array, len(ids), buffer, size, skip_special_tokens, not skip_special_tokens)
-    assert n >= 0, "reference buffer too small"
-    return buffer.raw[:n].decode("utf-8", "replace")
 
 
 @functools.lru_cache(maxsize=None)
@@ -449,8 +426,6 @@ def test_unknown_character_without_byte_tokens_is_unk() -> None:
     assert tok.encode("ab", add_special_tokens=True) == [1, 8]
     assert tok.decode([1, 8, 3, 0, 6]) == "<s> ab <unk> a"
     assert tok.decode([1, 8, 3, 0, 6], skip_special_tokens=True) == " ab  a"
-
-
 
 
 def test_stream_continuation_keeps_leading_space() -> None:

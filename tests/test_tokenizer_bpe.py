@@ -10,7 +10,6 @@ pre-tokenizer of the table is checked by giving GPT-2's vocabulary that ``tokeni
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import re
@@ -33,6 +32,7 @@ from oxide.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, BPETokenizer
 from oxide.tokenizer.pretokenize import PRE_TOKENIZERS, UNSUPPORTED, _collapse_table, collapse
 from oxide.weights.gguf import read_metadata
 import _sdist  # tests/ is on sys.path (pytest prepend import mode)
+from _llama_ref import ref_decode, ref_encode, ref_piece
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 WITH_EXPECTED = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2", "llama-bpe", "mpt",
@@ -127,29 +127,6 @@ def pair(request: pytest.FixtureRequest) -> Iterator[tuple[str, BPETokenizer, Ll
     ref = Llama(path, vocab_only=True, verbose=False)
     yield request.param, tok, ref
     del ref
-
-
-def ref_encode(ref: Llama, text: str, parse_special: bool, add_special: bool = False) -> list[int]:
-    return ref.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
-
-
-def ref_piece(ref: Llama, token_id: int) -> bytes:
-    """llama.cpp's token_to_piece(special=True, no lstrip)."""
-    buffer = ctypes.create_string_buffer(4096)
-    n = llama_cpp.llama_token_to_piece(ref._model.vocab, token_id, buffer, 4096, 0, True)
-    assert n >= 0
-    return buffer.raw[:n]
-
-
-def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
-    """llama.cpp's llama_detokenize(remove_special=skip, unparse_special=not skip), UTF-8 with U+FFFD."""
-    array = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
-    size = 8 * sum(len(ref_piece(ref, i)) for i in ids) + 64
-    buffer = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_detokenize(ref._model.vocab, array, len(ids), buffer, size, skip_special_tokens,
-                                   not skip_special_tokens)
-    assert n >= 0, "reference buffer too small"
-    return buffer.raw[:n].decode("utf-8", "replace")
 
 
 def random_ids(rng: random.Random, tok: BPETokenizer, n: int) -> list[int]:
@@ -426,6 +403,5 @@ def test_heap_merge_equals_scan_merge(seed: int) -> None:
     for k in range(200):
         word = "".join(rng.choice(letters[:rng.randint(1, len(letters))]) for _ in range(rng.randint(1, 300)))
         assert tok._merge(word) == tok._merge_heap(word), f"seed {seed}, word #{k} {word!r}"
-
 
 

@@ -8,7 +8,6 @@ Random inputs are drawn fresh on every run; the seed is printed and named in fai
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import unicodedata
@@ -18,6 +17,7 @@ import llama_cpp
 import numpy as np
 import pytest
 from _sdist import llama_cpp_models_dir
+from _llama_ref import ref_decode, ref_encode, ref_piece
 from llama_cpp import Llama
 
 from oxide.tokenizer import StreamDecoder, Tokenizer
@@ -91,29 +91,6 @@ def bert() -> tuple[Tokenizer, Llama]:
 def nomic() -> tuple[Tokenizer, Llama]:
     path = _vocab_file("nomic-bert-moe")
     return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
-
-
-def ref_encode(ref: Llama, text: str, parse_special: bool, add_special: bool = False) -> list[int]:
-    return ref.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
-
-
-def ref_piece(ref: Llama, token_id: int) -> bytes:
-    """llama.cpp's token_to_piece(special=True, no lstrip)."""
-    buffer = ctypes.create_string_buffer(256)
-    n = llama_cpp.llama_token_to_piece(ref._model.vocab, token_id, buffer, 256, 0, True)
-    assert n >= 0
-    return buffer.raw[:n]
-
-
-def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
-    """llama.cpp's llama_detokenize(remove_special=skip, unparse_special=not skip), UTF-8 with U+FFFD."""
-    array = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
-    size = 64 * len(ids) + 64
-    buffer = ctypes.create_string_buffer(size)
-    n = llama_cpp.llama_detokenize(ref._model.vocab, array, len(ids), buffer, size,
-                                   skip_special_tokens, not skip_special_tokens)
-    assert n >= 0, "reference buffer too small"
-    return buffer.raw[:n].decode("utf-8", "replace")
 
 
 def assert_encodes_like(tok: Tokenizer, ref: Llama, text: str, where: str) -> None:
@@ -274,8 +251,6 @@ def test_bert_stream_renders_each_token_like_llama_cpp(bert: tuple[Tokenizer, Ll
         assert text == b"".join(ref_piece(ref, i) for i in ids).decode("utf-8", "replace"), f"seed {seed}, {ids}"
         if clean_spaces(text) == text:
             assert text == tok.decode(ids)
-
-
 
 
 # --- unigram (nomic-bert-moe) ----------------------------------------------------------------------

@@ -1,0 +1,38 @@
+"""llama.cpp as the tokenizer reference (llama-cpp-python's low-level API), shared by the tokenizer tests."""
+
+from __future__ import annotations
+
+import ctypes
+
+import llama_cpp
+from llama_cpp import Llama
+
+from _sdist import llama_cpp_models_dir
+
+
+def vocab_file(name: str) -> str:
+    """``ggml-vocab-<name>.gguf`` from the llama-cpp-python sdist."""
+    return str(llama_cpp_models_dir() / f"ggml-vocab-{name}.gguf")
+
+
+def ref_encode(ref: Llama, text: str, parse_special: bool, add_special: bool = False) -> list[int]:
+    return ref.tokenize(text.encode("utf-8"), add_bos=add_special, special=parse_special)
+
+
+def ref_piece(ref: Llama, token_id: int) -> bytes:
+    """llama.cpp's token_to_piece(special=True, no lstrip)."""
+    buffer = ctypes.create_string_buffer(4096)
+    n = llama_cpp.llama_token_to_piece(ref._model.vocab, token_id, buffer, 4096, 0, True)
+    assert n >= 0
+    return buffer.raw[:n]
+
+
+def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
+    """llama.cpp's llama_detokenize(remove_special=skip, unparse_special=not skip), UTF-8 with U+FFFD."""
+    array = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+    size = 8 * sum(len(ref_piece(ref, i)) for i in ids) + 64
+    buffer = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_detokenize(ref._model.vocab, array, len(ids), buffer, size, skip_special_tokens,
+                                   not skip_special_tokens)
+    assert n >= 0, "reference buffer too small"
+    return buffer.raw[:n].decode("utf-8", "replace")
