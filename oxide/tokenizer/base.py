@@ -406,7 +406,7 @@ class VocabTokenizer(Tokenizer):
     Attributes: ``bos_id``, ``eos_ids`` (end of sequence plus end of turn/message ids), ``pad_id``,
     ``vocab_size``, ``add_bos``/``add_eos`` (what ``encode(..., add_special_tokens=True)`` adds) and
     ``special_tokens`` (text -> id of the control and user-defined tokens). Subclasses implement one
-    ``tokenizer.ggml.model``: ``_from_metadata``, ``_encode_parts`` and ``_normal_piece``.
+    ``tokenizer.ggml.model``: ``_from_metadata``, ``_encode_text`` and ``_normal_piece``.
     """
 
     def __init__(self, vocab: Vocab) -> None:
@@ -477,7 +477,21 @@ class VocabTokenizer(Tokenizer):
         return ids
 
     def _encode_parts(self, parts: list[str | int]) -> list[int]:
-        """Ids of a partitioned text: ``str`` parts go through the model's algorithm, ``int`` parts are ids."""
+        """Ids of a partitioned text: ``int`` parts are ids already, ``str`` parts go through the model's
+        algorithm (:meth:`_encode_text`), told whether a special token (or the start) precedes them."""
+        out: list[int] = []
+        after_special = True
+        for part in parts:
+            if isinstance(part, int):
+                out.append(part)
+                after_special = True
+            else:
+                out.extend(self._encode_text(part, after_special))
+                after_special = False
+        return out
+
+    def _encode_text(self, text: str, after_special: bool) -> list[int]:
+        """Ids of one run of raw text (no special tokens in it)."""
         raise NotImplementedError
 
     def _matcher(self, parse_special: bool) -> _SpecialMatcher | None:

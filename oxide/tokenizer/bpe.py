@@ -132,17 +132,13 @@ class BPETokenizer(VocabTokenizer):
         return cls(vocab, merges, pre, spec)
 
     # encoding -------------------------------------------------------------------------------
-    def _encode_parts(self, parts: list[str | int]) -> list[int]:
+    def _encode_text(self, text: str, after_special: bool) -> list[int]:
+        if self.spec.escape_whitespace:
+            text = text.replace(" ", SPACE)
         out: list[int] = []
-        for part in parts:
-            if isinstance(part, int):
-                out.append(part)
-                continue
-            if self.spec.escape_whitespace:
-                part = part.replace(" ", SPACE)
-            for word in self._split(part):
-                for piece in self._cut_at_spaces(word) if self._glue else (word,):
-                    out.extend(self._word_ids_cached(piece))
+        for word in self._split(text):
+            for piece in self._cut_at_spaces(word) if self._glue else (word,):
+                out.extend(self._word_ids_cached(piece))
         return out
 
     def _cut_at_spaces(self, word: str) -> list[str]:

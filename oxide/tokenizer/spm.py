@@ -64,20 +64,10 @@ class SPMTokenizer(VocabTokenizer):
                 k = t.find(SPACE, k + 1)
         return frozenset(glue), tuple(sorted({len(g) for g in glue}))
 
-    def _encode_parts(self, parts: list[str | int]) -> list[int]:
-        out: list[int] = []
-        after_special = True  # the first part counts as following a special token
-        for part in parts:
-            if isinstance(part, int):
-                out.append(part)
-                after_special = True
-                continue
-            if after_special and self.vocab.add_space_prefix:
-                part = " " + part
-            after_special = False
-            for word in self._words(part.replace(" ", SPACE)):
-                out.extend(self._word_ids_cached(word))
-        return out
+    def _encode_text(self, text: str, after_special: bool) -> list[int]:
+        if after_special and self.vocab.add_space_prefix:
+            text = " " + text
+        return [i for word in self._words(text.replace(" ", SPACE)) for i in self._word_ids_cached(word)]
 
     def _words(self, text: str) -> list[str]:
         """``text`` cut before each ``"▁"`` where no vocabulary token can span the cut."""

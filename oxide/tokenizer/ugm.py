@@ -157,14 +157,8 @@ class UGMTokenizer(VocabTokenizer):
             charsmap = CharsMap(array.tobytes())
         return cls(vocab, charsmap, bool(metadata.get(KEY_REMOVE_EXTRA_WS, False)))
 
-    def _encode_parts(self, parts: list[str | int]) -> list[int]:
-        out: list[int] = []
-        for part in parts:
-            if isinstance(part, int):
-                out.append(part)
-            else:
-                out.extend(self._viterbi(self.normalize(part)))
-        return out
+    def _encode_text(self, text: str, after_special: bool) -> list[int]:
+        return self._viterbi(self.normalize(text))
 
     def normalize(self, text: str) -> bytes:
         """UTF-8 bytes of one raw-text part after step 1 of the module docstring."""

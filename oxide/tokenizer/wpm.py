@@ -159,15 +159,8 @@ class WPMTokenizer(VocabTokenizer):
         """The normalised words of one raw-text part (step 1 of the module docstring)."""
         return [w for w in text.translate(self._charmap).split(" ") if w]
 
-    def _encode_parts(self, parts: list[str | int]) -> list[int]:
-        out: list[int] = []
-        for part in parts:
-            if isinstance(part, int):
-                out.append(part)
-                continue
-            for word in self.words(part):
-                out.extend(self._word_ids_cached(word))
-        return out
+    def _encode_text(self, text: str, after_special: bool) -> list[int]:
+        return [i for word in self.words(text) for i in self._word_ids_cached(word)]
 
     def _cut(self, word: str) -> list[int]:
         """Greedy longest-match of ``"▁" + word``; ``[UNK]`` when some position starts no token."""
