@@ -72,8 +72,10 @@ _SPACE_RUN = re.compile(f"(?<!{SPACE}){SPACE}")  # the first "▁" of each run
 
 
 class BPETokenizer(VocabTokenizer):
-    """Byte-pair-encoding tokenizer over a GGUF ``gpt2`` or ``gemma4`` vocabulary (see the module
-    docstring). ``pre``: the ``tokenizer.ggml.pre`` value in effect."""
+    """Byte-level BPE: merges by rank after the pre-tokenizer's regex split.
+
+    Runs a GGUF ``gpt2`` or ``gemma4`` vocabulary (see the module docstring). ``pre``: the
+    ``tokenizer.ggml.pre`` value in effect."""
 
     _HEAP_MIN_SYMBOLS = 64  # words at least this long are merged with a heap (O(n log n))
     _NO_MERGE = 1 << 62  # rank of a pair that is not a merge

@@ -33,7 +33,9 @@ _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at 
 
 
 class SPMTokenizer(VocabTokenizer):
-    """SentencePiece tokenizer over a GGUF ``llama`` vocabulary (see the module docstring)."""
+    """SentencePiece BPE: merges by token score, byte fallback.
+
+    Runs a GGUF ``llama`` vocabulary (see the module docstring)."""
 
 
     def __init__(self, vocab: Vocab) -> None:

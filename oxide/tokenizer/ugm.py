@@ -116,7 +116,9 @@ class CharsMap:
 
 
 class UGMTokenizer(VocabTokenizer):
-    """Unigram (SentencePiece) tokenizer over a GGUF ``t5`` vocabulary (see the module docstring)."""
+    """Unigram: best-scoring segmentation (Viterbi) after the precompiled charsmap normaliser.
+
+    Runs a GGUF ``t5`` vocabulary (see the module docstring)."""
 
     def __init__(self, vocab: Vocab, charsmap: CharsMap | None, remove_extra_whitespaces: bool) -> None:
         super().__init__(vocab)

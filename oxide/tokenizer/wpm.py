@@ -108,7 +108,9 @@ class _CharMap(dict):
 
 
 class WPMTokenizer(VocabTokenizer):
-    """WordPiece tokenizer over a GGUF ``bert`` vocabulary (see the module docstring).
+    """WordPiece: BERT normalisation, then greedy longest-match pieces with `##` continuations.
+
+    Runs a GGUF ``bert`` vocabulary (see the module docstring).
 
     ``sep_id``: the separator appended by ``encode(..., add_special_tokens=True)``.
     """
