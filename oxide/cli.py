@@ -1,4 +1,5 @@
-"""Command line: ``oxide run [MODEL] PROMPT`` and ``oxide info MODEL`` (also ``python -m oxide``)."""
+"""Command line: ``oxide run [MODEL] PROMPT``, ``oxide chat [MODEL]``, ``oxide info [MODEL]`` and
+``oxide bench [MODEL]`` (also ``python -m oxide``)."""
 
 from __future__ import annotations
 
@@ -17,62 +18,156 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-ctx", type=int, help="context size in tokens (default: the model's, up to 8192)")
 
 
+def _add_generation_options(p: argparse.ArgumentParser) -> None:
+    """Sampling flags (llama.cpp's names and defaults), stop strings and the token budget."""
+    p.add_argument("-n", "--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", "--temp", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--min-p", type=float, default=0.05)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--repeat-penalty", type=float, default=1.0)
+    p.add_argument("--repeat-last-n", type=int, default=64)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--stats", action="store_true", help="print token counts and speeds to stderr")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oxide", description="Run local LLMs (GGUF).")
+    parser = argparse.ArgumentParser(prog="oxide", description="Run local LLMs (GGUF and Hugging Face models).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="generate a completion, streamed to stdout")
     run.add_argument("args", nargs="+", metavar="[MODEL] PROMPT",
-                     help="a .gguf path (optional: default Gemma 3 270M) and the prompt")
-    run.add_argument("-n", "--max-new-tokens", type=int, default=256)
+                     help="a model (optional: default Gemma 3 270M) and the prompt")
     run.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
     run.add_argument("--system", help="system message (implies --chat)")
-    run.add_argument("--temperature", "--temp", type=float, default=0.8, help="0 = greedy")
-    run.add_argument("--top-k", type=int, default=40)
-    run.add_argument("--top-p", type=float, default=0.95)
-    run.add_argument("--min-p", type=float, default=0.05)
-    run.add_argument("--seed", type=int)
-    run.add_argument("--repeat-penalty", type=float, default=1.0)
-    run.add_argument("--repeat-last-n", type=int, default=64)
-    run.add_argument("--presence-penalty", type=float, default=0.0)
-    run.add_argument("--frequency-penalty", type=float, default=0.0)
-    run.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    run.add_argument("--ignore-eos", action="store_true")
-    run.add_argument("--stats", action="store_true", help="print token counts and speeds to stderr")
+    _add_generation_options(run)
     _add_model_options(run)
+
+    chat = commands.add_parser("chat", help="an interactive conversation on stdin/stdout (/exit or EOF ends it)")
+    chat.add_argument("model", nargs="?", help="a model (default: Gemma 3 270M)")
+    chat.add_argument("--system", help="system message")
+    _add_generation_options(chat)
+    _add_model_options(chat)
 
     info = commands.add_parser("info", help="describe a model: architecture, config, tensors, decisions")
     info.add_argument("model", nargs="?", help="a .gguf path (default: Gemma 3 270M)")
     _add_model_options(info)
+
+    bench = commands.add_parser("bench", help="prefill and decode speed of a model on synthetic tokens")
+    bench.add_argument("model", nargs="?", help="a model (default: Gemma 3 270M)")
+    bench.add_argument("-p", "--prompt-tokens", type=int, default=256)
+    bench.add_argument("-n", "--gen-tokens", type=int, default=64)
+    bench.add_argument("-r", "--repeat", type=int, default=3)
+    _add_model_options(bench)
     return parser
 
 
-def _run(ns: argparse.Namespace) -> int:
+def _load(model: str | None, ns: argparse.Namespace):
     import oxide
 
-    if len(ns.args) > 2:
-        raise oxide.InvalidOptionError("run takes [MODEL] PROMPT; quote a prompt that has spaces")
-    model_path, prompt = (None, ns.args[0]) if len(ns.args) == 1 else ns.args
-    sampling = oxide.SamplingOptions(
+    return oxide.load(model, device=ns.device, dtype=ns.dtype, n_ctx=ns.n_ctx)
+
+
+def _sampling(ns: argparse.Namespace):
+    from .sampling import SamplingOptions
+
+    return SamplingOptions(
         temperature=ns.temperature, top_k=ns.top_k, top_p=ns.top_p, min_p=ns.min_p, seed=ns.seed,
         repeat_penalty=ns.repeat_penalty, repeat_last_n=ns.repeat_last_n,
         presence_penalty=ns.presence_penalty, frequency_penalty=ns.frequency_penalty)
-    model = oxide.load(model_path, device=ns.device, dtype=ns.dtype, n_ctx=ns.n_ctx)
-    request = prompt
-    if ns.chat or ns.system:
-        request = ([{"role": "system", "content": ns.system}] if ns.system else []) + [{"role": "user", "content": prompt}]
-    generation = model.stream(request, max_new_tokens=ns.max_new_tokens, sampling=sampling, stop=ns.stop,
+
+
+def _stream(model, request, ns: argparse.Namespace) -> str:
+    """Stream one completion to stdout; return its text."""
+    generation = model.stream(request, max_new_tokens=ns.max_new_tokens, sampling=_sampling(ns), stop=ns.stop,
                               ignore_eos=ns.ignore_eos)
     for piece in generation:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
-    if ns.stats and generation.completion is not None:
-        s = generation.completion.stats
+    done = generation.completion
+    if ns.stats and done is not None:
+        s = done.stats
         print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tokens_per_second:.1f} tok/s; "
               f"generated: {s.completion_tokens} tokens, {s.decode_tokens_per_second:.1f} tok/s; "
-              f"finish: {generation.completion.finish_reason}", file=sys.stderr)
+              f"finish: {done.finish_reason}", file=sys.stderr)
+    return done.text if done is not None else ""
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from .errors import InvalidOptionError
+
+    if len(ns.args) > 2:
+        raise InvalidOptionError("run takes [MODEL] PROMPT; quote a prompt that has spaces")
+    model_path, prompt = (None, ns.args[0]) if len(ns.args) == 1 else ns.args
+    _sampling(ns)   # bad flags fail before the model loads
+    model = _load(model_path, ns)
+    request = prompt
+    if ns.chat or ns.system:
+        request = ([{"role": "system", "content": ns.system}] if ns.system else []) + [{"role": "user", "content": prompt}]
+    _stream(model, request, ns)
     return 0
+
+
+def _chat(ns: argparse.Namespace) -> int:
+    """Read user turns line by line; each reply is streamed and kept in the conversation. A turn that
+    fails (say the conversation outgrew the context) is reported and dropped; the session goes on."""
+    _sampling(ns)
+    model = _load(ns.model, ns)
+    messages = [{"role": "system", "content": ns.system}] if ns.system else []
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("/exit", "/quit"):
+            return 0
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line.rstrip("\n")})
+        try:
+            reply = _stream(model, messages, ns)
+        except OxideError as e:
+            messages.pop()
+            print(f"oxide: error: {e}", file=sys.stderr)
+            continue
+        messages.append({"role": "assistant", "content": reply})
+
+
+def _bench(ns: argparse.Namespace) -> int:
+    """Best of ``--repeat`` runs: prefill of ``--prompt-tokens`` random ids, then ``--gen-tokens`` greedy steps."""
+    import random
+
+    from .errors import InvalidOptionError
+    from .sampling import SamplingOptions
+
+    if ns.prompt_tokens < 1 or ns.gen_tokens < 2 or ns.repeat < 1:
+        raise InvalidOptionError("bench needs --prompt-tokens >= 1, --gen-tokens >= 2 and --repeat >= 1")
+    model = _load(ns.model, ns)
+    rng = random.Random(0)
+    special = set(model.tokenizer.special_tokens.values())
+    ordinary = [i for i in range(min(model.tokenizer.vocab_size, model.config.vocab_size)) if i not in special]
+    prompt = [rng.choice(ordinary) for _ in range(ns.prompt_tokens)]
+    model.generate(prompt[:8], max_new_tokens=2, sampling=SamplingOptions.greedy())   # one-time dequantization
+    runs = [model.generate(prompt, max_new_tokens=ns.gen_tokens, sampling=SamplingOptions.greedy(),
+                           ignore_eos=True).stats for _ in range(ns.repeat)]
+    prefill = max(r.prefill_tokens_per_second for r in runs)
+    decode = max(r.decode_tokens_per_second for r in runs)
+    print(f"model:   {model.info.source.path}")
+    print(f"device:  {model.device}, {model.dtype}, {_threads()} threads")
+    print(f"prefill: {prefill:.1f} tok/s ({ns.prompt_tokens} tokens)")
+    print(f"decode:  {decode:.1f} tok/s ({ns.gen_tokens} tokens)")
+    return 0
+
+
+def _threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _info(ns: argparse.Namespace) -> int:
@@ -124,7 +219,7 @@ def _runs(items: Sequence[str]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     ns = _parser().parse_args(argv)
     try:
-        return _run(ns) if ns.command == "run" else _info(ns)
+        return {"run": _run, "chat": _chat, "info": _info, "bench": _bench}[ns.command](ns)
     except OxideError as e:
         print(f"oxide: error: {e}", file=sys.stderr)
         return 2

@@ -50,3 +50,42 @@ def test_python_dash_m(gemma_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "oxide", "info", str(gemma_path)], capture_output=True, text=True,
                          timeout=300)
     assert out.returncode == 0 and "gemma3" in out.stdout
+
+
+def test_chat_keeps_the_conversation(gemma_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    import oxide
+
+    seen: list[list[dict]] = []
+    real_stream = oxide.Model.stream
+
+    def spy(self, prompt, **kwargs):
+        seen.append([dict(m) for m in prompt])
+        return real_stream(self, prompt, **kwargs)
+
+    monkeypatch.setattr(oxide.Model, "stream", spy)
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\n\nWhat next?\n/exit\nnever read\n"))
+    assert main(["chat", str(gemma_path), "--system", "Be brief.", "--temp", "0", "-n", "4"]) == 0
+    assert [m["role"] for m in seen[0]] == ["system", "user"]
+    assert [m["role"] for m in seen[1]] == ["system", "user", "assistant", "user"]
+    assert seen[1][3]["content"] == "What next?" and len(seen) == 2
+    assert capsys.readouterr().out.count("\n") >= 2
+
+
+def test_chat_reports_a_failed_turn_and_goes_on(gemma_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * 60 + "\nhi\n"))
+    assert main(["chat", str(gemma_path), "--temp", "0", "-n", "2", "--n-ctx", "40"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("oxide: error:") == 1 and "context" in err
+
+
+def test_bench(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", str(gemma_path), "-p", "16", "-n", "4", "-r", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "prefill:" in out and "decode:" in out and "tok/s" in out
+    assert main(["bench", str(gemma_path), "-n", "1"]) == 2
