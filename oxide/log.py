@@ -1,4 +1,4 @@
-"""Component loggers and timing helpers.
+"""Component loggers and formatting helpers.
 
 Each component logs under ``oxide.<component>`` (``oxide.load``, ``oxide.infer``,
 ``oxide.template``, ...). Nothing is printed: applications configure the ``oxide``
@@ -7,11 +7,8 @@ logger as they wish; ``OXIDE_LOG_LEVEL`` sets its level for quick debugging.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import time
-from collections.abc import Iterator
 
 _ROOT = "oxide"
 _configured = False
@@ -45,13 +42,3 @@ def format_bytes(n: float) -> str:
             return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
         n /= 1024
     raise AssertionError("unreachable")
-
-
-@contextlib.contextmanager
-def timed(logger: logging.Logger, what: str) -> Iterator[None]:
-    """Log at INFO how long the body took: ``<what> took 1.23 s``."""
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        logger.info("%s took %.2f s", what, time.perf_counter() - start)

@@ -52,12 +52,6 @@ def supported_names() -> list[str]:
     return [spec.name for spec in ARCHITECTURES]
 
 
-def get_spec(name: str) -> ArchSpec:
-    for spec in ARCHITECTURES:
-        if name == spec.name:
-            return spec
-    raise UnsupportedArchitecture(name, supported_names())
-
 
 def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
     """The spec for a GGUF file, from ``general.architecture``."""

@@ -9,20 +9,13 @@ import torch
 from torch import Tensor
 
 from oxide.errors import InvalidOptionError
+from oxide.log import format_bytes
 from oxide.quant.dequant import check_raw, dequantize, reinterpret
 from oxide.quant.types import GGMLType, QTypeLike, block_geometry
 
 # Float types whose bytes already are a torch dtype: no float32 detour when that dtype is asked.
 _NATIVE_DTYPES = {GGMLType.F32: torch.float32, GGMLType.F16: torch.float16, GGMLType.BF16: torch.bfloat16}
 
-
-def _format_size(nbytes: int) -> str:
-    size = float(nbytes)
-    for unit in ("B", "KiB", "MiB"):
-        if size < 1024.0:
-            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024.0
-    return f"{size:.1f} GiB"
 
 
 class QuantTensor:
@@ -123,4 +116,4 @@ class QuantTensor:
 
     def __repr__(self) -> str:
         where = "" if self.device.type == "cpu" else f", device={self.device}"
-        return f"QuantTensor({self._qtype.name}, shape={self._shape}, {_format_size(self.nbytes)}{where})"
+        return f"QuantTensor({self._qtype.name}, shape={self._shape}, {format_bytes(self.nbytes)}{where})"

@@ -176,8 +176,6 @@ class Vocab:
         self.eos_id: int | None = ids["eos"]
         self.unk_id: int | None = ids["unk"]
         self.pad_id: int | None = ids["pad"]
-        self.eot_ids: list[int] = roles["eot"]
-        self.eom_ids: list[int] = roles["eom"]
         self.eog_ids: list[int] = self._end_of_generation(ids["eos"], roles, attrs)
         self.add_bos: bool = bool(metadata.get(KEY_ADD_BOS, add_bos))
         self.add_eos: bool = bool(metadata.get(KEY_ADD_EOS, add_eos))

@@ -68,9 +68,8 @@ def _decoder_kinds(spec: dict[str, Any] | None) -> set[str]:
 
 class HFTokenizer(Tokenizer):
     def __init__(self, fast: FastTokenizer, spec: dict[str, Any], config: dict[str, Any],
-                 generation_eos: list[int], source: Path) -> None:
+                 generation_eos: list[int]) -> None:
         self._fast = fast
-        self._source = source
         self._decoders = _decoder_kinds(spec.get("decoder"))
         self._added = {t["id"]: t for t in spec.get("added_tokens", [])}
         self.vocab_size = fast.get_vocab_size(with_added_tokens=True)
@@ -96,7 +95,7 @@ class HFTokenizer(Tokenizer):
         if generation.exists():
             value = _read_json(generation).get("eos_token_id")
             eos = [value] if isinstance(value, int) else [int(v) for v in value or []]
-        return cls(fast, spec, config, eos, path)
+        return cls(fast, spec, config, eos)
 
     def _config_id(self, config: dict[str, Any], key: str) -> int | None:
         text = _token_text(config.get(key))

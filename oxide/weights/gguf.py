@@ -166,7 +166,7 @@ def _open_mmap(path: str | os.PathLike[str]) -> tuple[Path, mmap.mmap]:
     return path, mapped
 
 
-def _parse_header(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[GGUFTensorInfo], int]:
+def _parse_header(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[GGUFTensorInfo]]:
     cur = _Cursor(buf, path)
     magic = bytes(cur.take(4, "magic"))
     if magic != GGUF_MAGIC:
@@ -196,7 +196,7 @@ def _parse_header(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[GGU
     alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
     data_start = -(-cur.pos // alignment) * alignment
     tensors = [_tensor_info(path, name, dims, code, data_start + off, len(buf)) for name, dims, code, off in raw_infos]
-    return metadata, tensors, data_start
+    return metadata, tensors
 
 
 def _tensor_info(path: Path, name: str, dims: list[int], code: int, offset: int, file_size: int) -> GGUFTensorInfo:
@@ -231,7 +231,7 @@ class GGUFFile:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path, self._map = _open_mmap(path)
         self._view = memoryview(self._map)
-        metadata, infos, self.data_offset = _parse_header(self.path, self._view)
+        metadata, infos = _parse_header(self.path, self._view)
         self.metadata: dict[str, Any] = metadata
         self.tensors: dict[str, GGUFTensorInfo] = {t.name: t for t in infos}
         log.debug("%s: %d metadata keys, %d tensors, %s", self.path, len(metadata), len(infos),
