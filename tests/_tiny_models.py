@@ -230,8 +230,10 @@ def _tensor_type(gguf_name: str, n_dims: int, qtype: gguf.GGMLQuantizationType) 
 
 
 def write_gguf(model: PreTrainedModel, path: str | Path,
-               qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32, name: str | None = None) -> Path:
-    """Convert ``model`` to a GGUF file at ``path``; matrices stored as ``qtype`` (see module docstring)."""
+               qtype: gguf.GGMLQuantizationType = gguf.GGMLQuantizationType.F32, name: str | None = None,
+               vocab: Callable[[gguf.GGUFWriter, int], None] = _write_vocab) -> Path:
+    """Convert ``model`` to a GGUF file at ``path``; matrices stored as ``qtype`` (see module docstring).
+    ``vocab`` writes the ``tokenizer.*`` metadata (default: the placeholder vocabulary)."""
     path = Path(path)
     config = model.config
     conv = _CONVERSIONS[config.model_type]
@@ -266,7 +268,7 @@ def write_gguf(model: PreTrainedModel, path: str | Path,
     _write_hparams(writer, config, conv)
     writer.add_file_type(_FILE_TYPES[qtype])
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _write_vocab(writer, config.vocab_size)
+    vocab(writer, config.vocab_size)
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
