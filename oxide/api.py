@@ -30,7 +30,7 @@ Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 
 @dataclass(frozen=True)
 class LoadInfo:
-    """What was decided at load and why, for ``oxide info``."""
+    """What was decided at load and why (source, device, precision, chat template), and how long it took."""
 
     source: ModelSource
     device_reason: str
