@@ -171,30 +171,20 @@ def _threads() -> int:
 
 
 def _info(ns: argparse.Namespace) -> int:
+    """Describe a model from its metadata alone (no weights are read)."""
     from .device import device_reason, select_device
     from .log import format_bytes
-    from .models.builder import gguf_config
     from .precision import choose_precision
-    from .quant import qtype_name
     from .sources import resolve_source
-    from .weights.gguf import GGUFFile
 
     source = resolve_source(ns.model)
-    if source.kind != "gguf":
-        raise OxideError(f"{source.path}: `oxide info` reads GGUF files; pass a .gguf path")
-    with GGUFFile(source.path) as gguf:
-        spec, config = gguf_config(gguf)
-        counts: Counter[str] = Counter()
-        sizes: Counter[str] = Counter()
-        for t in gguf.tensors.values():
-            counts[qtype_name(t.qtype)] += 1
-            sizes[qtype_name(t.qtype)] += t.nbytes
-        print(f"file:          {source.path}")
-        print(f"name:          {gguf.metadata.get('general.name', '?')}")
-        print(f"architecture:  {spec.name} (GGUF {gguf.architecture!r})")
-        print(f"tokenizer:     {gguf.metadata.get('tokenizer.ggml.model', '?')}, "
-              f"{len(gguf.metadata.get('tokenizer.ggml.tokens', []))} tokens")
-        print(f"chat template: {'yes' if 'tokenizer.chat_template' in gguf.metadata else 'none in file'}")
+    counts: Counter[str] = Counter()
+    sizes: Counter[str] = Counter()
+    print(f"source:        {source.path}")
+    if source.kind == "gguf":
+        config = _describe_gguf(source.path, counts, sizes)
+    else:
+        config = _describe_hf(source.path, counts, sizes)
     device = select_device(ns.device)
     policy = choose_precision(device, ns.dtype)
     print(f"device:        {device} ({device_reason(device, ns.device)})")
@@ -208,6 +198,39 @@ def _info(ns: argparse.Namespace) -> int:
         print(f"  {name:8} x{n:<4} {format_bytes(sizes[name])}")
     print(f"  total    x{sum(counts.values()):<4} {format_bytes(sum(sizes.values()))}")
     return 0
+
+
+def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):
+    from .models.builder import gguf_config
+    from .quant import qtype_name
+    from .weights.gguf import GGUFFile
+
+    with GGUFFile(path) as gguf:
+        spec, config = gguf_config(gguf)
+        for t in gguf.tensors.values():
+            counts[qtype_name(t.qtype)] += 1
+            sizes[qtype_name(t.qtype)] += t.nbytes
+        print(f"name:          {gguf.metadata.get('general.name', '?')}")
+        print(f"architecture:  {spec.name} (GGUF {gguf.architecture!r})")
+        print(f"tokenizer:     {gguf.metadata.get('tokenizer.ggml.model', '?')}, "
+              f"{len(gguf.metadata.get('tokenizer.ggml.tokens', []))} tokens")
+        print(f"chat template: {'in the file' if 'tokenizer.chat_template' in gguf.metadata else 'none in the file'}")
+    return config
+
+
+def _describe_hf(path, counts: Counter[str], sizes: Counter[str]):
+    from .models.hf import hf_config
+
+    spec, config, reader, _ = hf_config(path)
+    for name in reader.names():
+        dtype, _, nbytes = reader.describe(name)
+        counts[dtype] += 1
+        sizes[dtype] += nbytes
+    print(f"architecture:  {spec.name} (Hugging Face directory, {len(set(reader.files.values()))} safetensors file(s))")
+    print(f"tokenizer:     {'tokenizer.json' if (path / 'tokenizer.json').exists() else 'missing'}")
+    templates = [f for f in ("chat_template.jinja", "tokenizer_config.json") if (path / f).exists()]
+    print(f"chat template: looked up in {', '.join(templates) or 'nothing: no template files'}")
+    return config
 
 
 def _runs(items: Sequence[str]) -> str:

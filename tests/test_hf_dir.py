@@ -76,3 +76,13 @@ def test_missing_weights(tmp_path: Path) -> None:
     hf.config.save_pretrained(tmp_path)
     with pytest.raises(oxide.ModelFormatError, match="model.safetensors"):
         oxide.load(tmp_path)
+
+
+def test_info_describes_a_directory(model_dir, capsys: pytest.CaptureFixture[str]) -> None:
+    from oxide.cli import main
+
+    hf, directory = model_dir
+    assert main(["info", str(directory)]) == 0
+    out = capsys.readouterr().out
+    assert f"architecture:  {hf.config.model_type.replace('_text', '')}" in out
+    assert "F32" in out and f"num_hidden_layers          {hf.config.num_hidden_layers}" in out

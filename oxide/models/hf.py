@@ -11,7 +11,8 @@ from gguf.constants import MODEL_ARCH, MODEL_ARCH_NAMES, MODEL_TENSOR
 from ..errors import ModelFormatError
 from ..log import get_logger
 from ..quant import GGMLType, QuantTensor
-from ..registry import detect_hf
+from ..config import ModelConfig
+from ..registry import ArchSpec, detect_hf
 from ..sources import read_hf_config
 from ..weights.safetensors import SafetensorsReader
 from .decoder import DecoderLM
@@ -32,15 +33,17 @@ def _as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
     return QuantTensor(raw, qtype, tuple(tensor.shape), name=name)
 
 
-def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype) -> DecoderLM:
-    """Read config.json, map checkpoint names to roles through gguf-py's tables, build the model."""
+def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str]]:
+    """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
+
+    Checkpoint names are mapped to roles through gguf-py's tables, so both front doors share one naming.
+    """
     raw_config = read_hf_config(directory)
     spec = detect_hf(raw_config, str(directory / "config.json"))
-    adapter = spec.load_adapter()
     reader = SafetensorsReader(directory)
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
     name_map = get_tensor_name_map(MODEL_ARCH(arch), int(raw_config.get("num_hidden_layers", 0)))
-    hf_names: dict[str, str] = {}    # GGUF name -> checkpoint name
+    hf_names: dict[str, str] = {}
     for name in reader.names():
         found = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
         if found is None:
@@ -49,7 +52,13 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
         hf_names[found[1]] = name
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in hf_names or \
         bool(raw_config.get("tie_word_embeddings"))
-    config = adapter.config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
+    config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
+    return spec, config, reader, hf_names
+
+
+def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype) -> DecoderLM:
+    """Build the model of a Hugging Face directory (config.json + safetensors)."""
+    _, config, reader, hf_names = hf_config(directory)
 
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))

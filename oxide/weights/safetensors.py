@@ -7,6 +7,7 @@ A directory holds either one ``model.safetensors`` or shards listed by
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ from safetensors import safe_open
 from ..errors import ModelFormatError
 
 INDEX_FILE = "model.safetensors.index.json"
+_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 SINGLE_FILE = "model.safetensors"
 
 
@@ -54,11 +56,23 @@ class SafetensorsReader:
     def names(self) -> list[str]:
         return list(self.files)
 
-    def get(self, name: str) -> torch.Tensor:
+    def _handle(self, name: str):
         path = self.files[name]
         handle = self._open.get(path)
         if handle is None:
             handle = self._open[path] = safe_open(str(path), framework="pt")
+        return handle
+
+    def describe(self, name: str) -> tuple[str, tuple[int, ...], int]:
+        """(dtype name as safetensors spells it, e.g. ``BF16``; shape; bytes), without reading the data."""
+        view = self._handle(name).get_slice(name)
+        shape = tuple(view.get_shape())
+        dtype = view.get_dtype()
+        return dtype, shape, math.prod(shape) * _DTYPE_BYTES.get(dtype, 0)
+
+    def get(self, name: str) -> torch.Tensor:
+        path = self.files[name]
+        handle = self._handle(name)
         try:
             return handle.get_tensor(name)
         except Exception as e:
