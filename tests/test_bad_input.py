@@ -182,3 +182,39 @@ def test_errors_share_one_base() -> None:
     for cls in (ModelFormatError, UnsupportedArchitecture, UnsupportedQuantType, TokenizerError,
                 ContextOverflowError, InvalidOptionError):
         assert issubclass(cls, OxideError)
+
+
+def _header_with(tmp_path: Path, name: str, *, alignment: int | None = None,
+                 tensors: list[tuple[str, tuple[int, ...]]] = ()) -> Path:
+    """A GGUF header (no tensor data) with the given alignment key and tensor infos."""
+    path = tmp_path / name
+    w = gguf.GGUFWriter(str(path), "llama")
+    if alignment is not None:
+        w.add_uint32("general.alignment", alignment)
+    for tensor_name, shape in tensors:
+        w.add_tensor_info(tensor_name, shape, np.dtype(np.float32), 4 * int(np.prod(shape, dtype=np.float64)) % 2**63)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    w.close()
+    return path
+
+
+@pytest.mark.parametrize("alignment", [0, 3, 48])
+def test_bad_alignment(tmp_path: Path, alignment: int) -> None:
+    with pytest.raises(ModelFormatError, match=rf"general\.alignment={alignment}"):
+        oxide.load(_header_with(tmp_path, "align.gguf", alignment=alignment))
+
+
+def test_absurd_tensor_shape_is_truncation_not_overflow(tmp_path: Path) -> None:
+    path = _header_with(tmp_path, "huge.gguf", tensors=[("token_embd.weight", (2**40, 2**40))])
+    with pytest.raises(ModelFormatError, match=r"token_embd\.weight.*data ends at byte"):
+        oxide.load(path)
+
+
+def test_duplicate_tensor_names(tmp_path: Path) -> None:
+    path = tmp_path / "dup.gguf"
+    whole = write_tiny_llama(tmp_path / "whole.gguf").read_bytes()
+    path.write_bytes(whole.replace(b"blk.0.attn_k.weight", b"blk.0.attn_q.weight", 1))
+    with pytest.raises(ModelFormatError, match=r"'blk\.0\.attn_q\.weight' is listed twice"):
+        oxide.load(path)

@@ -12,6 +12,7 @@ one. ggml lists dims fastest-first; shapes are reversed once, here, into PyTorch
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 import struct
@@ -30,6 +31,7 @@ log = get_logger("load")
 
 GGUF_MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
+MAX_DIMS = 4           # GGML_MAX_DIMS
 
 _SCALAR_FORMATS: dict[GGUFValueType, str] = {
     GGUFValueType.UINT8: "<B",
@@ -188,14 +190,24 @@ def _parse_header(path: Path, buf: memoryview) -> tuple[dict[str, Any], list[GGU
     for _ in range(n_tensors):
         name = cur.string("tensor name")
         n_dims = cur.scalar("<I", f"dims of {name}")
+        if n_dims > MAX_DIMS:
+            raise ModelFormatError(f"{path}: tensor {name!r} claims {n_dims} dimensions (GGUF allows {MAX_DIMS}); "
+                                   f"the file is corrupt")
         dims = [cur.scalar("<Q", f"dims of {name}") for _ in range(n_dims)]
         qtype_code = cur.scalar("<I", f"type of {name}")
         offset = cur.scalar("<Q", f"offset of {name}")
         raw_infos.append((name, dims, qtype_code, offset))
 
-    alignment = int(metadata.get("general.alignment", DEFAULT_ALIGNMENT))
+    alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
+        raise ModelFormatError(f"{path}: general.alignment={alignment!r} is not a positive power of two; "
+                               f"the file is corrupt")
     data_start = -(-cur.pos // alignment) * alignment
     tensors = [_tensor_info(path, name, dims, code, data_start + off, len(buf)) for name, dims, code, off in raw_infos]
+    names = [t.name for t in tensors]
+    if len(set(names)) != len(names):
+        duplicate = next(n for n in names if names.count(n) > 1)
+        raise ModelFormatError(f"{path}: tensor {duplicate!r} is listed twice; the file is corrupt")
     return metadata, tensors
 
 
@@ -207,7 +219,7 @@ def _tensor_info(path: Path, name: str, dims: list[int], code: int, offset: int,
             f"{path}: tensor {name!r} has unknown GGML type code {code}; this file needs a newer engine"
         ) from None
     block_size, type_size = GGML_QUANT_SIZES[qtype]
-    numel = int(np.prod(dims, dtype=np.int64)) if dims else 1
+    numel = math.prod(dims)   # Python ints: a corrupt header cannot overflow this
     if dims and dims[0] % block_size:
         raise ModelFormatError(
             f"{path}: tensor {name!r} row length {dims[0]} is not a multiple of the {qtype.name} block size {block_size}"
