@@ -25,17 +25,19 @@ RNG = np.random.default_rng(1234)
 
 
 def write_tiny_llama(path: Path, *, arch: str = "llama", q_rows: int = 32,
-                     attn_q_type: gguf.GGMLQuantizationType | None = None) -> Path:
-    """A one-block Llama-shaped GGUF with random F32 weights (hidden 32, 2 heads, vocab 16)."""
+                     attn_q_type: gguf.GGMLQuantizationType | None = None,
+                     metadata: dict[str, object] | None = None) -> Path:
+    """A one-block Llama-shaped GGUF with random F32 weights (hidden 32, 2 heads, vocab 16); ``metadata``
+    replaces or adds keys (ints as u32, floats as f32, strings as strings)."""
     hidden, ffn, vocab = 32, 64, 16
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_context_length(64)
-    w.add_embedding_length(hidden)
-    w.add_block_count(1)
-    w.add_feed_forward_length(ffn)
-    w.add_head_count(2)
-    w.add_head_count_kv(2)
-    w.add_layer_norm_rms_eps(1e-5)
+    hparams: dict[str, object] = {
+        f"{arch}.context_length": 64, f"{arch}.embedding_length": hidden, f"{arch}.block_count": 1,
+        f"{arch}.feed_forward_length": ffn, f"{arch}.attention.head_count": 2, f"{arch}.attention.head_count_kv": 2,
+        f"{arch}.attention.layer_norm_rms_epsilon": 1e-5, **(metadata or {}),
+    }
+    for key, value in hparams.items():
+        {int: w.add_uint32, float: w.add_float32, str: w.add_string}[type(value)](key, value)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"t{i}" for i in range(vocab)])
     w.add_token_scores([0.0] * vocab)
@@ -217,4 +219,21 @@ def test_duplicate_tensor_names(tmp_path: Path) -> None:
     whole = write_tiny_llama(tmp_path / "whole.gguf").read_bytes()
     path.write_bytes(whole.replace(b"blk.0.attn_k.weight", b"blk.0.attn_q.weight", 1))
     with pytest.raises(ModelFormatError, match=r"'blk\.0\.attn_q\.weight' is listed twice"):
+        oxide.load(path)
+
+
+@pytest.mark.parametrize("key, value", [("llama.rope.freq_base", "fast"), ("llama.attention.layer_norm_rms_epsilon", "x"),
+                                        ("llama.embedding_length", "32")])
+def test_metadata_of_the_wrong_type(tmp_path: Path, key: str, value: str) -> None:
+    path = write_tiny_llama(tmp_path / "typed.gguf", metadata={key: value})
+    with pytest.raises(ModelFormatError, match=rf"{key}.*must be a number"):
+        oxide.load(path)
+
+
+@pytest.mark.parametrize("key, value, what", [("llama.attention.head_count", 0, "num_attention_heads=0"),
+                                              ("llama.attention.head_count_kv", 3, "num_key_value_heads=3"),
+                                              ("llama.attention.layer_norm_rms_epsilon", -1.0, "rms_norm_eps")])
+def test_metadata_values_out_of_range(tmp_path: Path, key: str, value: object, what: str) -> None:
+    path = write_tiny_llama(tmp_path / "range.gguf", metadata={key: value})
+    with pytest.raises(ModelFormatError, match=what):
         oxide.load(path)

@@ -78,7 +78,10 @@ def read_gguf_fields(metadata: Mapping[str, Any], arch_key: str, source: str) ->
             if suffix in _REQUIRED_KEYS:
                 raise ModelFormatError(f"{source}: required metadata key {key!r} is missing; the GGUF file is incomplete")
             continue
-        out[name] = _scalar(metadata[key], key, source)
+        value = _scalar(metadata[key], key, source)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ModelFormatError(f"{source}: metadata {key!r} = {value!r} must be a number; the file is corrupt")
+        out[name] = value
     for name in ("rope_theta", "rope_local_base_freq"):
         if name in out:
             out[name] = float(out[name])
