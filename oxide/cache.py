@@ -1,9 +1,10 @@
 """Static, pre-allocated KV cache.
 
-Full-attention layers keep a buffer of ``n_ctx`` positions. Sliding-window layers keep only the
-last ``window - 1`` positions (a query at position p sees keys p - window + 1 .. p, the newest
-being its own), stored oldest-first, so their memory does not grow with the context. Positions
-are absolute and shared by all layers; the cache refuses to grow past ``n_ctx``.
+Full-attention layers keep a buffer of ``n_ctx`` positions, filled in order. Sliding-window layers
+keep a ring of ``window`` positions (a query at position p sees keys p - window + 1 .. p), so their
+memory does not grow with the context; slots are reused oldest first and may hold positions out of
+order, which attention does not mind since every key carries its absolute position. Positions are
+shared by all layers; the cache refuses to grow past ``n_ctx``.
 """
 
 from __future__ import annotations
@@ -15,41 +16,46 @@ from .errors import ContextOverflowError
 
 
 class LayerCache:
-    """K/V of one layer. :meth:`update` appends new keys and returns everything a query may attend to."""
+    """K/V of one layer. :meth:`update` stores new keys and returns everything a query may attend to."""
 
     def __init__(self, capacity: int, n_kv: int, head_dim: int, dtype: torch.dtype, device: torch.device,
                  window: int) -> None:
         self.window = window
-        self.keep = window - 1 if window > 0 else capacity     # positions retained between calls
-        shape = (1, n_kv, self.keep, head_dim)
+        self.size = window if window > 0 else capacity          # slots
+        shape = (1, n_kv, self.size, head_dim)
         self.k = torch.empty(shape, dtype=dtype, device=device)
         self.v = torch.empty(shape, dtype=dtype, device=device)
-        self.pos = torch.empty(self.keep, dtype=torch.long, device=device)
-        self.length = 0                                       # valid entries in the buffers
+        self.pos = torch.empty(self.size, dtype=torch.long, device=device)
+        self.length = 0                                          # slots holding a position
+        self.written = 0                                         # positions ever stored
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Append k, v: (1, Hkv, T, hd) at ``positions`` (T,); return (K, V, key_positions) to attend to."""
+        """Store k, v: (1, Hkv, T, hd) at ``positions`` (T,); return (K, V, key_positions) to attend to."""
         T = k.shape[2]
-        if self.window <= 0:
-            end = self.length + T
-            self.k[:, :, self.length:end] = k
-            self.v[:, :, self.length:end] = v
-            self.pos[self.length:end] = positions
-            self.length = end
-            return self.k[:, :, :end], self.v[:, :, :end], self.pos[:end]
-        keys = torch.cat((self.k[:, :, :self.length], k), dim=2)          # (1, Hkv, L+T, hd)
-        values = torch.cat((self.v[:, :, :self.length], v), dim=2)
-        key_pos = torch.cat((self.pos[:self.length], positions))
-        kept = min(self.keep, keys.shape[2])
-        self.k[:, :, :kept] = keys[:, :, -kept:]
-        self.v[:, :, :kept] = values[:, :, -kept:]
-        self.pos[:kept] = key_pos[-kept:]
-        self.length = kept
-        return keys, values, key_pos
+        if self.window > 0 and T > 1:
+            # A chunk attends to the ring and to all of itself; only its last `size` positions are kept.
+            keys = torch.cat((self.k[:, :, :self.length], k), dim=2)        # (1, Hkv, L+T, hd)
+            values = torch.cat((self.v[:, :, :self.length], v), dim=2)
+            key_pos = torch.cat((self.pos[:self.length], positions))
+            self._store(k, v, positions)
+            return keys, values, key_pos
+        self._store(k, v, positions)
+        return self.k[:, :, :self.length], self.v[:, :, :self.length], self.pos[:self.length]
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        T = k.shape[2]
+        kept = min(T, self.size)
+        slots = torch.arange(self.written + T - kept, self.written + T, device=self.pos.device) % self.size
+        self.k.index_copy_(2, slots, k[:, :, T - kept:])
+        self.v.index_copy_(2, slots, v[:, :, T - kept:])
+        self.pos.index_copy_(0, slots, positions[T - kept:])
+        self.written += T
+        self.length = min(self.written, self.size)
 
     def reset(self) -> None:
         self.length = 0
+        self.written = 0
 
 
 class KVCache:
