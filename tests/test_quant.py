@@ -344,3 +344,26 @@ def test_float_types_in_their_own_dtype(qtype: GGMLType, rng: np.random.Generato
     assert torch.equal(out.float(), reference(raw, qtype))
     out.fill_(1.0)  # a copy, not a view of the raw bytes
     assert torch.equal(data, torch.from_numpy(raw))
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.F16])
+def test_dense_cache_is_column_major_and_exact_across_bands(qtype: GGMLType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``dense`` builds the matrix band by band into a column-major buffer; values equal ``dequantize``."""
+    import oxide.quant.tensor as tensor_module
+
+    monkeypatch.setattr(tensor_module, "_DENSE_BAND_ELEMENTS", 3 * 256)   # several bands, a partial last one
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):   # an element the bands never write stays NaN
+        out = real_empty(*args, **kwargs)
+        return out.fill_(float("nan")) if out.is_floating_point() else out
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    shape = (37, 256)
+    qt = QuantTensor(torch.from_numpy(random_raw(qtype, shape, np.random.default_rng(11))), qtype, shape)
+    dense = qt.dense(torch.float32)
+    assert dense.shape == shape and dense.T.is_contiguous()
+    assert torch.equal(dense, qt.dequantize(torch.float32))
+    assert qt.dense(torch.float32) is dense
+    half = qt.dense(torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and torch.equal(half, qt.dequantize(torch.bfloat16))
