@@ -29,3 +29,11 @@ def gemma(gemma_path: Path):
     import oxide
 
     return oxide.load(gemma_path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def seed(request: pytest.FixtureRequest) -> int:
+    """A fresh random seed per test module, printed so that a failure can be replayed."""
+    value = int.from_bytes(os.urandom(4), "little")
+    print(f"{request.module.__name__} seed: {value}")
+    return value

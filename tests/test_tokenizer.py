@@ -8,7 +8,6 @@ Random inputs are drawn fresh on every run; the seed is printed and named in fai
 from __future__ import annotations
 
 import functools
-import os
 import random
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.weights.gguf import read_metadata
-from _sdist import llama_cpp_models_dir
-from _llama_ref import ref_decode, ref_encode, ref_piece
+from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -94,13 +92,6 @@ FIXED_TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def seed() -> int:
-    value = int.from_bytes(os.urandom(4), "little")
-    print(f"tokenizer test seed: {value}")
-    return value
-
-
 # gemma_path (the real Gemma 3 270M file) comes from conftest.py.
 @pytest.fixture(scope="module")
 def gemma_tok(gemma_path: Path) -> Tokenizer:
@@ -112,13 +103,9 @@ def gemma_ref(gemma_path: Path) -> Llama:
     return Llama(str(gemma_path), vocab_only=True, verbose=False)
 
 
-def _vocab_file(name: str) -> str:
-    return str(llama_cpp_models_dir() / f"ggml-vocab-{name}.gguf")
-
-
 @pytest.fixture(scope="module", params=["llama-spm", "phi-3", "baichuan"])
 def spm_pair(request: pytest.FixtureRequest) -> tuple[str, Tokenizer, Llama]:
-    path = _vocab_file(request.param)
+    path = vocab_file(request.param)
     return request.param, Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
 
 
@@ -248,7 +235,7 @@ def test_decode_byte_tokens_reassemble_utf8(gemma_tok: Tokenizer) -> None:
 
 @pytest.mark.parametrize("name", ["llama-spm", "phi-3"])
 def test_ggml_vocab_expected_tokenizations(name: str) -> None:
-    path = _vocab_file(name)
+    path = vocab_file(name)
     tok = Tokenizer.from_gguf(path)
     with open(path + ".inp", encoding="utf-8") as f:
         inputs = f.read().split(SEPARATOR)[:-1]
@@ -305,7 +292,7 @@ def overlapping_vocab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokeniz
     """llama-spm's vocabulary with some tokens retyped so that special tokens overlap in text:
     user-defined "he", "ell", "lo", "hello" and control "ello". In "hell" the leftmost-longest
     scan would take "he"; llama.cpp takes the longer "ell" first."""
-    metadata = read_metadata(_vocab_file("llama-spm"))
+    metadata = read_metadata(vocab_file("llama-spm"))
     tokens = metadata["tokenizer.ggml.tokens"]
     types = metadata["tokenizer.ggml.token_type"].copy()
     for text, token_type in (("he", 4), ("ell", 4), ("lo", 4), ("hello", 4), ("ello", 3)):
@@ -430,7 +417,7 @@ def test_unknown_character_without_byte_tokens_is_unk() -> None:
 
 def test_stream_continuation_keeps_leading_space() -> None:
     """Generated ids continue a prompt: their first piece keeps its space, unlike decode() of the same ids."""
-    tok = Tokenizer.from_gguf(_vocab_file("llama-spm"))
+    tok = Tokenizer.from_gguf(vocab_file("llama-spm"))
     ids = tok.encode("world again")   # the space prefix makes the first piece "▁world"
     stream = StreamDecoder(tok, skip_special_tokens=True, continuation=True)
     assert "".join(stream.push(i) for i in ids) + stream.flush() == " world again"

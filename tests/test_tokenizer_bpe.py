@@ -10,7 +10,6 @@ pre-tokenizer of the table is checked by giving GPT-2's vocabulary that ``tokeni
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import tarfile
@@ -32,7 +31,7 @@ from oxide.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, BPETokenizer
 from oxide.tokenizer.pretokenize import PRE_TOKENIZERS, UNSUPPORTED, _collapse_table, collapse
 from oxide.weights.gguf import read_metadata
 import _sdist  # tests/ is on sys.path (pytest prepend import mode)
-from _llama_ref import ref_decode, ref_encode, ref_piece
+from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 WITH_EXPECTED = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2", "llama-bpe", "mpt",
@@ -107,21 +106,10 @@ FIXED_TEXTS = {
 }
 
 
-@pytest.fixture(scope="module")
-def seed() -> int:
-    value = int.from_bytes(os.urandom(4), "little")
-    print(f"BPE tokenizer test seed: {value}")
-    return value
-
-
-def vocab_path(name: str) -> str:
-    return str(_sdist.llama_cpp_models_dir() / f"ggml-vocab-{name}.gguf")
-
-
 @pytest.fixture(scope="module", params=VOCABS)
 def pair(request: pytest.FixtureRequest) -> Iterator[tuple[str, BPETokenizer, Llama]]:
     """(name, oxide's tokenizer, llama.cpp) of one vocabulary; one vocabulary is loaded at a time."""
-    path = vocab_path(request.param)
+    path = vocab_file(request.param)
     tok = Tokenizer.from_gguf(path)
     assert isinstance(tok, BPETokenizer)
     ref = Llama(path, vocab_only=True, verbose=False)
@@ -144,7 +132,7 @@ def random_ids(rng: random.Random, tok: BPETokenizer, n: int) -> list[int]:
 
 @pytest.mark.parametrize("name", WITH_EXPECTED)
 def test_ggml_vocab_expected_tokenizations(name: str) -> None:
-    path = vocab_path(name)
+    path = vocab_file(name)
     tok = Tokenizer.from_gguf(path)
     with open(path + ".inp", encoding="utf-8") as f:
         inputs = f.read().split(SEPARATOR)[:-1]
@@ -258,7 +246,7 @@ PRE_CASES = sorted({spec: name for name, spec in PRE_TOKENIZERS.items()}.values(
 
 @pytest.fixture(scope="module")
 def gpt2_metadata() -> dict[str, object]:
-    return read_metadata(vocab_path("gpt-2"))
+    return read_metadata(vocab_file("gpt-2"))
 
 
 def write_vocab(path: Path, metadata: dict[str, object], model: str, pre: str | None,
@@ -304,7 +292,7 @@ def test_pre_tokenizer_matches_llama_cpp(pre: str, gpt2_metadata: dict[str, obje
 def test_gemma4_pre_tokenizer_on_a_gpt2_model(tmp_path: Path, seed: int) -> None:
     """Gemma 4's vocabulary as a "gpt2" model with the pre-tokenizer of the same family: spaces as "▁",
     raw UTF-8 merges, byte tokens, newline runs taken whole."""
-    metadata = read_metadata(vocab_path("gemma-4"))
+    metadata = read_metadata(vocab_file("gemma-4"))
     path = write_vocab(tmp_path / "vocab.gguf", metadata, "gpt2", "granite-embed-multi-311m")
     compare_with_llama_cpp(path, random.Random(seed + 5), 20, f"seed {seed}")
 
@@ -397,7 +385,7 @@ def test_unicode_classes_match_llama_cpp() -> None:
 
 def test_heap_merge_equals_scan_merge(seed: int) -> None:
     """The two merge loops (scan for short words, heap for long ones) agree on any word."""
-    tok = Tokenizer.from_gguf(vocab_path("llama-bpe"))
+    tok = Tokenizer.from_gguf(vocab_file("llama-bpe"))
     rng = random.Random(seed + 6)
     letters = "abcdeĠĊ01!"
     for k in range(200):

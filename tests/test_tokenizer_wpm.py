@@ -8,7 +8,6 @@ Random inputs are drawn fresh on every run; the seed is printed and named in fai
 
 from __future__ import annotations
 
-import os
 import random
 import unicodedata
 
@@ -16,8 +15,7 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from _sdist import llama_cpp_models_dir
-from _llama_ref import ref_decode, ref_encode, ref_piece
+from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
 from llama_cpp import Llama
 
 from oxide.tokenizer import StreamDecoder, Tokenizer
@@ -71,25 +69,14 @@ def random_text(rng: random.Random) -> str:
 
 
 @pytest.fixture(scope="module")
-def seed() -> int:
-    value = int.from_bytes(os.urandom(4), "little")
-    print(f"wpm/ugm tokenizer test seed: {value}")
-    return value
-
-
-def _vocab_file(name: str) -> str:
-    return str(llama_cpp_models_dir() / f"ggml-vocab-{name}.gguf")
-
-
-@pytest.fixture(scope="module")
 def bert() -> tuple[Tokenizer, Llama]:
-    path = _vocab_file("bert-bge")
+    path = vocab_file("bert-bge")
     return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
 
 
 @pytest.fixture(scope="module")
 def nomic() -> tuple[Tokenizer, Llama]:
-    path = _vocab_file("nomic-bert-moe")
+    path = vocab_file("nomic-bert-moe")
     return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
 
 
@@ -126,7 +113,7 @@ def test_bert_is_wordpiece(bert: tuple[Tokenizer, Llama]) -> None:
 
 def test_bert_ggml_vocab_expected_tokenizations(bert: tuple[Tokenizer, Llama]) -> None:
     tok, _ = bert
-    path = _vocab_file("bert-bge")
+    path = vocab_file("bert-bge")
     with open(path + ".inp", encoding="utf-8") as f:
         inputs = f.read().split(SEPARATOR)[:-1]
     with open(path + ".out", encoding="utf-8") as f:
@@ -268,7 +255,7 @@ def test_nomic_is_unigram(nomic: tuple[Tokenizer, Llama]) -> None:
 def test_nomic_ggml_vocab_inputs_match_llama_cpp(nomic: tuple[Tokenizer, Llama]) -> None:
     """The bert-bge test inputs (no expected file exists for this vocabulary)."""
     tok, ref = nomic
-    with open(_vocab_file("bert-bge") + ".inp", encoding="utf-8") as f:
+    with open(vocab_file("bert-bge") + ".inp", encoding="utf-8") as f:
         inputs = f.read().split(SEPARATOR)[:-1]
     for text in inputs:
         assert_encodes_like(tok, ref, text, "nomic")
@@ -341,7 +328,7 @@ def ugm_variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     kept whole by the normaliser), written with the given remove_extra_whitespaces / add_space_prefix,
     with or without the precompiled charsmap."""
     remove_extra, prefix, charsmap = request.param
-    metadata = read_metadata(_vocab_file("nomic-bert-moe"))
+    metadata = read_metadata(vocab_file("nomic-bert-moe"))
     n = 30000
     tokens = list(metadata["tokenizer.ggml.tokens"][:n])
     types = np.asarray(metadata["tokenizer.ggml.token_type"][:n]).copy()
