@@ -67,9 +67,9 @@ class _StopMatcher:
     def __init__(self, stops: Sequence[str]) -> None:
         self.stops = [s for s in stops if s]
 
-    def find(self, text: str) -> int:
-        """Index where the earliest stop string starts in ``text``, or -1."""
-        hits = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+    def find(self, text: str, start: int = 0) -> int:
+        """Index where the earliest stop string starts in ``text[start:]`` (as an index of ``text``), or -1."""
+        hits = [i for i in (text.find(s, start) for s in self.stops) if i >= 0]
         return min(hits) if hits else -1
 
     def safe_length(self, text: str) -> int:
@@ -121,7 +121,7 @@ class Generation:
             generated.append(token)
             history.append(token)
             text += decoder.push(token)
-            cut = self.stops.find(text)
+            cut = self.stops.find(text, emitted)   # emitted text holds no start of a stop string
             if cut >= 0:
                 text, finish, stop_string_hit = text[:cut], "stop", True
                 break
@@ -138,7 +138,7 @@ class Generation:
                                         last_only=True)[0, -1]
         if not stop_string_hit:
             text += decoder.flush()
-            cut = self.stops.find(text)
+            cut = self.stops.find(text, emitted)
             if cut >= 0:
                 text, finish = text[:cut], "stop"
         if len(text) > emitted:
