@@ -78,3 +78,16 @@ def test_bad_prompt_type(gemma) -> None:
 
 def test_no_double_bos_when_the_text_spells_it(gemma) -> None:
     assert gemma.encode_prompt("<bos>The capital of France is") == gemma.encode_prompt(PROMPT)
+
+
+def test_stop_matcher_holds_back_only_possible_starts() -> None:
+    from oxide.generate import _StopMatcher
+
+    stops = _StopMatcher(["</answer>", "\n\nQ:", ""])
+    assert stops.safe_length("The answer is 4</ans") == len("The answer is 4")
+    assert stops.safe_length("The answer is 4\n\n") == len("The answer is 4")
+    assert stops.safe_length("The answer is 4<") == len("The answer is 4")
+    assert stops.safe_length("a < b") == len("a < b")
+    assert stops.find("x</answer> y\n\nQ: z") == 1
+    assert stops.find("x</answer> y\n\nQ: z", start=5) == 12
+    assert _StopMatcher([]).safe_length("anything") == len("anything")
