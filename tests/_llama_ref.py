@@ -36,3 +36,24 @@ def ref_decode(ref: Llama, ids: list[int], skip_special_tokens: bool) -> str:
                                    not skip_special_tokens)
     assert n >= 0, "reference buffer too small"
     return buffer.raw[:n].decode("utf-8", "replace")
+
+
+def assert_decode_matches(tok, ref: Llama, seed: int, texts, ids, rounds: int = 300) -> None:
+    """``tok.decode`` equals llama.cpp's detokenize, both modes, on ``rounds`` id lists: every other one
+    encodes ``texts()`` (a random text), the rest are ``ids()`` (random ids)."""
+    for k in range(rounds):
+        sample = tok.encode(texts(), add_special_tokens=k % 4 == 1) if k % 2 else ids()
+        for skip in (False, True):
+            assert tok.decode(sample, skip_special_tokens=skip) == ref_decode(ref, sample, skip), \
+                f"seed {seed}, ids #{k} {sample}, skip_special_tokens={skip}"
+
+
+def write_and_load(writer, path: str):
+    """Finish a vocabulary-only GGUF written with ``writer``; return (oxide's tokenizer, llama.cpp's)."""
+    from oxide.tokenizer import Tokenizer
+
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)

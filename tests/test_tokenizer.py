@@ -21,7 +21,7 @@ from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.weights.gguf import read_metadata
-from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
+from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
 
 SEPARATOR = "\n__ggml_vocab_test__\n"
 
@@ -306,11 +306,7 @@ def overlapping_vocab(tmp_path_factory: pytest.TempPathFactory) -> tuple[Tokeniz
     writer.add_bos_token_id(1)
     writer.add_eos_token_id(2)
     writer.add_unk_token_id(0)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
+    return write_and_load(writer, path)
 
 
 def test_overlapping_special_tokens_longest_first(overlapping_vocab: tuple[Tokenizer, Llama], seed: int) -> None:

@@ -15,7 +15,7 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
+from _llama_ref import assert_decode_matches, ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
 from llama_cpp import Llama
 
 from oxide.tokenizer import StreamDecoder, Tokenizer
@@ -179,14 +179,7 @@ def test_bert_unknown_words(bert: tuple[Tokenizer, Llama]) -> None:
 def test_bert_decode_matches_llama_detokenize(bert: tuple[Tokenizer, Llama], seed: int) -> None:
     tok, ref = bert
     rng = random.Random(seed + 2)
-    for k in range(300):
-        if k % 2:
-            ids = tok.encode(random_text(rng), add_special_tokens=rng.random() < 0.5)
-        else:
-            ids = random_ids(rng, tok, rng.randint(1, 30))
-        for skip in (False, True):
-            assert tok.decode(ids, skip_special_tokens=skip) == ref_decode(ref, ids, skip), \
-                f"seed {seed}, ids #{k} {ids}, skip_special_tokens={skip}"
+    assert_decode_matches(tok, ref, seed, lambda: random_text(rng), lambda: random_ids(rng, tok, rng.randint(1, 30)))
 
 
 def test_bert_decode_space_clean_up(bert: tuple[Tokenizer, Llama], seed: int) -> None:
@@ -288,14 +281,7 @@ def test_nomic_normaliser_on_random_code_points(nomic: tuple[Tokenizer, Llama], 
 def test_nomic_decode_matches_llama_detokenize(nomic: tuple[Tokenizer, Llama], seed: int) -> None:
     tok, ref = nomic
     rng = random.Random(seed + 10)
-    for k in range(300):
-        if k % 2:
-            ids = tok.encode(random_text(rng), add_special_tokens=rng.random() < 0.5)
-        else:
-            ids = random_ids(rng, tok, rng.randint(1, 30))
-        for skip in (False, True):
-            assert tok.decode(ids, skip_special_tokens=skip) == ref_decode(ref, ids, skip), \
-                f"seed {seed}, ids #{k} {ids}, skip_special_tokens={skip}"
+    assert_decode_matches(tok, ref, seed, lambda: random_text(rng), lambda: random_ids(rng, tok, rng.randint(1, 30)))
     for token_id in rng.sample(range(tok.vocab_size), 300) + [0, 1, 2, 3, 6, 250001, 250047]:
         assert tok.token_bytes(token_id) == ref_piece(ref, token_id), token_id
 
@@ -350,11 +336,7 @@ def ugm_variant(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPat
     if charsmap:
         writer.add_precompiled_charsmap(bytes(np.asarray(metadata["tokenizer.ggml.precompiled_charsmap"],
                                                          dtype=np.uint8)))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
+    return write_and_load(writer, path)
 
 
 def test_ugm_variants_match_llama_cpp(ugm_variant: tuple[Tokenizer, Llama], seed: int) -> None:
