@@ -25,6 +25,7 @@ The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.mode
 from __future__ import annotations
 
 import re
+from heapq import heapify, heappop, heappush
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
 from functools import cached_property
@@ -371,6 +372,48 @@ def clean_spaces(text: str) -> str:
     text = _SPACE_BEFORE_PUNCT.sub("", text)
     text = text.replace(" ' ", "'")
     return _SPACE_BEFORE_CONTRACTION.sub("", text)
+
+
+def merge_pairs(text: str, priority: Callable[[str, str], float | None]) -> list[int]:
+    """Greedy pairwise merging, the loop shared by the SentencePiece and BPE algorithms.
+
+    Start from single characters; repeatedly join the adjacent pair whose ``priority(left, right)`` is
+    lowest (leftmost on ties); pairs with priority None never join. Candidate pairs wait in a heap
+    keyed by (priority, position); an entry made stale by a later merge is skipped when popped.
+    Returns ``end`` where the symbols are ``text[i:end[i]]`` for the chain i = 0, end[0], ...
+    """
+    n = len(text)
+    end = list(range(1, n + 1))    # symbol i is text[i:end[i]]; end[i] == 0 once merged into its left
+    prev = list(range(-1, n - 1))
+    heap = [(p, i, i + 1, 2) for i in range(n - 1) if (p := priority(text[i], text[i + 1])) is not None]
+    heapify(heap)
+    while heap:
+        _, left, right, size = heappop(heap)
+        right_end = end[right]
+        if end[left] != right or right_end == 0 or right_end - left != size:
+            continue  # one side was merged into something else since this pair was pushed
+        end[left] = right_end
+        end[right] = 0
+        if right_end < n:
+            prev[right_end] = left
+        before = prev[left]
+        if before >= 0 and (p := priority(text[before:left], text[left:right_end])) is not None:
+            heappush(heap, (p, before, left, right_end - before))
+        if right_end < n:
+            after_end = end[right_end]
+            if (p := priority(text[left:right_end], text[right_end:after_end])) is not None:
+                heappush(heap, (p, left, right_end, after_end - left))
+    return end
+
+
+def symbols_of(text: str, end: list[int]) -> list[str]:
+    """The symbols :func:`merge_pairs` left, in order."""
+    out = []
+    i = 0
+    while i < len(text):
+        out.append(text[i:end[i]])
+        i = end[i]
+    return out
 
 
 class WordCache:

@@ -38,14 +38,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from heapq import heapify, heappop, heappush
 from itertools import pairwise
 from operator import methodcaller
 from typing import Any
 
 from ..errors import TokenizerError
 from ..log import get_logger
-from .base import Vocab, VocabTokenizer, WordCache, clean_spaces
+from .base import Vocab, VocabTokenizer, WordCache, clean_spaces, merge_pairs, symbols_of
 from .pretokenize import PreSpec, pre_spec, pre_tokenizer
 
 log = get_logger("tokenizer")
@@ -203,38 +202,10 @@ class BPETokenizer(VocabTokenizer):
                 ranks[i] = rank(merged + sep + symbols[i + 1], none)
 
     def _merge_heap(self, text: str) -> list[str]:
-        """:meth:`_merge` for long words: candidate pairs in a heap keyed by (rank, position), entries
-        made stale by a later merge skipped when popped."""
+        """:meth:`_merge` for long words, through the shared heap loop (:func:`merge_pairs`)."""
         rank = self._ranks.get
         sep = self._sep
-        n = len(text)
-        # Symbols are runs text[i:end[i]] named by their first index i; end[i] == 0 once merged away.
-        end = list(range(1, n + 1))
-        prev = list(range(-1, n - 1))
-        heap = [(r, i, i + 1, 2) for i in range(n - 1) if (r := rank(text[i] + sep + text[i + 1])) is not None]
-        heapify(heap)
-        while heap:
-            _, left, right, size = heappop(heap)
-            left_end, right_end = end[left], end[right]
-            if left_end != right or right_end == 0 or right_end - left != size:
-                continue  # one side was merged into something else since this pair was pushed
-            end[left] = right_end
-            end[right] = 0
-            if right_end < n:
-                prev[right_end] = left
-            before = prev[left]
-            if before >= 0 and (r := rank(text[before:left] + sep + text[left:right_end])) is not None:
-                heappush(heap, (r, before, left, right_end - before))
-            if right_end < n:
-                after_end = end[right_end]
-                if (r := rank(text[left:right_end] + sep + text[right_end:after_end])) is not None:
-                    heappush(heap, (r, left, right_end, after_end - left))
-        symbols = []
-        i = 0
-        while i < n:
-            symbols.append(text[i:end[i]])
-            i = end[i]
-        return symbols
+        return symbols_of(text, merge_pairs(text, lambda left, right: rank(left + sep + right)))
 
     # decoding -------------------------------------------------------------------------------
     def _normal_piece(self, text: str) -> bytes:

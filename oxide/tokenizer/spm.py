@@ -22,11 +22,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from functools import cached_property
-from heapq import heapify, heappop, heappush
 from typing import Any
 
 from ..errors import TokenizerError
-from .base import Vocab, VocabTokenizer, WordCache
+from .base import Vocab, VocabTokenizer, WordCache, merge_pairs, symbols_of
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
 _PIECES = re.compile(f"[^{SPACE}]+|{SPACE}[^{SPACE}]*")  # each piece starts at a ▁ (or at the text start)
@@ -91,43 +90,22 @@ class SPMTokenizer(VocabTokenizer):
     def _merge(self, word: str) -> list[int]:
         """Ids of one word by greedy highest-score merging (llama.cpp's ``llm_tokenizer_spm_session``)."""
         get = self.vocab.token_to_id.get
-        n = len(word)
-        if n == 1:
+        if len(word) == 1:
             token = get(word)
             return [token] if token is not None else self._fallback(word)
         scores = self.vocab.scores
-        # Symbols are runs word[i:end[i]] named by their first index i; end[i] == 0 once merged away.
-        end = list(range(1, n + 1))
-        prev = list(range(-1, n - 1))
-        # Candidate pairs: (-score, left, right, length of left+right when pushed).
-        heap = [(-scores[t], i, i + 1, 2) for i in range(n - 1) if (t := get(word[i:i + 2])) is not None]
-        heapify(heap)
-        while heap:
-            _, left, right, size = heappop(heap)
-            left_end, right_end = end[left], end[right]
-            if left_end == 0 or right_end == 0 or (left_end - left) + (right_end - right) != size:
-                continue  # one side was merged into something else since this pair was pushed
-            end[left] = right_end
-            end[right] = 0
-            if right_end < n:
-                prev[right_end] = left
-            before = prev[left]
-            if before >= 0 and (t := get(word[before:right_end])) is not None:
-                heappush(heap, (-scores[t], before, left, right_end - before))
-            if right_end < n:
-                after_end = end[right_end]
-                if (t := get(word[left:after_end])) is not None:
-                    heappush(heap, (-scores[t], left, right_end, after_end - left))
+
+        def priority(left: str, right: str) -> float | None:
+            token = get(left + right)
+            return None if token is None else -scores[token]   # the highest score merges first
+
         out: list[int] = []
-        i = 0
-        while i < n:
-            j = end[i]
-            token = get(word[i:j])
+        for symbol in symbols_of(word, merge_pairs(word, priority)):
+            token = get(symbol)
             if token is not None:
                 out.append(token)
             else:  # only single characters can be missing: merged symbols are tokens
-                out.extend(self._fallback(word[i:j]))
-            i = j
+                out.extend(self._fallback(symbol))
         return out
 
     def _fallback(self, char: str) -> list[int]:
