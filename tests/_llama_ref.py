@@ -57,3 +57,17 @@ def write_and_load(writer, path: str):
     writer.write_tensors_to_file()
     writer.close()
     return Tokenizer.from_gguf(path), Llama(path, vocab_only=True, verbose=False)
+
+
+SEPARATOR = "\n__ggml_vocab_test__\n"
+
+
+def expected_tokenizations(vocab_path: str) -> list[tuple[str, list[int]]]:
+    """llama.cpp's own cases beside a vocab file: the ``.inp`` texts (each ends with the separator) and the
+    ``.out`` lines of expected ids, one per text."""
+    with open(f"{vocab_path}.inp", encoding="utf-8") as f:
+        inputs = f.read().split(SEPARATOR)[:-1]
+    with open(f"{vocab_path}.out", encoding="utf-8") as f:
+        outputs = f.read().split("\n")[: len(inputs)]
+    assert len(inputs) == len(outputs) > 40, f"{vocab_path}: the expected tokenizations are incomplete"
+    return [(text, [int(t) for t in out.split()]) for text, out in zip(inputs, outputs)]

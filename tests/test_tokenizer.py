@@ -21,9 +21,8 @@ from oxide.errors import TokenizerError
 from oxide.tokenizer import StreamDecoder, Tokenizer
 from oxide.tokenizer.base import Attr
 from oxide.weights.gguf import read_metadata
-from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
+from _llama_ref import expected_tokenizations, ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
 
-SEPARATOR = "\n__ggml_vocab_test__\n"
 
 # Fragments random texts are built from: scripts, emoji (ZWJ sequences, flags, skin tones), whitespace
 # runs longer and shorter than Gemma's whitespace tokens, code, digits, special-token texts whole and
@@ -237,13 +236,8 @@ def test_decode_byte_tokens_reassemble_utf8(gemma_tok: Tokenizer) -> None:
 def test_ggml_vocab_expected_tokenizations(name: str) -> None:
     path = vocab_file(name)
     tok = Tokenizer.from_gguf(path)
-    with open(path + ".inp", encoding="utf-8") as f:
-        inputs = f.read().split(SEPARATOR)[:-1]
-    with open(path + ".out", encoding="utf-8") as f:
-        expected = f.read().split("\n")[: len(inputs)]
-    assert len(inputs) == len(expected) > 40
-    for text, line in zip(inputs, expected):
-        assert tok.encode(text, parse_special=False) == [int(x) for x in line.split()], repr(text)
+    for text, expected in expected_tokenizations(path):
+        assert tok.encode(text, parse_special=False) == expected, repr(text)
 
 
 def test_spm_vocabs_random_texts_match_llama_cpp(spm_pair: tuple[str, Tokenizer, Llama], seed: int) -> None:

@@ -31,9 +31,8 @@ from oxide.tokenizer.bpe import BYTE_TO_CHAR, CHAR_TO_BYTE, BPETokenizer
 from oxide.tokenizer.pretokenize import PRE_TOKENIZERS, UNSUPPORTED, _collapse_table, collapse
 from oxide.weights.gguf import read_metadata
 import _sdist  # tests/ is on sys.path (pytest prepend import mode)
-from _llama_ref import ref_decode, ref_encode, ref_piece, vocab_file
+from _llama_ref import expected_tokenizations, ref_decode, ref_encode, ref_piece, vocab_file
 
-SEPARATOR = "\n__ggml_vocab_test__\n"
 WITH_EXPECTED = ["command-r", "deepseek-coder", "deepseek-llm", "falcon", "gemma-4", "gpt-2", "llama-bpe", "mpt",
                  "qwen2", "qwen35", "refact", "starcoder"]
 VOCABS = WITH_EXPECTED + ["aquila", "gpt-neox"]  # these two have no tokenizer.ggml.pre: llama.cpp's default
@@ -134,13 +133,8 @@ def random_ids(rng: random.Random, tok: BPETokenizer, n: int) -> list[int]:
 def test_ggml_vocab_expected_tokenizations(name: str) -> None:
     path = vocab_file(name)
     tok = Tokenizer.from_gguf(path)
-    with open(path + ".inp", encoding="utf-8") as f:
-        inputs = f.read().split(SEPARATOR)[:-1]
-    with open(path + ".out", encoding="utf-8") as f:
-        expected = f.read().split("\n")[: len(inputs)]
-    assert len(inputs) == len(expected) > 40
-    for text, line in zip(inputs, expected):
-        assert tok.encode(text, parse_special=False) == [int(x) for x in line.split()], repr(text)
+    for text, expected in expected_tokenizations(path):
+        assert tok.encode(text, parse_special=False) == expected, repr(text)
 
 
 @pytest.mark.parametrize("text_name", sorted(FIXED_TEXTS))

@@ -15,7 +15,7 @@ import gguf
 import llama_cpp
 import numpy as np
 import pytest
-from _llama_ref import assert_decode_matches, ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
+from _llama_ref import assert_decode_matches, expected_tokenizations, ref_decode, ref_encode, ref_piece, vocab_file, write_and_load
 from llama_cpp import Llama
 
 from oxide.tokenizer import StreamDecoder, Tokenizer
@@ -25,7 +25,6 @@ from oxide.tokenizer.base import clean_spaces
 from oxide.tokenizer.wpm import WPMTokenizer
 from oxide.weights.gguf import read_metadata
 
-SEPARATOR = "\n__ggml_vocab_test__\n"
 
 FRAGMENTS = [
     # mixed case, accents precomposed and combining, dotted capital I, titlecase digraph
@@ -114,13 +113,8 @@ def test_bert_is_wordpiece(bert: tuple[Tokenizer, Llama]) -> None:
 def test_bert_ggml_vocab_expected_tokenizations(bert: tuple[Tokenizer, Llama]) -> None:
     tok, _ = bert
     path = vocab_file("bert-bge")
-    with open(path + ".inp", encoding="utf-8") as f:
-        inputs = f.read().split(SEPARATOR)[:-1]
-    with open(path + ".out", encoding="utf-8") as f:
-        expected = f.read().split("\n")[: len(inputs)]
-    assert len(inputs) == len(expected) > 40
-    for text, line in zip(inputs, expected):
-        assert tok.encode(text, parse_special=False) == [int(x) for x in line.split()], repr(text)
+    for text, expected in expected_tokenizations(path):
+        assert tok.encode(text, parse_special=False) == expected, repr(text)
 
 
 @pytest.mark.parametrize("text", FRAGMENTS + WHITESPACE + ["", "The Quick, Brown FOX!"])
@@ -248,9 +242,7 @@ def test_nomic_is_unigram(nomic: tuple[Tokenizer, Llama]) -> None:
 def test_nomic_ggml_vocab_inputs_match_llama_cpp(nomic: tuple[Tokenizer, Llama]) -> None:
     """The bert-bge test inputs (no expected file exists for this vocabulary)."""
     tok, ref = nomic
-    with open(vocab_file("bert-bge") + ".inp", encoding="utf-8") as f:
-        inputs = f.read().split(SEPARATOR)[:-1]
-    for text in inputs:
+    for text, _ in expected_tokenizations(vocab_file("bert-bge")):
         assert_encodes_like(tok, ref, text, "nomic")
 
 

@@ -10,18 +10,10 @@ import pytest
 
 from oxide.tokenizer import Tokenizer
 
+from _llama_ref import expected_tokenizations
 from _sdist import llama_cpp_models_dir
 
-SEPARATOR = "\n__ggml_vocab_test__\n"
 VOCABS = sorted(llama_cpp_models_dir().glob("ggml-vocab-*.gguf"))
-
-
-def _cases(vocab: Path) -> list[tuple[str, list[int]]]:
-    """The .inp texts (each ends with the separator) and the .out lines of expected ids, one per text."""
-    inputs = Path(f"{vocab}.inp").read_text(encoding="utf-8").split(SEPARATOR)[:-1]
-    outputs = Path(f"{vocab}.out").read_text(encoding="utf-8").split("\n")[: len(inputs)]
-    assert len(inputs) == len(outputs)
-    return [(text, [int(t) for t in out.split()]) for text, out in zip(inputs, outputs)]
 
 
 def test_census() -> None:
@@ -34,7 +26,7 @@ def test_every_vocab_loads_and_matches_its_expected_tokenizations(vocab: Path) -
     assert tok.vocab_size > 1000
     if not Path(f"{vocab}.inp").exists():
         return
-    cases = _cases(vocab)
+    cases = expected_tokenizations(str(vocab))
     assert cases
     mismatches = [text for text, expected in cases if tok.encode(text, parse_special=False) != expected]
     assert not mismatches, f"{vocab.name}: {len(mismatches)}/{len(cases)} differ, first {mismatches[0]!r}"
