@@ -57,12 +57,21 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("model", nargs="?", help="a .gguf path (default: Gemma 3 270M)")
     _add_model_options(info)
 
-    bench = commands.add_parser("bench", help="prefill and decode speed of a model on synthetic tokens")
+    bench = commands.add_parser("bench", help="prefill and decode speed of a model on synthetic tokens; with "
+                                              "--compare, oxide beside llama.cpp and transformers")
     bench.add_argument("model", nargs="?", help="a model (default: Gemma 3 270M)")
-    bench.add_argument("-p", "--prompt-tokens", type=int, default=256)
-    bench.add_argument("-n", "--gen-tokens", type=int, default=64)
-    bench.add_argument("-r", "--repeat", type=int, default=3)
+    bench.add_argument("-p", "--prompt-tokens", type=int, help="prompt length (default 256; 512 with --compare)")
+    bench.add_argument("-n", "--gen-tokens", type=int, help="generated tokens (default 64; 128 with --compare)")
+    bench.add_argument("-r", "--repeat", "--repeats", dest="repeat", type=int, default=3)
+    bench.add_argument("--threads", type=int, help="CPU threads (default: torch's; 2 with --compare)")
     _add_model_options(bench)
+    compare = bench.add_argument_group("comparison (--compare)")
+    compare.add_argument("--compare", action="store_true",
+                         help="run each engine in fresh processes and write bench.json, bench.md and bench.png")
+    compare.add_argument("--models", nargs="+", metavar="MODEL", help=".gguf files or Hugging Face folders")
+    compare.add_argument("--engines", help="comma-separated (default: oxide,llama.cpp,transformers)")
+    compare.add_argument("--quality-tokens", type=int, help="positions scored for KL, top-1 and perplexity (default 256)")
+    compare.add_argument("--out", help="output folder (default: oxide-bench)")
     return parser
 
 
@@ -138,29 +147,72 @@ def _chat(ns: argparse.Namespace) -> int:
         messages.append({"role": "assistant", "content": reply})
 
 
+_COMPARE_ONLY = ("models", "engines", "quality_tokens", "out")
+
+
 def _bench(ns: argparse.Namespace) -> int:
-    """Best of ``--repeat`` runs: prefill of ``--prompt-tokens`` random ids, then ``--gen-tokens`` greedy steps."""
+    """Best of ``--repeat`` runs: prefill of ``--prompt-tokens`` random ids, then ``--gen-tokens`` greedy steps.
+
+    With ``--compare``, the engine comparison of :mod:`oxide.bench` instead."""
     import random
 
     from .errors import InvalidOptionError
     from .sampling import SamplingOptions
 
-    if ns.prompt_tokens < 1 or ns.gen_tokens < 2 or ns.repeat < 1:
-        raise InvalidOptionError("bench needs --prompt-tokens >= 1, --gen-tokens >= 2 and --repeat >= 1")
+    if ns.compare:
+        return _bench_compare(ns)
+    given = [f"--{name.replace('_', '-')}" for name in _COMPARE_ONLY if getattr(ns, name) is not None]
+    if given:
+        raise InvalidOptionError(f"{', '.join(given)} only apply with --compare")
+    prompt_tokens = 256 if ns.prompt_tokens is None else ns.prompt_tokens
+    gen_tokens = 64 if ns.gen_tokens is None else ns.gen_tokens
+    if prompt_tokens < 1 or gen_tokens < 2 or ns.repeat < 1 or (ns.threads is not None and ns.threads < 1):
+        raise InvalidOptionError("bench needs --prompt-tokens >= 1, --gen-tokens >= 2, --repeat >= 1 and --threads >= 1")
+    if ns.threads is not None:
+        import torch
+
+        torch.set_num_threads(ns.threads)
     model = _load(ns.model, ns)
     rng = random.Random(0)
     special = set(model.tokenizer.special_tokens.values())
     ordinary = [i for i in range(min(model.tokenizer.vocab_size, model.config.vocab_size)) if i not in special]
-    prompt = [rng.choice(ordinary) for _ in range(ns.prompt_tokens)]
+    prompt = [rng.choice(ordinary) for _ in range(prompt_tokens)]
     model.generate(prompt[:8], max_new_tokens=2, sampling=SamplingOptions.greedy())   # one-time dequantization
-    runs = [model.generate(prompt, max_new_tokens=ns.gen_tokens, sampling=SamplingOptions.greedy(),
+    runs = [model.generate(prompt, max_new_tokens=gen_tokens, sampling=SamplingOptions.greedy(),
                            ignore_eos=True).stats for _ in range(ns.repeat)]
     prefill = max(r.prefill_tokens_per_second for r in runs)
     decode = max(r.decode_tokens_per_second for r in runs)
     print(f"model:   {model.info.source.path}")
     print(f"device:  {model.device}, {model.dtype}, {_threads()} threads")
-    print(f"prefill: {prefill:.1f} tok/s ({ns.prompt_tokens} tokens)")
-    print(f"decode:  {decode:.1f} tok/s ({ns.gen_tokens} tokens)")
+    print(f"prefill: {prefill:.1f} tok/s ({prompt_tokens} tokens)")
+    print(f"decode:  {decode:.1f} tok/s ({gen_tokens} tokens)")
+    return 0
+
+
+def _bench_compare(ns: argparse.Namespace) -> int:
+    """``bench --compare``: every engine on every model in fresh processes; the table goes to stdout."""
+    from pathlib import Path
+
+    from .bench.harness import CompareSettings, compare
+    from .bench.report import markdown, write_report
+    from .errors import InvalidOptionError
+    from .sources import resolve_source
+
+    if ns.model is not None and ns.models is not None:
+        raise InvalidOptionError("give the models either as MODEL or with --models, not both")
+    if ns.device not in (None, "cpu") or ns.dtype not in (None, "f32"):
+        raise InvalidOptionError("bench --compare measures the CPU in float32; drop --device and --dtype")
+    engines = tuple(e.strip() for e in ns.engines.split(",") if e.strip()) if ns.engines is not None else None
+    flags = {"engines": engines, "threads": ns.threads, "repeats": ns.repeat, "prompt_tokens": ns.prompt_tokens,
+             "gen_tokens": ns.gen_tokens, "quality_tokens": ns.quality_tokens}
+    settings = CompareSettings(models=tuple(resolve_source(m).path for m in ns.models or [ns.model]),
+                               **{key: value for key, value in flags.items() if value is not None})  # else defaults
+    report = compare(settings)
+    written = write_report(report, Path(ns.out or "oxide-bench"))
+    print(markdown(report))
+    if "png" not in written:
+        print("oxide bench: no chart: matplotlib is not installed (pip install 'oxide[bench]')", file=sys.stderr)
+    print(f"oxide bench: wrote {', '.join(str(p) for p in written.values())}", file=sys.stderr)
     return 0
 
 
