@@ -40,6 +40,13 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (normed * weight.float()).to(x.dtype)
 
 
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual add and the next norm together: ``sum = x + residual``, ``(sum, rms_norm(sum, weight, eps))``."""
+    total = x + residual
+    return total, rms_norm(total, weight, eps)
+
+
 def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Angles ``positions[t] * inv_freq[i]`` in float32 -> (cos, sin), each (T, head_dim / 2)."""
     angles = positions.float()[:, None] * inv_freq.float()[None, :]   # (T, hd/2)

@@ -1,0 +1,98 @@
+"""Per-call time of the compiled CPU layer ops against their PyTorch references, at decode shapes.
+
+Shapes are Gemma 3 270M's batch-1 decode step (D=640, H=4, Hkv=1, hd=256, T=1, F=2048; keys in a
+KV-cache buffer of 8192 slots, attended at S=512 and S=2048). Three columns per op, microseconds per
+call (the median of several timed loops): the reference (``oxide.ops.reference``), the compiled op
+called directly (``oxide.ops.cpu.layers``, what a model that binds its ops once pays) and the
+functional API ``oxide.ops.<op>`` (which also resolves the implementation per call). Each compiled
+result is checked against the reference first, so a fast but wrong kernel cannot pass unnoticed.
+
+    python -m benchmarks.bench_cpu_ops [--threads 2] [--ms 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+
+import oxide.ops as ops
+from oxide.ops import cpu, reference
+from oxide.ops.cpu import layers
+
+
+def per_call_us(fn: Callable[[], object], ms: float) -> float:
+    """Median over 5 loops of the mean time per call, each loop about ``ms / 5`` milliseconds."""
+    fn()
+    t0 = time.perf_counter()
+    calls = 0
+    while time.perf_counter() - t0 < 0.02:
+        fn()
+        calls += 1
+    per_loop = max(1, int(calls * (ms / 5) / 20))
+    samples = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(per_loop):
+            fn()
+        samples.append((time.perf_counter() - t0) / per_loop)
+    return statistics.median(samples) * 1e6
+
+
+def cases() -> list[tuple[str, str, tuple, dict]]:
+    """(label, op name, args, kwargs) at Gemma 3 270M decode shapes."""
+    g = torch.Generator().manual_seed(0)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g)
+
+    D, H, Hkv, hd, F, size = 640, 4, 1, 256, 2048, 8192
+    x, residual, w = randn(1, 1, D), randn(1, 1, D), randn(D)
+    q_heads = randn(1, 1, H, hd)                                   # (B, T, H, hd), before the qk-norm
+    cos, sin = randn(1, hd // 2), randn(1, hd // 2)
+    k_buf, v_buf = randn(1, Hkv, size, hd), randn(1, Hkv, size, hd)
+    q = randn(1, 1, H, hd).transpose(1, 2)                        # (B, H, T, hd) view
+    out = [
+        ("rms_norm (1,1,640)", "rms_norm", (x, w, 1e-6), {}),
+        ("rms_norm qk (1,1,4,256)", "rms_norm", (q_heads, randn(hd), 1e-6), {}),
+        ("add_rms_norm (1,1,640)", "add_rms_norm", (x, residual, w, 1e-6), {}),
+        ("rope (1,4,1,256) view", "rope", (q_heads.transpose(1, 2), cos, sin), {}),
+    ]
+    for S, window in ((512, 0), (2048, 0), (2048, 512)):
+        k, v = k_buf[:, :, :S], v_buf[:, :, :S]                   # (1, Hkv, S, hd) cache views
+        q_pos, k_pos = torch.tensor([S - 1]), torch.arange(S)
+        label = f"attention S={S}" + (f" window={window}" if window else "")
+        out.append((label, "attention", (q, k, v, q_pos, k_pos), dict(scale=hd ** -0.5, window=window)))
+    out += [
+        ("gated gelu_tanh (1,1,2048)", "gated_activation", (randn(1, 1, F), randn(1, 1, F), "gelu_pytorch_tanh"), {}),
+        ("gated silu (1,1,2048)", "gated_activation", (randn(1, 1, F), randn(1, 1, F), "silu"), {}),
+        ("softcap (1,262144) cap 30", "softcap", (randn(1, 262144) * 20, 30.0), {}),
+    ]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--ms", type=float, default=200.0, help="time per measurement")
+    args = parser.parse_args()
+    if not cpu.available():
+        raise SystemExit(cpu.status())
+    torch.set_num_threads(args.threads)
+    print(f"{cpu.status()}")
+    print(f"| op | reference µs | compiled µs | ops.<op> µs | speed-up |")
+    print(f"|---|---:|---:|---:|---:|")
+    for label, op, call_args, kwargs in cases():
+        ref_fn, cpp_fn, api_fn = getattr(reference, op), getattr(layers, op), getattr(ops, op)
+        torch.testing.assert_close(cpp_fn(*call_args, **kwargs), ref_fn(*call_args, **kwargs), rtol=1e-5, atol=2e-6)
+        t_ref = per_call_us(lambda: ref_fn(*call_args, **kwargs), args.ms)
+        t_cpp = per_call_us(lambda: cpp_fn(*call_args, **kwargs), args.ms)
+        t_api = per_call_us(lambda: api_fn(*call_args, **kwargs), args.ms)
+        print(f"| {label} | {t_ref:.1f} | {t_cpp:.1f} | {t_api:.1f} | {t_ref / t_cpp:.1f}x |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

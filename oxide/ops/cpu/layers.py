@@ -1,0 +1,185 @@
+"""The float32 layer ops on the CPU through ``oxide._cpu``: RMS norm (plain and fused with the residual add),
+rotary embedding, attention, gated activations and soft-capping.
+
+Each function has the signature and the semantics of its reference in :mod:`oxide.ops.reference` and
+serves float32 CPU tensors (:func:`serves` is the dispatch predicate; other dtypes go to the reference).
+At batch-1 decode the reference spends most of its time in the per-op overhead of its 5 to 10 small
+torch ops; here each op is one C++ call. Before any address reaches C++, every tensor's device, dtype
+and shape is checked and its last dimension made contiguous: a bad call raises, it never crashes.
+Inputs may be strided views (a transposed (B, T, H, hd) projection, a slice of the KV cache): their
+leading dimensions are read in place. Outputs are new contiguous tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import extension, threads
+
+ACTIVATIONS = {"silu": 0, "gelu_pytorch_tanh": 1, "gelu": 2}   # the C++ activation codes
+
+
+def serves(*dtypes: torch.dtype) -> bool:
+    """Whether the kernels take a call whose tensors have these dtypes: float32 only."""
+    return all(d == torch.float32 for d in dtypes)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """``x / sqrt(mean(x^2, -1) + eps) * weight`` over the last dim of x: (..., n), weight: (n,)."""
+    _check(x, "rms_norm", "x")
+    n = x.shape[-1]
+    w = _vector(weight, n, "rms_norm", "weight")
+    out = _empty(x.shape)
+    if out.numel():
+        x, shape, stride = _rows(x)
+        extension().rms_norm(x.data_ptr(), shape, stride, n, w.data_ptr(), out.data_ptr(), float(eps), threads())
+    return out
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum = x + residual`` and ``rms_norm(sum, weight, eps)``, in one pass: (..., n) each."""
+    _check(x, "add_rms_norm", "x")
+    _check(residual, "add_rms_norm", "residual")
+    if residual.shape != x.shape:
+        raise ValueError(f"add_rms_norm: residual {tuple(residual.shape)} must have the shape of x {tuple(x.shape)}")
+    n = x.shape[-1]
+    w = _vector(weight, n, "add_rms_norm", "weight")
+    total, normed = _empty(x.shape), _empty(x.shape)
+    if total.numel():
+        x, shape, x_stride = _rows(x)
+        residual, _, r_stride = _rows(residual)
+        extension().add_rms_norm(x.data_ptr(), x_stride, residual.data_ptr(), r_stride, shape, n, w.data_ptr(),
+                                 total.data_ptr(), normed.data_ptr(), float(eps), threads())
+    return total, normed
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Half-split rotary embedding: x (B, H, T, hd), cos/sin (T, hd/2) -> (B, H, T, hd).
+
+    ``out[:h] = x1 cos - x2 sin``, ``out[h:] = x2 cos + x1 sin`` with ``x1, x2 = x[:h], x[h:]``.
+    """
+    _check(x, "rope", "x", dims=4)
+    B, H, T, hd = x.shape
+    if hd % 2:
+        raise ValueError(f"rope: head_dim {hd} must be even")
+    cos = _table(cos, (T, hd // 2), "rope", "cos")
+    sin = _table(sin, (T, hd // 2), "rope", "sin")
+    out = _empty(x.shape)                                                       # (B, H, T, hd)
+    if out.numel():
+        x, shape, stride = _rows(x)
+        extension().rope(x.data_ptr(), shape, stride, hd, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), threads())
+    return out
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+    """Grouped-query attention over explicit positions, as :func:`oxide.ops.reference.attention`.
+
+    q: (B, H, T, hd); k, v: (B, Hkv, S, hd), H a multiple of Hkv (query head h reads kv head
+    h // (H / Hkv)); q_pos: (T,), k_pos: (S,). ``s = scale * q.k`` (then ``cap * tanh(s / cap)`` if
+    ``softcap > 0``), allowed where ``0 <= q_pos - k_pos`` (and ``< window`` if ``window > 0``), softmax,
+    weighted sum of v. A query row with no allowed key is NaN, as in the reference. Returns (B, H, T, hd).
+    """
+    _check(q, "attention", "q", dims=4)
+    _check(k, "attention", "k", dims=4)
+    _check(v, "attention", "v", dims=4)
+    B, H, T, hd = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if v.shape != k.shape or k.shape[0] != B or k.shape[3] != hd or Hkv == 0 or H % Hkv:
+        raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must be "
+                         f"(B, Hkv, S, hd) with the batch and head_dim of q and H a multiple of Hkv")
+    q_pos = _positions(q_pos, T, "q_pos")
+    k_pos = _positions(k_pos, S, "k_pos")
+    if S == 0:   # softmax over no keys, times no values: the reference's empty matmul gives zeros
+        return torch.zeros(q.shape, dtype=torch.float32)
+    out = _empty(q.shape)                                                       # (B, H, T, hd)
+    if out.numel():
+        q, q_shape, q_stride = _rows(q)
+        k, k_shape, k_stride = _rows(k)
+        v, _, v_stride = _rows(v)
+        extension().attention(q.data_ptr(), [*q_shape, hd], q_stride, k.data_ptr(), k_shape, k_stride, v.data_ptr(),
+                              v_stride, q_pos.data_ptr(), k_pos.data_ptr(), out.data_ptr(), float(scale), int(window),
+                              max(float(softcap), 0.0), threads())
+    return out
+
+
+def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(gate) * up`` for ``act`` in ``silu``, ``gelu_pytorch_tanh``, ``gelu`` (erf); same shapes."""
+    if act not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {act!r}")
+    _check(gate, "gated_activation", "gate")
+    _check(up, "gated_activation", "up")
+    if up.shape != gate.shape:
+        raise ValueError(f"gated_activation: up {tuple(up.shape)} must have the shape of gate {tuple(gate.shape)}")
+    gate, up = gate.contiguous(), up.contiguous()
+    out = _empty(gate.shape)
+    extension().gated_activation(gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel(), ACTIVATIONS[act],
+                                 threads())
+    return out
+
+
+def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """``cap * tanh(x / cap)`` for ``cap > 0`` (other caps: the reference's arithmetic)."""
+    _check(x, "softcap", "x")
+    if not cap > 0:
+        return cap * torch.tanh(x / cap)
+    x = x.contiguous()
+    out = _empty(x.shape)
+    extension().softcap(x.data_ptr(), out.data_ptr(), out.numel(), float(cap), threads())
+    return out
+
+
+# --- checks and layout ------------------------------------------------------------------------------
+
+def _empty(shape: torch.Size) -> torch.Tensor:
+    """A new contiguous float32 output (the tests poison it with NaN to catch unwritten elements)."""
+    return torch.empty(shape, dtype=torch.float32)
+
+
+def _check(t: torch.Tensor, op: str, name: str, dims: int | None = None) -> None:
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or t.dtype != torch.float32:
+        raise TypeError(f"{op}: {name} must be a float32 CPU tensor, got "
+                        f"{getattr(t, 'dtype', type(t).__name__)} on {getattr(t, 'device', '?')}")
+    if t.dim() == 0 or (dims is not None and t.dim() != dims):
+        raise ValueError(f"{op}: {name} has shape {tuple(t.shape)}; expected {dims or 'at least 1'} dims")
+
+
+def _rows(t: torch.Tensor) -> tuple[torch.Tensor, list[int], list[int]]:
+    """``t`` with a contiguous last dim, and its leading dims as exactly three sizes and strides.
+
+    More than three leading dims are merged (a copy only where they cannot be viewed as one); fewer
+    are padded with size-1 dims in front.
+    """
+    if t.dim() > 4:
+        t = t.reshape(-1, *t.shape[-3:])     # (N, d1, d2, n): a view where the strides allow one
+    if t.stride(-1) != 1:
+        t = t.contiguous()
+    shape = [1] * (4 - t.dim()) + list(t.shape[:-1])
+    stride = [0] * (4 - t.dim()) + list(t.stride()[:-1])
+    return t, shape, stride
+
+
+def _vector(w: torch.Tensor, n: int, op: str, name: str) -> torch.Tensor:
+    """``w`` as a contiguous float32 CPU vector of ``n`` elements."""
+    if not isinstance(w, torch.Tensor) or w.device.type != "cpu" or tuple(w.shape) != (n,):
+        raise ValueError(f"{op}: {name} must be a CPU tensor of shape ({n},), got "
+                         f"{tuple(getattr(w, 'shape', ()))} on {getattr(w, 'device', '?')}")
+    return w.to(torch.float32).contiguous()
+
+
+def _table(t: torch.Tensor, shape: tuple[int, int], op: str, name: str) -> torch.Tensor:
+    """``t`` as a contiguous float32 CPU tensor of exactly ``shape``."""
+    if not isinstance(t, torch.Tensor) or t.device.type != "cpu" or tuple(t.shape) != shape:
+        raise ValueError(f"{op}: {name} must be a CPU tensor of shape {shape}, got "
+                         f"{tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', '?')}")
+    return t.to(torch.float32).contiguous()
+
+
+def _positions(p: torch.Tensor, n: int, name: str) -> torch.Tensor:
+    """``p`` as a contiguous int64 CPU vector of ``n`` positions."""
+    if (not isinstance(p, torch.Tensor) or p.device.type != "cpu" or tuple(p.shape) != (n,)
+            or p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool):
+        raise ValueError(f"attention: {name} must be an integer CPU tensor of shape ({n},), got "
+                         f"{getattr(p, 'dtype', type(p).__name__)} {tuple(getattr(p, 'shape', ()))}")
+    return p.to(torch.int64).contiguous()

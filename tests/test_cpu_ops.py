@@ -1,0 +1,275 @@
+"""The compiled CPU layer ops (``oxide.ops.cpu.layers``) against their references in ``oxide.ops.reference``.
+
+Inputs are seeded random normals (never zeros), at odd sizes, as strided views where the model passes
+views, with 1 and 2 threads. Every output buffer the kernels fill is pre-poisoned with NaN (the
+``_empty`` hook), so an element left unwritten fails the comparison.
+
+Tolerances (float32): norms, rope, activations and soft-cap: rtol 1e-5, atol 1e-6 (other summation
+orders; a polynomial exp/tanh within a few ulp); erf gelu atol 4e-6 (the reference's own tail error). Attention: rtol 1e-5, atol 2e-6 (dot products over
+hd in another order, softmax merged over key chunks); its weights sum to 1 within 1e-6.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import oxide.ops as ops
+from oxide.ops import cpu, dispatch, reference
+from oxide.ops.cpu import layers
+
+pytestmark = pytest.mark.skipif(not cpu.available(),
+                                reason="the compiled CPU core oxide._cpu is not built (python setup.py build_ext --inplace)")
+
+F32 = dict(rtol=1e-5, atol=1e-6)
+ATTN = dict(rtol=1e-5, atol=2e-6)
+LAYER_OPS = ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setattr(layers, "_empty", lambda shape: torch.full(tuple(shape), float("nan")))
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def randn(*shape: int, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+# --- rms_norm and add_rms_norm ----------------------------------------------------------------------
+
+def _norm_inputs():
+    """(name, x) pairs: contiguous, strided views, many leading dims, and one large enough to use threads."""
+    yield "row", randn(1, 640)
+    yield "3d", randn(3, 37, 5, seed=1)
+    yield "BTHhd-as-BHThd", randn(2, 37, 3, 10, seed=2).transpose(1, 2)        # leading dims strided
+    yield "last-dim-strided", randn(2, 9, 7, seed=3).transpose(1, 2)           # (2, 7, 9), last stride 7
+    yield "5d", randn(2, 3, 2, 4, 6, seed=4)[:, :, :, 1:]                       # sliced, > 3 leading dims
+    yield "vector", randn(13, seed=5)
+    yield "large", randn(70, 1001, seed=6)                                     # > 32k elements: threaded
+
+
+@pytest.mark.parametrize("name,x", list(_norm_inputs()), ids=[n for n, _ in _norm_inputs()])
+def test_rms_norm(name, x, threads):
+    weight = randn(x.shape[-1], seed=9)
+    got = layers.rms_norm(x, weight, 1e-6)
+    torch.testing.assert_close(got, reference.rms_norm(x, weight, 1e-6), **F32)
+
+
+def test_rms_norm_converts_the_weight():
+    x, weight = randn(3, 64), randn(64, seed=1).to(torch.bfloat16)
+    torch.testing.assert_close(layers.rms_norm(x, weight, 1e-5), reference.rms_norm(x, weight, 1e-5), **F32)
+
+
+@pytest.mark.parametrize("name,x", list(_norm_inputs()), ids=[n for n, _ in _norm_inputs()])
+def test_add_rms_norm(name, x, threads):
+    residual = randn(*x.shape, seed=11)
+    weight = randn(x.shape[-1], seed=12)
+    total, normed = layers.add_rms_norm(x, residual, weight, 1e-6)
+    want_total, want_normed = reference.add_rms_norm(x, residual, weight, 1e-6)
+    torch.testing.assert_close(total, want_total, rtol=0, atol=0)          # one f32 add: exact
+    torch.testing.assert_close(normed, want_normed, **F32)
+
+
+# --- rope ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T", [1, 3, 37])
+@pytest.mark.parametrize("hd", [2, 6, 34, 256])
+def test_rope(T, hd, threads):
+    B, H = 2, 3
+    x = randn(B, T, H, hd, seed=T + hd).transpose(1, 2)                      # (B, H, T, hd) view, as the model
+    positions = torch.randperm(1000, generator=torch.Generator().manual_seed(1))[:T]
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+    cos, sin = reference.rope_cos_sin(positions, inv_freq)
+    torch.testing.assert_close(layers.rope(x, cos, sin), reference.rope(x, cos, sin), **F32)
+
+
+def test_rope_large_and_contiguous(threads):
+    x = randn(1, 8, 64, 128, seed=3)                                         # > 32k elements: threaded
+    cos, sin = randn(64, 64, seed=4), randn(64, 64, seed=5)
+    torch.testing.assert_close(layers.rope(x, cos, sin), reference.rope(x, cos, sin), **F32)
+
+
+# --- attention ------------------------------------------------------------------------------------------
+
+def _cache_views(B: int, Hkv: int, S: int, hd: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k, v: (B, Hkv, S, hd) slices of larger (B, Hkv, S + 7, hd) buffers, as oxide.cache returns them."""
+    k_buf, v_buf = randn(B, Hkv, S + 7, hd, seed=seed), randn(B, Hkv, S + 7, hd, seed=seed + 1)
+    return k_buf[:, :, :S], v_buf[:, :, :S]
+
+
+def _attention_case(T: int, S: int, G: int, hd: int, seed: int):
+    B, Hkv = 2, 2 if G == 1 else 1
+    H = Hkv * G
+    q = randn(B, T, H, hd, seed=seed).transpose(1, 2)                        # (B, H, T, hd) view
+    k, v = _cache_views(B, Hkv, S, hd, seed + 1)
+    # Keys in ring order (positions out of order, as a sliding-window cache holds them); the queries
+    # are the last T positions, so each sees at least its own key.
+    k_pos = torch.randperm(S, generator=torch.Generator().manual_seed(seed))
+    q_pos = torch.arange(S - T, S)
+    return q, k, v, q_pos, k_pos
+
+
+@pytest.mark.parametrize("T,S", [(1, 1), (1, 5), (1, 300), (3, 5), (3, 300), (37, 300)])
+@pytest.mark.parametrize("window", [0, 4])
+@pytest.mark.parametrize("softcap", [0.0, 5.0])
+@pytest.mark.parametrize("G", [1, 4])
+def test_attention(T, S, window, softcap, G, threads):
+    hd = 20
+    q, k, v, q_pos, k_pos = _attention_case(T, S, G, hd, seed=T * 1000 + S)
+    kwargs = dict(scale=hd ** -0.5 if softcap == 0 else 1.0, window=window, softcap=softcap)
+    got = layers.attention(q, k, v, q_pos, k_pos, **kwargs)
+    torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, **kwargs), **ATTN)
+
+
+@pytest.mark.parametrize("S", [512, 2048])
+def test_attention_decode_shape(S, threads):
+    """Gemma 3 270M decode: H=4, Hkv=1, hd=256, T=1, keys split across threads."""
+    q, k, v, q_pos, k_pos = _attention_case(1, S, 4, 256, seed=S)
+    q, k, v = q[:1], k[:1], v[:1]
+    got = layers.attention(q, k, v, q_pos, k_pos, scale=256 ** -0.5)
+    torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, scale=256 ** -0.5), **ATTN)
+
+
+@pytest.mark.parametrize("T,S,window", [(1, 300, 0), (37, 300, 0), (37, 300, 16), (3, 5, 0)])
+def test_attention_weights_sum_to_one(T, S, window, threads):
+    q, k, _, q_pos, k_pos = _attention_case(T, S, 4, 24, seed=7)
+    ones = torch.ones_like(k)
+    got = layers.attention(q, k, ones, q_pos, k_pos, scale=0.3, window=window)
+    torch.testing.assert_close(got, torch.ones_like(got), rtol=0, atol=1e-6)
+
+
+def test_attention_rows_without_keys_are_nan_like_the_reference(threads):
+    """Queries at positions 0, 1 precede every key (positions 2..): no allowed key, NaN rows; the rest valid."""
+    B, H, T, S, hd = 2, 4, 6, 300, 12
+    q, k, v = randn(B, H, T, hd), randn(B, 1, S, hd, seed=1), randn(B, 1, S, hd, seed=2)
+    q_pos, k_pos = torch.arange(T), torch.arange(S) + 2
+    got = layers.attention(q, k, v, q_pos, k_pos, scale=0.25)
+    want = reference.attention(q, k, v, q_pos, k_pos, scale=0.25)
+    assert want[:, :, :2].isnan().all() and not want[:, :, 2:].isnan().any()
+    torch.testing.assert_close(got, want, equal_nan=True, **ATTN)
+
+
+def test_attention_no_keys_at_all():
+    q, k, v = randn(1, 4, 1, 8), randn(1, 1, 0, 8), randn(1, 1, 0, 8)
+    got = layers.attention(q, k, v, torch.tensor([5]), torch.zeros(0, dtype=torch.long), scale=1.0)
+    torch.testing.assert_close(got, reference.attention(q, k, v, torch.tensor([5]), torch.zeros(0, dtype=torch.long),
+                                                        scale=1.0))
+
+
+def test_attention_every_instruction_set():
+    """Each attention kernel variant the CPU runs (OXIDE_CPU_ISA) against the reference, in a fresh process."""
+    script = (
+        "import torch; from oxide.ops import reference; from oxide.ops.cpu import layers\n"
+        "g = torch.Generator().manual_seed(0)\n"
+        "q = torch.randn(2, 8, 3, 40, generator=g); k = torch.randn(2, 2, 300, 40, generator=g)\n"
+        "v = torch.randn(2, 2, 300, 40, generator=g); qp = torch.arange(297, 300); kp = torch.arange(300)\n"
+        "for w, c in ((0, 0.0), (16, 5.0)):\n"
+        "    torch.testing.assert_close(layers.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c),\n"
+        "        reference.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c), rtol=1e-5, atol=2e-6)\n"
+    )
+    for isa in cpu.extension().isas():
+        env = {**os.environ, "OXIDE_CPU_ISA": isa}
+        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, f"{isa}: {run.stderr[-2000:]}"
+
+
+# --- gated activations and soft-cap --------------------------------------------------------------------
+
+def _activation_inputs():
+    yield "decode", randn(1, 1, 2048, scale=4.0), randn(1, 1, 2048, seed=1)
+    yield "odd", randn(3, 37, 33, seed=2, scale=4.0), randn(3, 37, 33, seed=3)
+    yield "strided", randn(37, 6, seed=4, scale=4.0).t(), randn(6, 37, seed=5)
+    yield "tails", torch.linspace(-120, 120, 4801).view(1, -1), randn(1, 4801, seed=6)
+    yield "large", randn(40, 2048, seed=7, scale=4.0), randn(40, 2048, seed=8)   # threaded
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh", "gelu"])
+@pytest.mark.parametrize("name,gate,up", list(_activation_inputs()), ids=[n for n, *_ in _activation_inputs()])
+def test_gated_activation(name, gate, up, act, threads):
+    got = layers.gated_activation(gate, up, act)
+    # The reference's 1 + erf(g / sqrt 2) cancels for g << 0 (absolute error ~ |g up| eps, up to 2e-6
+    # here); the kernel computes g/2 erfc(-g / sqrt 2) instead, so erf gelu gets atol 4e-6.
+    tolerance = dict(rtol=1e-5, atol=4e-6) if act == "gelu" else F32
+    torch.testing.assert_close(got, reference.gated_activation(gate, up, act), **tolerance)
+
+
+@pytest.mark.parametrize("cap", [30.0, 1.0])
+@pytest.mark.parametrize("shape", [(1, 262), (3, 37, 11), (4, 20000)])
+def test_softcap(shape, cap, threads):
+    x = randn(*shape, seed=len(shape), scale=40.0)
+    x.view(-1)[:5] = torch.tensor([0.0, 1e-6, -1e-3, 0.29 * cap, -0.31 * cap])   # the series/exp switch at 0.3
+    torch.testing.assert_close(layers.softcap(x, cap), reference.softcap(x, cap), **F32)
+
+
+# --- dispatch and bad input ------------------------------------------------------------------------------
+
+def test_functional_api_uses_the_compiled_core_for_float32():
+    for op in LAYER_OPS:
+        assert dispatch.chosen_name(op, "cpu", torch.float32) == "cpp", op
+    x, w = randn(2, 16), randn(16, seed=1)
+    total, normed = ops.add_rms_norm(x, x, w, 1e-6)
+    torch.testing.assert_close(normed, reference.rms_norm(x + x, w, 1e-6), **F32)
+
+
+def test_other_dtypes_go_to_the_reference():
+    for op in LAYER_OPS:
+        assert dispatch.chosen_name(op, "cpu", torch.bfloat16) == "torch", op
+    x, w = randn(2, 16).bfloat16(), randn(16, seed=1)
+    assert ops.rms_norm(x, w, 1e-6).dtype == torch.bfloat16
+    q = randn(1, 2, 1, 8)
+    kv = randn(1, 1, 4, 8).half()
+    assert dispatch.chosen_name("attention", "cpu", q.dtype, kv.dtype, kv.dtype) == "torch"
+
+
+def test_oxide_impl_torch_picks_the_reference(monkeypatch):
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    for op in LAYER_OPS:
+        assert dispatch.bind(op, "cpu", torch.float32) is getattr(reference, op), op
+    monkeypatch.setenv("OXIDE_IMPL", "cpp")
+    for op in LAYER_OPS:
+        assert dispatch.bind(op, "cpu", torch.float32) is getattr(layers, op), op
+
+
+def test_bad_inputs_raise_instead_of_crashing():
+    x, w = randn(2, 8), randn(8)
+    with pytest.raises(TypeError):
+        layers.rms_norm(x.double(), w, 1e-6)
+    with pytest.raises(TypeError):
+        layers.rms_norm(torch.empty(2, 8, device="meta"), w, 1e-6)
+    with pytest.raises(ValueError):
+        layers.rms_norm(x, randn(7), 1e-6)
+    with pytest.raises(ValueError):
+        layers.add_rms_norm(x, randn(3, 8), w, 1e-6)
+    with pytest.raises(ValueError):
+        layers.rope(randn(1, 2, 3, 8), randn(3, 3), randn(3, 3))              # cos/sin must be (T, hd/2)
+    with pytest.raises(ValueError):
+        layers.rope(randn(1, 2, 3, 7), randn(3, 3), randn(3, 3))              # odd head_dim
+    q, k = randn(1, 3, 1, 8), randn(1, 2, 5, 8)
+    with pytest.raises(ValueError):
+        layers.attention(q, k, k, torch.tensor([4]), torch.arange(5), scale=1.0)   # 3 heads over 2 kv heads
+    with pytest.raises(ValueError):
+        layers.attention(randn(1, 2, 1, 8), k, k, torch.tensor([4]), torch.arange(4), scale=1.0)   # k_pos length
+    with pytest.raises(ValueError):
+        layers.attention(randn(1, 2, 1, 8), k, k, torch.tensor([4.0]), torch.arange(5), scale=1.0)  # float positions
+    with pytest.raises(ValueError):
+        layers.gated_activation(x, x, "relu")
+    with pytest.raises(ValueError):
+        layers.gated_activation(x, randn(2, 9), "silu")
+
+
+def test_empty_inputs():
+    assert layers.rms_norm(torch.empty(0, 8), randn(8), 1e-6).shape == (0, 8)
+    assert layers.gated_activation(torch.empty(0), torch.empty(0), "silu").shape == (0,)
+    assert layers.rope(torch.empty(1, 2, 0, 8), torch.empty(0, 4), torch.empty(0, 4)).shape == (1, 2, 0, 8)
