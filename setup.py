@@ -1,13 +1,21 @@
 """Build script: the pure-Python package always installs; ``oxide.kernels`` comes from ``kernels/``.
 
-C++/CUDA sources in ``csrc/`` are compiled into ``oxide._C`` only when torch is importable at build
-time (``pip install --no-build-isolation -e .``) and a compiler is present; otherwise the package
-installs without them and the ops use their PyTorch references.
+The CPU core ``oxide._cpu`` is a pybind11 module compiled from ``csrc/cpu/*.cpp``. It takes raw
+buffers (data pointers, shapes, strides) rather than torch tensors, so it needs no torch at build
+time and no torch ABI match: the ordinary isolated build (``pip install .``) compiles it with the
+pybind11 that ``pyproject.toml`` lists as a build requirement.
+
+It is compiled for the baseline of the target (no ``-march=native``): AVX2/FMA/F16C and AVX-512
+code lives in translation units of their own (``#pragma GCC target``) and is chosen at run time
+from the CPU's features, so the binary runs on any x86-64. The extension is optional: where no
+compiler works, the install still succeeds and every op runs its PyTorch reference;
+``oxide info`` then says so. ``OXIDE_NO_EXTENSIONS=1`` skips the build on purpose.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -15,24 +23,30 @@ from setuptools import find_packages, setup
 ROOT = Path(__file__).parent
 
 
-def _extensions() -> tuple[list, dict]:
-    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc").glob("*.cpp"))
+def _cpu_extension() -> list:
+    sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     if not sources or os.environ.get("OXIDE_NO_EXTENSIONS"):
-        return [], {}
+        return []
     try:
-        from torch.utils.cpp_extension import BuildExtension, CppExtension
+        from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
-        print("oxide: torch is not importable at build time; skipping the C++ extension")
-        return [], {}
-    ext = CppExtension("oxide._C", sources, extra_compile_args=["-O3", "-march=native", "-fopenmp"],
-                       extra_link_args=["-fopenmp"])
-    return [ext], {"build_ext": BuildExtension}
+        print("oxide: pybind11 is not importable at build time; skipping the C++ CPU core", file=sys.stderr)
+        return []
+    openmp = [] if sys.platform == "darwin" else ["-fopenmp"]   # Apple clang has no OpenMP of its own
+    ext = Pybind11Extension(
+        "oxide._cpu",
+        sources,
+        include_dirs=["csrc/cpu"],
+        cxx_std=17,
+        extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-math-errno", *openmp],
+        extra_link_args=openmp,
+    )
+    ext.optional = True   # a failed compile leaves the pure-Python package installed
+    return [ext]
 
 
-ext_modules, cmdclass = _extensions()
 setup(
     packages=[*find_packages(include=["oxide", "oxide.*"]), "oxide.kernels"],
     package_dir={"oxide.kernels": "kernels"},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
+    ext_modules=_cpu_extension(),
 )

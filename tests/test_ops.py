@@ -96,11 +96,31 @@ def test_gated_activation(act: str, fn) -> None:
     torch.testing.assert_close(ops.gated_activation(gate, up, act), fn(gate) * up)
 
 
-def test_every_op_has_a_reference_on_every_device_type() -> None:
-    for op in ("qmatmul", "embedding", "rms_norm", "rope", "attention", "gated_activation", "softcap"):
+def _probes() -> dict[str, tuple]:
+    """A representative call description per op, as the functional API passes it to dispatch."""
+    w, _ = _quantized(32, 64, GGMLType.Q8_0, seed=0)
+    f32 = (torch.float32,)
+    return {"qmatmul": (w, torch.float32), "embedding": (w, torch.float32), "rms_norm": f32,
+            "add_rms_norm": (torch.float32, torch.float32), "rope": f32, "attention": f32, "gated_activation": f32,
+            "softcap": f32}
+
+
+def test_every_op_has_a_reference_on_every_device_type(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    dispatch._RESOLVED.clear()
+    for op, probe in _probes().items():
         assert "torch" in dispatch.implementations(op)
         for device_type in ("cpu", "cuda", "mps"):
-            assert dispatch.resolve(op, device_type) is getattr(reference, op)
+            assert dispatch.resolve(op, device_type, *probe) is getattr(reference, op)
+            assert dispatch.bind(op, device_type, *probe) is getattr(reference, op)
+    dispatch._RESOLVED.clear()
+
+
+def test_gpu_device_types_fall_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OXIDE_IMPL", raising=False)
+    dispatch._RESOLVED.clear()
+    for op, probe in _probes().items():
+        assert dispatch.bind(op, "mps", *probe) is getattr(reference, op)
 
 
 @pytest.fixture
@@ -129,3 +149,20 @@ def test_explicit_unavailable_impl_raises(fake_op: str, monkeypatch: pytest.Monk
     monkeypatch.setenv("OXIDE_IMPL", "torch")
     assert dispatch.resolve(fake_op, "cpu")() == "reference"
     dispatch._RESOLVED.clear()
+
+
+def test_a_declined_call_goes_to_the_next_implementation(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OXIDE_IMPL", raising=False)
+    name = "test_declining_op"
+    dispatch.register(name, "torch", lambda: "reference")
+    dispatch.register(name, "fast", lambda: "fast", priority=10, accepts=lambda kind: kind == "served")
+    try:
+        assert dispatch.bind(name, "cpu", "served")() == "fast"
+        assert dispatch.bind(name, "cpu", "odd")() == "reference"
+        assert dispatch.resolve(name, "cpu", "odd")() == "reference"
+        assert dispatch.chosen_name(name, "cpu", "served") == "fast"
+        monkeypatch.setenv("OXIDE_IMPL", "fast")   # asked for explicitly, a declined call still runs
+        assert dispatch.bind(name, "cpu", "odd")() == "reference"
+    finally:
+        dispatch._IMPLS.pop(name)
+        dispatch._RESOLVED.clear()

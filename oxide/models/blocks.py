@@ -15,8 +15,13 @@ from .weights import LayerWeights
 
 
 class Attention:
-    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights) -> None:
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, device: torch.device,
+                 dtype: torch.dtype) -> None:
         self.w = w
+        self.q_proj = ops.Linear(w.q, w.q_bias, device, dtype)
+        self.k_proj = ops.Linear(w.k, w.k_bias, device, dtype)
+        self.v_proj = ops.Linear(w.v, w.v_bias, device, dtype)
+        self.o_proj = ops.Linear(w.o, None, device, dtype)
         self.n_heads, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.eps = config.rms_norm_eps
         self.scale = config.attention_scale
@@ -27,9 +32,9 @@ class Attention:
                  cache: LayerCache) -> torch.Tensor:
         B, T, _ = x.shape
         w = self.w
-        q = ops.qmatmul(x, w.q, w.q_bias).view(B, T, self.n_heads, self.hd)   # (B, T, H, hd)
-        k = ops.qmatmul(x, w.k, w.k_bias).view(B, T, self.n_kv, self.hd)      # (B, T, Hkv, hd)
-        v = ops.qmatmul(x, w.v, w.v_bias).view(B, T, self.n_kv, self.hd)      # (B, T, Hkv, hd)
+        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)                  # (B, T, H, hd)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
         if w.q_norm is not None:
             q = ops.rms_norm(q, w.q_norm, self.eps)
             k = ops.rms_norm(k, w.k_norm, self.eps)
@@ -38,27 +43,30 @@ class Attention:
         keys, values, key_pos = cache.update(k, v.transpose(1, 2), positions)  # (B, Hkv, S, hd)
         out = ops.attention(q, keys, values, positions, key_pos, scale=self.scale, window=self.window,
                             softcap=self.softcap)                             # (B, H, T, hd)
-        return ops.qmatmul(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd), w.o)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
 class GatedMLP:
-    def __init__(self, config: ModelConfig, w: LayerWeights) -> None:
-        self.w = w
+    def __init__(self, config: ModelConfig, w: LayerWeights, device: torch.device, dtype: torch.dtype) -> None:
+        self.gate = ops.Linear(w.gate, None, device, dtype)
+        self.up = ops.Linear(w.up, None, device, dtype)
+        self.down = ops.Linear(w.down, None, device, dtype)
         self.act = config.hidden_act
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = ops.gated_activation(ops.qmatmul(x, self.w.gate), ops.qmatmul(x, self.w.up), self.act)  # (B, T, F)
-        return ops.qmatmul(hidden, self.w.down)                                                       # (B, T, D)
+        hidden = ops.gated_activation(self.gate(x), self.up(x), self.act)    # (B, T, F)
+        return self.down(hidden)                                              # (B, T, D)
 
 
 class DecoderBlock:
     """``h = x + [PostNorm](Attn(Norm(x)))``; ``y = h + [PostNorm](MLP(Norm(h)))``."""
 
-    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights) -> None:
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, device: torch.device,
+                 dtype: torch.dtype) -> None:
         self.w = w
         self.eps = config.rms_norm_eps
-        self.attention = Attention(config, layer, w)
-        self.mlp = GatedMLP(config, w)
+        self.attention = Attention(config, layer, w, device, dtype)
+        self.mlp = GatedMLP(config, w, device, dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  cache: LayerCache) -> torch.Tensor:

@@ -21,7 +21,9 @@ class DecoderLM:
         self.weights = weights
         self.device = device
         self.dtype = dtype
-        self.blocks = [DecoderBlock(config, i, w) for i, w in enumerate(weights.layers)]
+        self.blocks = [DecoderBlock(config, i, w, device, dtype) for i, w in enumerate(weights.layers)]
+        self.embed = ops.bind("embedding", device.type, weights.embed, dtype)
+        self.head = ops.Linear(weights.output, None, device, dtype)
         ropes: dict[float, RotaryEmbedding] = {}
         for theta in {config.rope_base(i) for i in range(config.num_hidden_layers)}:
             ropes[theta] = RotaryEmbedding(config.head_dim, theta, device, freq_factors=weights.rope_freqs,
@@ -44,7 +46,7 @@ class DecoderLM:
         self.check_ids(ids)
         T = ids.shape[1]
         positions = cache.positions_for(T, self.device)                            # (T,)
-        x = ops.embedding(ids, self.weights.embed, self.dtype)                     # (1, T, D)
+        x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
         if self.config.embedding_multiplier != 1.0:
             x = x * torch.tensor(self.config.embedding_multiplier, dtype=self.dtype)
         cos_sin = {theta: rope.cos_sin(positions) for theta, rope in self._ropes.items()}
@@ -54,7 +56,7 @@ class DecoderLM:
         if last_only:
             x = x[:, -1:]
         x = ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
-        logits = ops.qmatmul(x, self.weights.output).float()                      # (1, T', V)
+        logits = self.head(x).float()                     # (1, T', V)
         if self.config.final_logit_softcapping > 0:
             logits = ops.softcap(logits, self.config.final_logit_softcapping)
         return logits

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import torch
 
-from . import reference
-from .dispatch import register, resolve
+from . import cpu, reference
+from .cpu import layers as cpu_layers
+from .cpu import quant as cpu_quant
+from .dispatch import bind, register, resolve
 
-_OPS = ("qmatmul", "embedding", "rms_norm", "rope", "attention", "gated_activation", "softcap")
+_OPS = ("qmatmul", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
+# The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
+register("qmatmul", "cpp", cpu_quant.qmatmul, device_types=("cpu",), priority=10, available=cpu.available,
+         accepts=cpu_quant.serves)
+register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
+         accepts=cpu_quant.serves)
+# The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
+for _op in ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap"):
+    register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
+             accepts=cpu_layers.serves)
 
 rope_cos_sin = reference.rope_cos_sin
 attention_mask = reference.attention_mask
@@ -21,35 +32,58 @@ attention_mask = reference.attention_mask
 
 def qmatmul(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ dequantize(w).T (+ bias)``: (..., K) x (N, K) -> (..., N)."""
-    return resolve("qmatmul", x.device.type)(x, w, bias)
+    return resolve("qmatmul", x.device.type, w, x.dtype)(x, w, bias)
 
 
 def embedding(ids: torch.Tensor, w, dtype: torch.dtype) -> torch.Tensor:
     """Rows of the (possibly quantized) table ``w`` for ``ids``: (...) -> (..., K)."""
-    return resolve("embedding", ids.device.type)(ids, w, dtype)
+    return resolve("embedding", ids.device.type, w, dtype)(ids, w, dtype)
+
+
+class Linear:
+    """``qmatmul`` bound once to one weight (and bias): the implementation is chosen at model build.
+
+    ``Linear(w, bias, device, dtype)(x)`` equals ``qmatmul(x, w, bias)`` for ``dtype`` activations.
+    """
+
+    __slots__ = ("weight", "bias", "impl")
+
+    def __init__(self, weight, bias: torch.Tensor | None, device: torch.device, dtype: torch.dtype) -> None:
+        self.weight, self.bias = weight, bias
+        self.impl = bind("qmatmul", device.type, weight, dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.impl(x, self.weight, self.bias)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """``x / sqrt(mean(x^2) + eps) * weight`` over the last dim."""
-    return resolve("rms_norm", x.device.type)(x, weight, eps)
+    return resolve("rms_norm", x.device.type, x.dtype)(x, weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``sum = x + residual`` and ``rms_norm(sum, weight, eps)``: returns ``(sum, normed)``."""
+    return resolve("add_rms_norm", x.device.type, x.dtype, residual.dtype)(x, residual, weight, eps)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Half-split rotary embedding of x: (B, H, T, hd) with cos/sin: (T, hd/2)."""
-    return resolve("rope", x.device.type)(x, cos, sin)
+    return resolve("rope", x.device.type, x.dtype)(x, cos, sin)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
               *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
     """Causal grouped-query attention with optional sliding window and score soft-capping."""
-    return resolve("attention", q.device.type)(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+    impl = resolve("attention", q.device.type, q.dtype, k.dtype, v.dtype)
+    return impl(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """``act(gate) * up``."""
-    return resolve("gated_activation", gate.device.type)(gate, up, act)
+    return resolve("gated_activation", gate.device.type, gate.dtype, up.dtype)(gate, up, act)
 
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)``."""
-    return resolve("softcap", x.device.type)(x, cap)
+    return resolve("softcap", x.device.type, x.dtype)(x, cap)

@@ -1,9 +1,17 @@
-"""One registry of implementations per op, resolved once per (op, device type).
+"""One registry of implementations per op, chosen by device type, availability and the call itself.
 
 Implementations register with a name (``torch``, ``triton``, ``cuda``, ``cpp``), the device types
-they serve, a priority and an availability check. Automatic selection takes the highest-priority
-available one and quietly falls back (logged once at debug level). ``OXIDE_IMPL=name`` asks for one
-implementation explicitly: if it cannot serve an op on the device, that is an error, not a fallback.
+they serve, a priority, an availability check and, optionally, ``accepts``: a predicate over a
+probe of the call (for ``qmatmul``: the weight and the activation dtype) that lets a fast path
+decline what it does not serve (a quant type it lacks, an odd shape); the next implementation by
+priority then takes the call.
+
+:func:`bind` makes that choice once, where a model is built, and returns the chosen function for
+the hot loop; :func:`resolve` is the per-call path of the functional API, cached per (op, device)
+for ops whose implementations accept every call. ``OXIDE_IMPL=name`` asks for one implementation
+explicitly: if it is not available that is an error, not a fallback; calls it declines still go
+to the next implementation (logged at debug level), so that a model whose every tensor type the
+fast path does not cover still runs.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import KernelUnavailableError
 from ..log import get_logger
@@ -27,6 +36,7 @@ class Implementation:
     device_types: frozenset[str]
     priority: int
     available: Callable[[], bool]
+    accepts: Callable[..., bool] | None = None   # None: serves every call
 
 
 _IMPLS: dict[str, list[Implementation]] = {}
@@ -34,9 +44,11 @@ _RESOLVED: dict[tuple[str, str], Callable] = {}
 
 
 def register(op: str, name: str, fn: Callable, *, device_types: tuple[str, ...] = ("cpu", "cuda", "mps"),
-             priority: int = 0, available: Callable[[], bool] = lambda: True) -> None:
+             priority: int = 0, available: Callable[[], bool] = lambda: True,
+             accepts: Callable[..., bool] | None = None) -> None:
     """Add an implementation of ``op``; resolution caches are cleared."""
-    _IMPLS.setdefault(op, []).append(Implementation(name, fn, frozenset(device_types), priority, available))
+    _IMPLS.setdefault(op, []).append(
+        Implementation(name, fn, frozenset(device_types), priority, available, accepts))
     _RESOLVED.clear()
 
 
@@ -44,34 +56,70 @@ def implementations(op: str) -> list[str]:
     return [impl.name for impl in _IMPLS.get(op, [])]
 
 
-def resolve(op: str, device_type: str) -> Callable:
-    """The function that runs ``op`` on ``device_type`` (cached after the first call)."""
+def resolve(op: str, device_type: str, *probe: Any) -> Callable:
+    """The function that runs ``op`` on ``device_type`` for a call described by ``probe``.
+
+    Cached per (op, device type) when no candidate inspects the call; otherwise chosen anew, as
+    :func:`bind` does (models bind once instead of calling this in their loops).
+    """
     key = (op, device_type)
     fn = _RESOLVED.get(key)
     if fn is None:
-        fn = _RESOLVED[key] = _choose(op, device_type, os.environ.get("OXIDE_IMPL") or None)
+        candidates = _candidates(op, device_type, _requested())
+        fn = _first_accepting(op, device_type, candidates, probe)
+        if all(impl.accepts is None for impl in candidates):
+            _RESOLVED[key] = fn
     return fn
 
 
-def _choose(op: str, device_type: str, requested: str | None) -> Callable:
-    candidates = [i for i in _IMPLS.get(op, []) if device_type in i.device_types]
-    if requested is not None:
-        for impl in candidates:
-            if impl.name == requested:
-                if not impl.available():
-                    raise KernelUnavailableError(
-                        f"OXIDE_IMPL={requested!r}: the {requested} implementation of {op!r} is not available "
-                        f"on this machine; unset OXIDE_IMPL or build/install it"
-                    )
-                return impl.fn
-        if requested != REFERENCE or not candidates:
-            raise KernelUnavailableError(
-                f"OXIDE_IMPL={requested!r}: no {requested} implementation of {op!r} for {device_type}; "
-                f"available: {', '.join(i.name for i in candidates) or 'none'}"
-            )
-    for impl in sorted(candidates, key=lambda i: -i.priority):
-        if impl.available():
-            log.debug("op %s on %s: using %s", op, device_type, impl.name)
+def bind(op: str, device_type: str, *probe: Any) -> Callable:
+    """Choose the implementation of ``op`` for calls like ``probe`` once; the caller keeps the function."""
+    return _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe)
+
+
+def chosen_name(op: str, device_type: str, *probe: Any) -> str:
+    """Name of the implementation :func:`bind` would choose (for ``oxide info`` and logs)."""
+    fn = bind(op, device_type, *probe)
+    return next(impl.name for impl in _IMPLS[op] if impl.fn is fn)
+
+
+def _requested() -> str | None:
+    return os.environ.get("OXIDE_IMPL") or None
+
+
+def _candidates(op: str, device_type: str, requested: str | None) -> list[Implementation]:
+    """Implementations to try, best first: the requested one (which must be available), then the rest."""
+    serving = [i for i in _IMPLS.get(op, []) if device_type in i.device_types]
+    ranked = sorted(serving, key=lambda i: -i.priority)
+    if requested is None:
+        usable = [i for i in ranked if i.available()]
+        for impl in ranked:
+            if impl not in usable:
+                log.debug("op %s on %s: %s unavailable, falling back", op, device_type, impl.name)
+        if not usable:
+            raise KernelUnavailableError(f"no implementation of {op!r} for device type {device_type!r}")
+        return usable
+    for impl in serving:
+        if impl.name == requested:
+            if not impl.available():
+                raise KernelUnavailableError(
+                    f"OXIDE_IMPL={requested!r}: the {requested} implementation of {op!r} is not available "
+                    f"on this machine; unset OXIDE_IMPL or build/install it"
+                )
+            return [impl, *(i for i in ranked if i.name == REFERENCE and i is not impl)]
+    raise KernelUnavailableError(
+        f"OXIDE_IMPL={requested!r}: no {requested} implementation of {op!r} for {device_type}; "
+        f"available: {', '.join(i.name for i in serving) or 'none'}"
+    )
+
+
+def _first_accepting(op: str, device_type: str, candidates: list[Implementation], probe: tuple) -> Callable:
+    for impl in candidates:
+        if impl.accepts is None or impl.accepts(*probe):
             return impl.fn
-        log.debug("op %s on %s: %s unavailable, falling back", op, device_type, impl.name)
-    raise KernelUnavailableError(f"no implementation of {op!r} for device type {device_type!r}")
+        log.debug("op %s on %s: %s declines %s", op, device_type, impl.name, _describe(probe))
+    raise KernelUnavailableError(f"no implementation of {op!r} on {device_type} serves {_describe(probe)}")
+
+
+def _describe(probe: tuple) -> str:
+    return ", ".join(repr(p) if not hasattr(p, "shape") else f"{type(p).__name__}{tuple(p.shape)}" for p in probe)

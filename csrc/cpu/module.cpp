@@ -1,0 +1,104 @@
+// oxide._cpu: the compiled CPU core. Functions take raw buffers (addresses as integers, sizes and
+// strides in elements) so the module needs neither torch headers nor a matching torch ABI; the
+// Python side (oxide/ops/cpu/) checks shapes, dtypes and contiguity before calling. Each call
+// releases the GIL.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+#include "layer_ops.h"
+
+namespace py = pybind11;
+using oxide_cpu::KernelTable;
+
+namespace {
+
+std::vector<const KernelTable*> supported_tables() {
+    std::vector<const KernelTable*> found;
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        found.push_back(&oxide_cpu::avx512::table);
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        found.push_back(&oxide_cpu::avx2::table);
+#endif
+    found.push_back(&oxide_cpu::generic::table);
+    return found;   // best first
+}
+
+const KernelTable* g_table = nullptr;
+
+const KernelTable& table() { return *g_table; }
+
+void set_isa(const std::string& name) {
+    for (const KernelTable* t : supported_tables()) {
+        if (name == t->name) {
+            g_table = t;
+            return;
+        }
+    }
+    throw std::invalid_argument("instruction set '" + name + "' is not supported by this CPU or build");
+}
+
+std::vector<std::string> isas() {
+    std::vector<std::string> names;
+    for (const KernelTable* t : supported_tables()) names.emplace_back(t->name);
+    return names;
+}
+
+template <class T>
+T* ptr(std::uintptr_t address) { return reinterpret_cast<T*>(address); }
+
+void check(bool ok, const char* what) {
+    if (!ok) throw std::invalid_argument(what);
+}
+
+void qmatmul(int qtype, std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t w, int64_t N, int64_t K,
+             int64_t row_bytes, std::uintptr_t out, int64_t out_stride, std::uintptr_t bias, int threads) {
+    check(M >= 0 && N >= 0 && K > 0 && K % 16 == 0, "qmatmul: bad sizes");
+    check(x_stride >= K && out_stride >= N && threads >= 1, "qmatmul: bad strides or thread count");
+    std::vector<float> scratch(static_cast<size_t>(K / 16) * 16);   // per-16 sums of up to 16 rows
+    oxide_cpu::GemvArgs args{ptr<const float>(x), M, x_stride, ptr<const uint8_t>(w), N, K, row_bytes,
+                             ptr<float>(out), out_stride, ptr<const float>(bias), scratch.data(), threads};
+    check(table().gemv(qtype, args), "qmatmul: no kernel for this GGML type");
+}
+
+void dequantize_rows(int qtype, std::uintptr_t w, std::uintptr_t index, int64_t rows, int64_t K, int64_t row_bytes,
+                     std::uintptr_t out, int64_t out_stride, int threads) {
+    check(rows >= 0 && K > 0 && K % 16 == 0 && out_stride >= K && threads >= 1, "dequantize_rows: bad sizes");
+    oxide_cpu::DequantArgs args{ptr<const uint8_t>(w), ptr<const int64_t>(index), rows, K, row_bytes,
+                                ptr<float>(out), out_stride, threads};
+    check(table().dequant(qtype, args), "dequantize_rows: no kernel for this GGML type");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_cpu, m) {
+    m.doc() = "oxide's compiled CPU core (raw-buffer kernels; see oxide.ops.cpu)";
+    g_table = supported_tables().front();
+    m.def("isas", &isas, "Instruction sets this CPU and build can run, best first.");
+    m.def("isa", [] { return std::string(table().name); }, "The instruction set in use.");
+    m.def("set_isa", &set_isa, py::arg("name"), "Use another supported instruction set (tests, benchmarks).");
+    m.def("quant_types", [] { return std::vector<int>{2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23}; },
+          "GGML type ids with kernels.");
+#ifdef _OPENMP
+    m.attr("openmp") = true;
+#else
+    m.attr("openmp") = false;
+#endif
+    m.def("qmatmul", &qmatmul, py::call_guard<py::gil_scoped_release>(),
+          py::arg("qtype"), py::arg("x"), py::arg("M"), py::arg("x_stride"), py::arg("w"), py::arg("N"), py::arg("K"),
+          py::arg("row_bytes"), py::arg("out"), py::arg("out_stride"), py::arg("bias"), py::arg("threads"),
+          "out[m, n] = x[m, :] . dequantize(W[n, :]) (+ bias[n]), f32 activations and output.");
+    m.def("dequantize_rows", &dequantize_rows, py::call_guard<py::gil_scoped_release>(),
+          py::arg("qtype"), py::arg("w"), py::arg("index"), py::arg("rows"), py::arg("K"), py::arg("row_bytes"),
+          py::arg("out"), py::arg("out_stride"), py::arg("threads"),
+          "out[r, :] = dequantize(W[index[r], :]) (index 0: row r), f32.");
+    bind_layer_ops(m);
+}
