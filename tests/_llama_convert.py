@@ -1,0 +1,112 @@
+"""llama.cpp's own HF-to-GGUF converter and K-quant quantizer, for GGUF files written by llama.cpp.
+
+The converter (``convert_hf_to_gguf.py`` with its ``conversion/`` package) and ``gguf-py`` come from
+the llama-cpp-python 0.3.36 sdist that ``tests/_sdist.py`` caches: same archive, same download, same
+lock. They are unpacked once into ``<cache>/llama-cpp-python-0.3.36-convert/vendor/llama.cpp/``
+through a temporary folder renamed into place when complete. The converter runs in a subprocess of
+this interpreter, with the sdist's ``gguf-py`` on ``PYTHONPATH``; it needs torch, transformers, numpy
+and, for Llama-family vocabularies, sentencepiece. The quantizer is llama.cpp's, through the
+``llama_cpp`` binding.
+
+    from _llama_convert import convert, quantize
+    convert(hf_dir, "model-f16.gguf", "f16")
+    quantize("model-f16.gguf", "model-q4_k_m.gguf", "Q4_K_M")
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from _sdist import PACKAGE, VERSION, _download, _locked, cache_dir
+
+_ROOT = "vendor/llama.cpp/"
+_MEMBERS = (_ROOT + "convert_hf_to_gguf.py", _ROOT + "conversion/", _ROOT + "gguf-py/")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+
+
+def converter_dir() -> Path:
+    """The sdist's ``vendor/llama.cpp/``, holding ``convert_hf_to_gguf.py``, ``conversion/`` and ``gguf-py/``.
+
+    Fetches the sdist (about 75 MB, shared with ``_sdist.llama_cpp_models_dir``) on first use.
+    """
+    root = cache_dir()
+    final = root / f"{PACKAGE}-{VERSION}-convert"
+    tools = final / _ROOT
+    if (tools / "convert_hf_to_gguf.py").is_file():
+        return tools
+    with _locked(root / f"{PACKAGE}-{VERSION}.lock"):
+        if (tools / "convert_hf_to_gguf.py").is_file():  # another process finished while we waited
+            return tools
+        archive = _download(root)
+        staging = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}-convert-unpack-", dir=root))
+        try:
+            _extract_converter(archive, staging)
+            if final.exists():  # an incomplete folder left by an older layout: replace it
+                shutil.rmtree(final)
+            os.rename(staging, final)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return tools
+
+
+def _extract_converter(archive: Path, dest: Path) -> None:
+    """Unpack the converter's members of ``archive`` (top folder stripped) into ``dest``."""
+    with tarfile.open(archive, "r:gz") as tar:
+        members = []
+        for member in tar.getmembers():
+            _, _, rel = member.name.partition("/")
+            if ".." in Path(rel).parts or rel.startswith("/"):
+                raise RuntimeError(f"{archive}: refusing unsafe member path {member.name!r}")
+            if rel.startswith(_MEMBERS) and (member.isfile() or member.isdir()):
+                member.name = rel
+                members.append(member)
+        if not any(m.name == _MEMBERS[0] for m in members):
+            raise RuntimeError(f"{archive} has no {_MEMBERS[0]}; delete it and retry")
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
+        tar.extractall(dest, members=members, **safe)
+
+
+def convert(hf_dir: str | os.PathLike[str], out_gguf: str | os.PathLike[str], outtype: str = "f16") -> Path:
+    """Convert the Hugging Face folder ``hf_dir`` to ``out_gguf`` with llama.cpp's converter.
+
+    ``outtype`` is one of ``OUTTYPES``. Raises ``RuntimeError`` with the converter's output when it fails.
+    """
+    if outtype not in OUTTYPES:
+        raise ValueError(f"outtype must be one of {OUTTYPES}, not {outtype!r}")
+    tools = converter_dir()
+    out = Path(out_gguf)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools / "gguf-py"), env.get("PYTHONPATH")]))
+    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(out),
+           "--outtype", outtype]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if result.returncode != 0 or not out.is_file():
+        raise RuntimeError(f"llama.cpp's converter failed (exit {result.returncode}): {' '.join(cmd)}\n"
+                           f"{(result.stdout + result.stderr)[-4000:]}")
+    return out
+
+
+def quantize(src_gguf: str | os.PathLike[str], dst_gguf: str | os.PathLike[str], ftype: int | str = "Q4_K_M",
+             nthread: int = 0) -> Path:
+    """Quantize ``src_gguf`` into ``dst_gguf`` with llama.cpp's ``llama_model_quantize``.
+
+    ``ftype`` is a ``llama_cpp.LLAMA_FTYPE_*`` value or the name after ``LLAMA_FTYPE_MOSTLY_``
+    (``"Q4_K_M"``, ``"Q8_0"``, ...). ``nthread`` 0 lets llama.cpp use every core.
+    """
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{ftype.upper()}") if isinstance(ftype, str) else ftype
+    params.nthread = nthread
+    dst = Path(dst_gguf)
+    status = llama_cpp.llama_model_quantize(os.fsencode(src_gguf), os.fsencode(dst), ctypes.byref(params))
+    if status != 0 or not dst.is_file():
+        raise RuntimeError(f"llama_model_quantize({src_gguf}, {dst}, ftype={params.ftype}) returned {status}")
+    return dst
