@@ -1,0 +1,203 @@
+"""The compiled CPU core's quantized kernels against the reference, for every type and instruction set.
+
+Each kernel reads GGML blocks as stored; the reference is gguf-py's dequantizer (bit-exact) and a
+float64 matmul. Blocks are fresh random bytes with finite f16 scales, activations are random, and
+every output buffer is poisoned with NaN first so an element the kernel fails to write shows.
+Tolerance: relative error (max |err| over max |reference|) <= 1e-5, as f32 accumulation over
+K <= 1024 allows.
+"""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+import torch
+
+from oxide import ops
+from oxide.errors import KernelUnavailableError
+from oxide.ops import cpu, dispatch, reference
+from oxide.ops.cpu import quant as cpu_quant
+from oxide.quant import GGMLType, QuantTensor, block_geometry
+from oxide.quant.testing import random_raw
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the compiled CPU core (oxide._cpu) is not built")
+
+TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K,
+         GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS]
+ROWS = (1, 2, 7, 33, 300)
+N = 37                                   # output features: odd, not a power of two
+REL_TOL = 1e-5
+
+
+def _isas() -> list[str]:
+    return cpu.extension().isas() if cpu.available() else []
+
+
+@pytest.fixture(params=_isas())
+def isa(request: pytest.FixtureRequest):
+    """Run the test once per instruction set this CPU supports, restoring the best one after."""
+    module = cpu.extension()
+    before = module.isa()
+    module.set_isa(request.param)
+    yield request.param
+    module.set_isa(before)
+
+
+@pytest.fixture(params=[1, 2])
+def threads(request: pytest.FixtureRequest):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+def _width(qtype: GGMLType) -> int:
+    """A row length that is a multiple of the block but not a power of two: 3 super-blocks or 23 blocks."""
+    block = block_geometry(qtype).block_size
+    return 3 * block if block == 256 else 23 * block
+
+
+def _weight(qtype: GGMLType, rng: np.random.Generator) -> tuple[QuantTensor, np.ndarray]:
+    K = _width(qtype)
+    raw = random_raw(qtype, (N, K), rng)                                        # (N, row_bytes)
+    dense = gguf.quants.dequantize(raw, qtype).reshape(N, K).astype(np.float64)  # (N, K)
+    return QuantTensor(torch.from_numpy(raw), qtype, (N, K)), dense
+
+
+def _relative_error(got: torch.Tensor, want: np.ndarray) -> float:
+    return float(np.abs(got.double().numpy() - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int, seed: int) -> None:
+    """The raw GEMV kernel, any number of rows (it passes over the weights 16 rows at a time)."""
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(qtype, rng)
+    K = w.shape[1]
+    for M in ROWS:
+        x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))   # (M, K)
+        bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
+        out = torch.full((M, N), float("nan"))
+        cpu.extension().qmatmul(int(qtype), x.data_ptr(), M, K, w.data.data_ptr(), N, K, w.data.shape[1],
+                                out.data_ptr(), N, bias.data_ptr(), threads)
+        want = x.double().numpy() @ dense.T + bias.double().numpy()
+        assert not out.isnan().any(), f"{qtype.name} M={M}: unwritten outputs"
+        assert _relative_error(out, want) <= REL_TOL, f"{qtype.name} M={M} on {isa}"
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_dequantize_rows_is_bit_exact(qtype: GGMLType, isa: str, threads: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(qtype, rng)
+    K = w.shape[1]
+    out = torch.full((N, K + 5), float("nan"))                                   # a padded row stride
+    cpu.extension().dequantize_rows(int(qtype), w.data.data_ptr(), 0, N, K, w.data.shape[1], out.data_ptr(), K + 5,
+                                    threads)
+    assert torch.equal(out[:, :K], torch.from_numpy(dense.astype(np.float32)))
+    assert out[:, K:].isnan().all(), "wrote past the row"
+    index = torch.tensor([5, 0, 36, 5], dtype=torch.int64)
+    rows = torch.full((4, K), float("nan"))
+    cpu.extension().dequantize_rows(int(qtype), w.data.data_ptr(), index.data_ptr(), 4, K, w.data.shape[1],
+                                    rows.data_ptr(), K, threads)
+    assert torch.equal(rows, torch.from_numpy(dense[index.numpy()].astype(np.float32)))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_qmatmul_op_matches_the_reference(qtype: GGMLType, threads: int, seed: int) -> None:
+    """The registered op (GEMV up to GEMV_MAX_ROWS rows, banded dequantization and sgemm above)."""
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(qtype, rng)
+    K = w.shape[1]
+    for M in ROWS:
+        x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
+        got = cpu_quant.qmatmul(x.view(1, M, K), w)                               # (1, M, N)
+        assert got.shape == (1, M, N)
+        assert _relative_error(got[0], x.double().numpy() @ dense.T) <= REL_TOL, f"{qtype.name} M={M}"
+        ref = reference.qmatmul(x, QuantTensor(w.data, qtype, w.shape))
+        torch.testing.assert_close(got[0], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_banded_path_crosses_band_edges(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Bands smaller than the matrix, with a short last band, give the same product."""
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(GGMLType.Q4_K, rng)
+    monkeypatch.setattr(cpu_quant, "BAND_ELEMENTS", 5 * w.shape[1])             # 5 rows a band: 7 full + 2
+    x = torch.from_numpy(rng.standard_normal((20, w.shape[1])).astype(np.float32))
+    bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
+    got = cpu_quant.qmatmul(x, w, bias)
+    assert _relative_error(got, x.double().numpy() @ dense.T + bias.double().numpy()) <= REL_TOL
+
+
+def test_strided_activations(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(GGMLType.Q6_K, rng)
+    K = w.shape[1]
+    wide = torch.from_numpy(rng.standard_normal((3, 2 * K)).astype(np.float32))
+    x = wide[:, ::2]                                                              # not contiguous
+    assert _relative_error(cpu_quant.qmatmul(x, w), x.double().numpy() @ dense.T) <= REL_TOL
+
+
+def test_embedding_rows(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(GGMLType.Q8_0, rng)
+    ids = torch.tensor([[3, 0], [36, 3]])
+    got = cpu_quant.embedding(ids, w, torch.float32)                              # (2, 2, K)
+    assert torch.equal(got, torch.from_numpy(dense[ids.numpy()].astype(np.float32)))
+    with pytest.raises(IndexError, match="ids must lie in"):
+        cpu_quant.embedding(torch.tensor([N]), w, torch.float32)
+
+
+def test_declines_what_it_does_not_serve(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w, _ = _weight(GGMLType.Q4_0, rng)
+    f16 = QuantTensor(torch.from_numpy(random_raw(GGMLType.F16, (N, 64), rng)), GGMLType.F16, (N, 64))
+    assert cpu_quant.serves(w, torch.float32)
+    assert not cpu_quant.serves(w, torch.bfloat16)          # activations other than f32
+    assert not cpu_quant.serves(f16, torch.float32)         # float weights: torch's own linear is better
+    assert not cpu_quant.serves(torch.zeros(N, 64), torch.float32)
+    assert dispatch.bind("qmatmul", "cpu", f16, torch.float32) is reference.qmatmul
+    assert dispatch.bind("qmatmul", "cpu", w, torch.bfloat16) is reference.qmatmul
+
+
+def test_chosen_automatically_and_torch_on_request(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    w, _ = _weight(GGMLType.Q5_K, rng)
+    monkeypatch.delenv("OXIDE_IMPL", raising=False)
+    assert ops.Linear(w, None, torch.device("cpu"), torch.float32).impl is cpu_quant.qmatmul
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    assert ops.Linear(w, None, torch.device("cpu"), torch.float32).impl is reference.qmatmul
+
+
+def test_missing_extension(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    """Without the module the reference runs; asking for it explicitly is a clear error."""
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(GGMLType.Q4_K, rng)
+    monkeypatch.setattr(cpu, "_load", lambda: (None, "the compiled CPU core is not built (test)"))
+    dispatch._RESOLVED.clear()
+    try:
+        monkeypatch.delenv("OXIDE_IMPL", raising=False)
+        linear = ops.Linear(w, None, torch.device("cpu"), torch.float32)
+        assert linear.impl is reference.qmatmul
+        x = torch.from_numpy(rng.standard_normal((2, w.shape[1])).astype(np.float32))
+        assert _relative_error(linear(x), x.double().numpy() @ dense.T) <= REL_TOL
+        assert cpu.status().startswith("PyTorch reference (the compiled CPU core is not built")
+        monkeypatch.setenv("OXIDE_IMPL", "cpp")
+        with pytest.raises(KernelUnavailableError, match="OXIDE_IMPL='cpp'.*not available"):
+            ops.Linear(w, None, torch.device("cpu"), torch.float32)
+    finally:
+        dispatch._RESOLVED.clear()
+
+
+def test_unsupported_isa_request_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oxide.errors import InvalidOptionError
+
+    monkeypatch.setenv("OXIDE_CPU_ISA", "sse9")
+    cpu._load.cache_clear()
+    try:
+        with pytest.raises(InvalidOptionError, match="OXIDE_CPU_ISA='sse9'"):
+            cpu.available()
+    finally:
+        monkeypatch.delenv("OXIDE_CPU_ISA")
+        cpu._load.cache_clear()
+        cpu.available()
