@@ -6,13 +6,15 @@ is checked (every engine measured, figures present and sane, files written), nev
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from _llama_convert import convert
 
-from oxide.bench.harness import benchmark_text, run_worker
+from oxide.bench.harness import EngineResult, benchmark_text, run_worker, skip_reason
+from oxide.bench.report import machine_info, markdown
 from oxide.cli import main
 
 SPECIALS = ["<unk>", "<s>", "</s>"]
@@ -98,6 +100,27 @@ def test_compare_writes_json_markdown_and_png(tiny_gguf: Path, tmp_path: Path,
     assert "(1.00x)" in rows[2]                      # llama.cpp against itself
     assert table in capsys.readouterr().out
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_skipped_and_failed_engines_are_reported(tiny_gguf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name == "transformers" else real_find_spec(name, *args))
+    assert skip_reason("transformers", tiny_gguf) == "transformers is not installed"
+    assert skip_reason("llama.cpp", tiny_gguf.parent) == "llama.cpp reads GGUF files only, not Hugging Face folders"
+    assert skip_reason("oxide", tiny_gguf) is None
+
+    engines = {"oxide": EngineResult(summary={"load_s": 1.0}, quality={"perplexity": 9.0}),
+               "llama.cpp": EngineResult(status="failed", reason="worker exited with status 1: boom"),
+               "transformers": EngineResult(status="skipped", reason="transformers is not installed")}
+    report = {"machine": machine_info(2), "baseline_engine": "llama.cpp", "reference_engine": "transformers",
+              "started": "now", "settings": {"threads": 2, "repeats": 1, "prompt_tokens": 8, "gen_tokens": 2,
+                                             "quality_tokens": 8},
+              "models": [{"name": "m.gguf", "engines": {k: vars(v) for k, v in engines.items()}}]}
+    table = markdown(report)
+    assert "| oxide | 1 | - | - | - | - | - | 9 |" in table
+    assert "- llama.cpp: failed: worker exited with status 1: boom" in table
+    assert "- transformers: skipped (transformers is not installed)" in table
 
 
 def test_unreadable_model_is_reported_per_engine(tmp_path: Path) -> None:

@@ -75,7 +75,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"- **Machine:** {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gib']} GiB; "
         f"{machine['platform']}, Python {machine['python']}",
         f"- **Versions:** {versions}",
-        f"- **Settings:** {settings['threads']} threads, {settings['repeats']} repeats (medians shown), "
+        f"- **Settings:** threads {settings['threads']}, repeats {settings['repeats']} (medians shown), "
         f"prompt {settings['prompt_tokens']} tokens, decode {settings['gen_tokens']} tokens (greedy, end tokens "
         f"ignored), quality on {settings['quality_tokens']} tokens of the benchmark text",
         f"- **Ratios** are against {report['baseline_engine']} in the same run; KL divergence (mean over positions, "
@@ -122,7 +122,7 @@ def chart(report: dict[str, Any], path: Path) -> None:
         ax.set_xticks([x + width * (len(engines) - 1) / 2 for x in range(len(models))],
                       [m["name"] for m in models], fontsize=7)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"oxide bench --compare, {report['settings']['threads']} threads ({report['machine']['cpu']})",
+    fig.suptitle(f"oxide bench --compare, threads {report['settings']['threads']} ({report['machine']['cpu']})",
                  fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
