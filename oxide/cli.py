@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="run each engine in fresh processes and write bench.json, bench.md and bench.png")
     compare.add_argument("--models", nargs="+", metavar="MODEL", help=".gguf files or Hugging Face folders")
     compare.add_argument("--engines", help="comma-separated (default: oxide,llama.cpp,transformers)")
-    compare.add_argument("--quality-tokens", type=int, help="positions scored for KL, top-1 and perplexity (default 256)")
+    compare.add_argument("--quality-tokens", type=int,
+                         help="positions scored for KL, top-1 and perplexity (default 256)")
     compare.add_argument("--out", help="output folder (default: oxide-bench)")
     return parser
 
@@ -167,7 +168,8 @@ def _bench(ns: argparse.Namespace) -> int:
     prompt_tokens = 256 if ns.prompt_tokens is None else ns.prompt_tokens
     gen_tokens = 64 if ns.gen_tokens is None else ns.gen_tokens
     if prompt_tokens < 1 or gen_tokens < 2 or ns.repeat < 1 or (ns.threads is not None and ns.threads < 1):
-        raise InvalidOptionError("bench needs --prompt-tokens >= 1, --gen-tokens >= 2, --repeat >= 1 and --threads >= 1")
+        raise InvalidOptionError("bench needs --prompt-tokens >= 1, --gen-tokens >= 2, --repeat >= 1 "
+                                 "and --threads >= 1")
     if ns.threads is not None:
         import torch
 

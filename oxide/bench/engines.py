@@ -76,8 +76,9 @@ class OxideEngine(Engine):
     """oxide through its public API: ``oxide.load`` and ``Model.generate``, on the CPU."""
 
     def __init__(self, model: Path, threads: int, n_ctx: int) -> None:
-        import oxide
         import torch
+
+        import oxide
 
         torch.set_num_threads(threads)
         self._oxide = oxide
@@ -130,7 +131,7 @@ class LlamaCppEngine(Engine):
 class TransformersEngine(Engine):
     """transformers in float32: a GGUF file is dequantized at load (``gguf_file=``), a folder read as is."""
 
-    def __init__(self, model: Path, threads: int, n_ctx: int) -> None:
+    def __init__(self, model: Path, threads: int) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -173,7 +174,7 @@ def open_engine(name: str, model: Path, threads: int, n_ctx: int, *, all_logits:
     if name == "llama.cpp":
         return LlamaCppEngine(model, threads, n_ctx, all_logits)
     if name == "transformers":
-        return TransformersEngine(model, threads, n_ctx)
+        return TransformersEngine(model, threads)
     raise ValueError(f"unknown engine {name!r}; engines: {', '.join(ENGINE_NAMES)}")
 
 

@@ -97,7 +97,8 @@ def markdown(report: dict[str, Any]) -> str:
                 notes.append(f"- {name}: failed: {result['reason']}")
             if "error" in result["quality"]:
                 notes.append(f"- {name}: quality run failed: {result['quality']['error']}")
-            cells = [_cell(result["summary"], baseline, key) for key in SPEED_FIGURES] + _quality_cells(result["quality"])
+            cells = [_cell(result["summary"], baseline, key) for key in SPEED_FIGURES]
+            cells += _quality_cells(result["quality"])
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines += [""] + notes if notes else []
     return "\n".join(lines) + "\n"
