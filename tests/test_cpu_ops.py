@@ -32,7 +32,7 @@ LAYER_OPS = ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation"
 
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
-    monkeypatch.setattr(layers, "_empty", lambda shape: torch.full(tuple(shape), float("nan")))
+    monkeypatch.setattr(layers, "_empty", lambda like: torch.full(like.shape, float("nan")))
 
 
 @pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
@@ -168,20 +168,42 @@ def test_attention_no_keys_at_all():
                                                         scale=1.0))
 
 
-def test_attention_every_instruction_set():
-    """Each attention kernel variant the CPU runs (OXIDE_CPU_ISA) against the reference, in a fresh process."""
-    script = (
-        "import torch; from oxide.ops import reference; from oxide.ops.cpu import layers\n"
-        "g = torch.Generator().manual_seed(0)\n"
-        "q = torch.randn(2, 8, 3, 40, generator=g); k = torch.randn(2, 2, 300, 40, generator=g)\n"
-        "v = torch.randn(2, 2, 300, 40, generator=g); qp = torch.arange(297, 300); kp = torch.arange(300)\n"
-        "for w, c in ((0, 0.0), (16, 5.0)):\n"
-        "    torch.testing.assert_close(layers.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c),\n"
-        "        reference.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c), rtol=1e-5, atol=2e-6)\n"
-    )
+_EVERY_OP_SCRIPT = """
+import torch
+from oxide.ops import reference
+from oxide.ops.cpu import extension, layers
+assert extension().layer_isa() == {isa!r}, extension().layer_isa()
+g = torch.Generator().manual_seed(0)
+def randn(*shape, scale=1.0):
+    return torch.randn(*shape, generator=g) * scale
+def same(got, want, atol=2e-6):
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=atol)
+q = randn(2, 3, 8, 40).transpose(1, 2)
+k, v = randn(2, 2, 310, 40)[:, :, :300], randn(2, 2, 310, 40)[:, :, :300]
+qp, kp = torch.arange(297, 300), torch.arange(300)
+for w, c in ((0, 0.0), (16, 5.0)):
+    same(layers.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c),
+         reference.attention(q, k, v, qp, kp, scale=0.2, window=w, softcap=c))
+x, r, wt = randn(5, 3, 37), randn(5, 3, 37), randn(37)
+same(layers.rms_norm(x, wt, 1e-6), reference.rms_norm(x, wt, 1e-6))
+for a, b in zip(layers.add_rms_norm(x, r, wt, 1e-6), reference.add_rms_norm(x, r, wt, 1e-6)):
+    same(a, b)
+cos, sin = randn(3, 20), randn(3, 20)
+same(layers.rope(q, cos, sin), reference.rope(q, cos, sin))
+gate, up = randn(3, 1001, scale=4.0), randn(3, 1001)
+for act in ("silu", "gelu_pytorch_tanh", "gelu"):
+    same(layers.gated_activation(gate, up, act), reference.gated_activation(gate, up, act), atol=4e-6)
+logits = randn(3, 1001, scale=40.0)
+same(layers.softcap(logits, 30.0), reference.softcap(logits, 30.0))
+"""
+
+
+def test_every_instruction_set():
+    """Each kernel variant the CPU runs (OXIDE_CPU_ISA), for every op, against the reference in a fresh process."""
     for isa in cpu.extension().isas():
         env = {**os.environ, "OXIDE_CPU_ISA": isa}
-        run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+        run = subprocess.run([sys.executable, "-c", _EVERY_OP_SCRIPT.format(isa=isa)], env=env, capture_output=True,
+                             text=True, timeout=120)
         assert run.returncode == 0, f"{isa}: {run.stderr[-2000:]}"
 
 

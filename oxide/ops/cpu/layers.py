@@ -29,7 +29,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     _check(x, "rms_norm", "x")
     n = x.shape[-1]
     w = _vector(weight, n, "rms_norm", "weight")
-    out = _empty(x.shape)
+    out = _empty(x)
     if out.numel():
         x, shape, stride = _rows(x, flatten=True)
         extension().rms_norm(x.data_ptr(), shape, stride, n, w.data_ptr(), out.data_ptr(), float(eps), threads())
@@ -45,7 +45,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
         raise ValueError(f"add_rms_norm: residual {tuple(residual.shape)} must have the shape of x {tuple(x.shape)}")
     n = x.shape[-1]
     w = _vector(weight, n, "add_rms_norm", "weight")
-    total, normed = _empty(x.shape), _empty(x.shape)
+    total, normed = _empty(x), _empty(x)
     if total.numel():
         both_contiguous = x.is_contiguous() and residual.is_contiguous()   # then both flatten alike
         x, shape, x_stride = _rows(x, flatten=both_contiguous)
@@ -66,7 +66,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"rope: head_dim {hd} must be even")
     cos = _table(cos, (T, hd // 2), "rope", "cos")
     sin = _table(sin, (T, hd // 2), "rope", "sin")
-    out = _empty(x.shape)                                                       # (B, H, T, hd)
+    out = _empty(x)                                                       # (B, H, T, hd)
     if out.numel():
         x, shape, stride = _rows(x)
         extension().rope(x.data_ptr(), shape, stride, hd, cos.data_ptr(), sin.data_ptr(), out.data_ptr(), threads())
@@ -94,7 +94,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     k_pos = _positions(k_pos, S, "k_pos")
     if S == 0:   # softmax over no keys, times no values: the reference's empty matmul gives zeros
         return torch.zeros(q.shape, dtype=torch.float32)
-    out = _empty(q.shape)                                                       # (B, H, T, hd)
+    out = _empty(q)                                                       # (B, H, T, hd)
     if out.numel():
         q, q_shape, q_stride = _rows(q)
         k, k_shape, k_stride = _rows(k)
@@ -114,7 +114,7 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
     if up.shape != gate.shape:
         raise ValueError(f"gated_activation: up {tuple(up.shape)} must have the shape of gate {tuple(gate.shape)}")
     gate, up = gate.contiguous(), up.contiguous()
-    out = _empty(gate.shape)
+    out = _empty(gate)
     extension().gated_activation(gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel(), ACTIVATIONS[act],
                                  threads())
     return out
@@ -126,16 +126,17 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     if not cap > 0:
         return cap * torch.tanh(x / cap)
     x = x.contiguous()
-    out = _empty(x.shape)
+    out = _empty(x)
     extension().softcap(x.data_ptr(), out.data_ptr(), out.numel(), float(cap), threads())
     return out
 
 
 # --- checks and layout ------------------------------------------------------------------------------
 
-def _empty(shape: torch.Size) -> torch.Tensor:
-    """A new contiguous float32 output (the tests poison it with NaN to catch unwritten elements)."""
-    return torch.empty(*shape, dtype=torch.float32)
+def _empty(like: torch.Tensor) -> torch.Tensor:
+    """A new contiguous float32 output of ``like``'s shape (the tests poison it with NaN to catch
+    unwritten elements). ``like`` is a float32 tensor, checked by the caller."""
+    return torch.empty_like(like, memory_format=torch.contiguous_format)
 
 
 # The helpers below run on every call of a decode step, so they use the cheapest tensor queries
