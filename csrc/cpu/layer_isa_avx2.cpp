@@ -20,8 +20,12 @@ namespace oxide_cpu {
 namespace avx2 {
 
 #define OXIDE_LAYER_ISA_NAME "avx2"
+#define OXIDE_LAYER_LANES 16
+#define OXIDE_LAYER_COLUMNS 32
 #include "layer_kernels.inc"
 #undef OXIDE_LAYER_ISA_NAME
+#undef OXIDE_LAYER_LANES
+#undef OXIDE_LAYER_COLUMNS
 
 }  // namespace avx2
 }  // namespace oxide_cpu

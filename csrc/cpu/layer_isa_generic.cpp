@@ -12,8 +12,12 @@ namespace oxide_cpu {
 namespace generic {
 
 #define OXIDE_LAYER_ISA_NAME "generic"
+#define OXIDE_LAYER_LANES 8
+#define OXIDE_LAYER_COLUMNS 32
 #include "layer_kernels.inc"
 #undef OXIDE_LAYER_ISA_NAME
+#undef OXIDE_LAYER_LANES
+#undef OXIDE_LAYER_COLUMNS
 
 }  // namespace generic
 }  // namespace oxide_cpu
