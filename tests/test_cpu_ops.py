@@ -125,12 +125,24 @@ def _attention_case(T: int, S: int, G: int, hd: int, seed: int):
 @pytest.mark.parametrize("window", [0, 4])
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
 @pytest.mark.parametrize("G", [1, 4])
-def test_attention(T, S, window, softcap, G, threads):
-    hd = 20
+@pytest.mark.parametrize("hd", [20, 72])   # 72: two passes of 32 value columns plus a remainder of 8
+def test_attention(T, S, window, softcap, G, hd, threads):
     q, k, v, q_pos, k_pos = _attention_case(T, S, G, hd, seed=T * 1000 + S)
     kwargs = dict(scale=hd ** -0.5 if softcap == 0 else 1.0, window=window, softcap=softcap)
     got = layers.attention(q, k, v, q_pos, k_pos, **kwargs)
     torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, **kwargs), **ATTN)
+
+
+@pytest.mark.parametrize("T,S", [(3, 1), (37, 1), (37, 5)])
+@pytest.mark.parametrize("window", [0, 64])
+def test_attention_more_queries_than_keys(T, S, window, threads):
+    """Queries at positions S .. S+T-1 after keys 0 .. S-1 (out of order): each sees every key (window 64)."""
+    B, H, Hkv, hd = 2, 4, 2, 20
+    q = randn(B, T, H, hd, seed=T).transpose(1, 2)
+    k, v = _cache_views(B, Hkv, S, hd, seed=S)
+    q_pos, k_pos = torch.arange(S, S + T), torch.randperm(S, generator=torch.Generator().manual_seed(3))
+    got = layers.attention(q, k, v, q_pos, k_pos, scale=0.3, window=window)
+    torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, scale=0.3, window=window), **ATTN)
 
 
 @pytest.mark.parametrize("S", [512, 2048])
