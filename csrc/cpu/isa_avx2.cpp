@@ -14,49 +14,100 @@
 #endif
 
 #define OXIDE_F16C 1
+#define OXIDE_UNPACK_AVX2 1
 #include "quant_formats.h"
 
 namespace oxide_cpu {
 namespace avx2 {
 namespace {
 
+// Four partial sums per activation row (a group's low and high eight weights, even and odd groups):
+// an FMA's result is ready only after a few cycles, so one running sum would stall every group.
 struct Acc {
-    __m256 v;
+    __m256 v[4];
 };
 
-inline void acc_zero(Acc& a) { a.v = _mm256_setzero_ps(); }
+inline void acc_zero(Acc& a) {
+    for (__m256& v : a.v) v = _mm256_setzero_ps();
+}
 
 inline float acc_total(const Acc& a) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+    const __m256 all = _mm256_add_ps(_mm256_add_ps(a.v[0], a.v[1]), _mm256_add_ps(a.v[2], a.v[3]));
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
-// Sixteen int8 quants as two vectors of eight floats.
-inline void load_group(const int8_t* q, __m256& lo, __m256& hi) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q));
-    lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
-    hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+// The sixteen weights of group g, scaled, as two vectors of eight floats.
+inline void group_weights(const int8_t* q, const float* scale, int g, __m256& lo, __m256& hi) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g));
+    const __m256 s = _mm256_broadcast_ss(scale + g);
+    lo = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
+    hi = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))));
 }
 
 template <int R>
 inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const float* const* x, Acc* acc) {
-    __m256 sum[R];
-    for (int r = 0; r < R; ++r) sum[r] = acc[r].v;
-    for (int g = 0; g < ngroups; ++g) {
-        __m256 lo, hi;
-        load_group(q + kGroup * g, lo, hi);
-        const __m256 s = _mm256_broadcast_ss(scale + g);
-        lo = _mm256_mul_ps(lo, s);
-        hi = _mm256_mul_ps(hi, s);
-        for (int r = 0; r < R; ++r) {
-            const float* xg = x[r] + kGroup * g;
-            sum[r] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg), sum[r]);
-            sum[r] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 8), sum[r]);
+    constexpr int C = R == 1 ? 2 : 1;   // group parities per row; times low/high halves: 2C chains per row
+    __m256 sum[R][2 * C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 2 * C; ++c) sum[r][c] = acc[r].v[c];
+    int g = 0;
+    for (; g + C <= ngroups; g += C) {
+        for (int c = 0; c < C; ++c) {
+            __m256 lo, hi;
+            group_weights(q, scale, g + c, lo, hi);
+            for (int r = 0; r < R; ++r) {
+                const float* xg = x[r] + kGroup * (g + c);
+                sum[r][2 * c] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg), sum[r][2 * c]);
+                sum[r][2 * c + 1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 8), sum[r][2 * c + 1]);
+            }
         }
     }
-    for (int r = 0; r < R; ++r) acc[r].v = sum[r];
+    for (; g < ngroups; ++g) {
+        __m256 lo, hi;
+        group_weights(q, scale, g, lo, hi);
+        for (int r = 0; r < R; ++r) {
+            const float* xg = x[r] + kGroup * g;
+            sum[r][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg), sum[r][0]);
+            sum[r][1] = _mm256_fmadd_ps(hi, _mm256_loadu_ps(xg + 8), sum[r][1]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 2 * C; ++c) acc[r].v[c] = sum[r][c];
+}
+
+template <int R>
+inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
+    constexpr int C = R == 1 ? 4 : 2;   // chains per row; a block's four eighths rotate over them
+    __m256 sum[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
+    for (int64_t b = 0; b < nblocks; ++b) {
+        const uint8_t* blk = blocks + b * Q8_0::kBytes;
+        const __m256 d = _mm256_set1_ps(half_to_float(blk));
+        __m256 w[4];
+        for (int i = 0; i < 4; ++i)
+            w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i)))));
+        for (int r = 0; r < R; ++r) {
+            const float* xb = x[r] + 32 * b;
+            for (int i = 0; i < 4; ++i) sum[r][i % C] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xb + 8 * i), sum[r][i % C]);
+        }
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
+}
+
+inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
+    for (int g = 0; g < ngroups; ++g) {
+        __m256 lo, hi;
+        group_weights(q, scale, g, lo, hi);
+        const __m256 o = _mm256_broadcast_ss(offset + g);
+        _mm256_storeu_ps(dst + kGroup * g, _mm256_add_ps(lo, o));
+        _mm256_storeu_ps(dst + kGroup * g + 8, _mm256_add_ps(hi, o));
+    }
 }
 
 }  // namespace

@@ -13,37 +13,89 @@
 #endif
 
 #define OXIDE_F16C 1
+#define OXIDE_UNPACK_AVX2 1
 #include "quant_formats.h"
 
 namespace oxide_cpu {
 namespace avx512 {
 namespace {
 
+// Four partial sums per activation row: an FMA's result is ready only after a few cycles, so one
+// running sum would stall every group on the previous one.
 struct Acc {
-    __m512 v;
+    __m512 v[4];
 };
 
-inline void acc_zero(Acc& a) { a.v = _mm512_setzero_ps(); }
+inline void acc_zero(Acc& a) {
+    for (__m512& v : a.v) v = _mm512_setzero_ps();
+}
 
 inline float acc_total(const Acc& a) {
-    const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(a.v),
-                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a.v), 1)));
+    const __m512 all = _mm512_add_ps(_mm512_add_ps(a.v[0], a.v[1]), _mm512_add_ps(a.v[2], a.v[3]));
+    const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(all),
+                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(all), 1)));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
 }
 
+// The sixteen weights of group g, scaled: scale[g] * q[16g .. 16g + 15].
+inline __m512 group_weights(const int8_t* q, const float* scale, int g) {
+    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g));
+    return _mm512_mul_ps(_mm512_set1_ps(scale[g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)));
+}
+
 template <int R>
 inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const float* const* x, Acc* acc) {
-    __m512 sum[R];
-    for (int r = 0; r < R; ++r) sum[r] = acc[r].v;
-    for (int g = 0; g < ngroups; ++g) {
-        const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g));
-        const __m512 w = _mm512_mul_ps(_mm512_set1_ps(scale[g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)));
-        for (int r = 0; r < R; ++r) sum[r] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * g), sum[r]);
+    constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);   // chains per row: R * C independent sums
+    __m512 sum[R][C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
+    int g = 0;
+    for (; g + C <= ngroups; g += C) {
+        for (int c = 0; c < C; ++c) {
+            const __m512 w = group_weights(q, scale, g + c);
+            for (int r = 0; r < R; ++r) sum[r][c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * (g + c)), sum[r][c]);
+        }
     }
-    for (int r = 0; r < R; ++r) acc[r].v = sum[r];
+    for (; g < ngroups; ++g) {
+        const __m512 w = group_weights(q, scale, g);
+        for (int r = 0; r < R; ++r) sum[r][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * g), sum[r][0]);
+    }
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
+}
+
+template <int R>
+inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
+    constexpr int C = R == 1 ? 2 : 1;   // block parities per row; times two halves: 2C chains per row
+    __m512 sum[R][2 * C];
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 2 * C; ++c) sum[r][c] = acc[r].v[c];
+    const int64_t paired = nblocks - nblocks % C;
+    auto step = [&](const uint8_t* blk, const int64_t b, const int c) {
+        const __m512 d = _mm512_set1_ps(half_to_float(blk));
+        const __m512 w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)))));
+        const __m512 w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)))));
+        for (int r = 0; r < R; ++r) {
+            const float* xb = x[r] + 32 * b;
+            sum[r][2 * c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), sum[r][2 * c]);
+            sum[r][2 * c + 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), sum[r][2 * c + 1]);
+        }
+    };
+    for (int64_t b = 0; b < paired; b += C)
+        for (int c = 0; c < C; ++c) step(blocks + (b + c) * Q8_0::kBytes, b + c, c);
+    for (int64_t b = paired; b < nblocks; ++b) step(blocks + b * Q8_0::kBytes, b, 0);
+    for (int r = 0; r < R; ++r)
+        for (int c = 0; c < 2 * C; ++c) acc[r].v[c] = sum[r][c];
+}
+
+inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
+    for (int g = 0; g < ngroups; ++g)
+        _mm512_storeu_ps(dst + kGroup * g, _mm512_add_ps(group_weights(q, scale, g), _mm512_set1_ps(offset[g])));
 }
 
 }  // namespace

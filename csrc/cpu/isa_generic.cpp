@@ -31,6 +31,27 @@ inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const f
     }
 }
 
+template <int R>
+inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
+    alignas(64) int8_t q[32];
+    float scale[2], unused[2];
+    for (int64_t b = 0; b < nblocks; ++b) {
+        Q8_0::unpack(blocks + b * Q8_0::kBytes, q, scale, unused);
+        const float* xb[R];
+        for (int r = 0; r < R; ++r) xb[r] = x[r] + 32 * b;
+        dot_groups<R>(q, scale, 2, xb, acc);
+    }
+}
+
+inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
+    for (int g = 0; g < ngroups; ++g) {
+        for (int i = 0; i < kGroup; ++i) {
+            const float product = scale[g] * float(q[kGroup * g + i]);
+            dst[kGroup * g + i] = product + offset[g];
+        }
+    }
+}
+
 }  // namespace
 
 #include "quant_kernels.inc"

@@ -1,7 +1,8 @@
 // GGML block formats, each unpacked to one common form: int8 quants with a float scale and offset
 // per group of 16 weights, so that weight i of a block is  scale[i / 16] * q[i] + offset[i / 16].
 //
-// Every supported type fits that form: the 32-weight types have one scale (and min) for two groups,
+// A type with kDirect = true (Q8_0, whose quants already are int8) is dotted straight from the block
+// by the instruction set's dot_q8_0 instead. Every supported type fits the unpacked form: the 32-weight types have one scale (and min) for two groups,
 // Q4_K/Q5_K/IQ4_XS one per 32 weights, Q2_K/Q3_K/Q6_K one per 16. Layouts follow ggml's block
 // structs (ggml-common.h); the tests check every type against gguf-py's dequantizer.
 //
@@ -12,6 +13,12 @@
 
 #include <cstdint>
 #include <cstring>
+
+#if defined(OXIDE_UNPACK_AVX2)
+#include "unpack_avx2.h"
+#else
+#include "unpack_portable.h"
+#endif
 
 namespace {
 
@@ -54,12 +61,9 @@ constexpr int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 
 struct Q4_0 {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
-        const uint8_t* qs = b + 2;
-        for (int j = 0; j < 16; ++j) {
-            q[j] = int8_t((qs[j] & 0xf) - 8);
-            q[j + 16] = int8_t((qs[j] >> 4) - 8);
-        }
+        split_nibbles(b + 2, 16, 8, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
     }
 };
@@ -68,30 +72,19 @@ struct Q4_0 {
 struct Q4_1 {
     static constexpr int kBlock = 32, kBytes = 20;
     static constexpr bool kOffset = true;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
-        const uint8_t* qs = b + 4;
-        for (int j = 0; j < 16; ++j) {
-            q[j] = int8_t(qs[j] & 0xf);
-            q[j + 16] = int8_t(qs[j] >> 4);
-        }
+        split_nibbles(b + 4, 16, 0, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
         offset[0] = offset[1] = half_to_float(b + 2);
     }
 };
 
-// Q5_0 / Q5_1: as Q4_0 / Q4_1 with a fifth bit per weight in a 32-bit mask (bit j for weight j).
-inline void unpack_5bit(const uint8_t* qh_bytes, const uint8_t* qs, int bias, int8_t* q) {
-    uint32_t qh;
-    std::memcpy(&qh, qh_bytes, 4);
-    for (int j = 0; j < 16; ++j) {
-        q[j] = int8_t(((qs[j] & 0xf) | (((qh >> j) & 1) << 4)) - bias);
-        q[j + 16] = int8_t(((qs[j] >> 4) | (((qh >> (j + 16)) & 1) << 4)) - bias);
-    }
-}
-
+// Q5_0 / Q5_1: as Q4_0 / Q4_1 with a fifth bit per weight in a 32-bit mask: see unpack_5bit.
 struct Q5_0 {
     static constexpr int kBlock = 32, kBytes = 22;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         unpack_5bit(b + 2, b + 6, 16, q);
         scale[0] = scale[1] = half_to_float(b);
@@ -101,6 +94,7 @@ struct Q5_0 {
 struct Q5_1 {
     static constexpr int kBlock = 32, kBytes = 24;
     static constexpr bool kOffset = true;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         unpack_5bit(b + 4, b + 8, 0, q);
         scale[0] = scale[1] = half_to_float(b);
@@ -112,6 +106,7 @@ struct Q5_1 {
 struct Q8_0 {
     static constexpr int kBlock = 32, kBytes = 34;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = true;   // int8 quants: GEMV reads them in place (dot_q8_0)
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         std::memcpy(q, b + 2, 32);
         scale[0] = scale[1] = half_to_float(b);
@@ -122,12 +117,9 @@ struct Q8_0 {
 struct IQ4_NL {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
-        const uint8_t* qs = b + 2;
-        for (int j = 0; j < 16; ++j) {
-            q[j] = kIQ4Values[qs[j] & 0xf];
-            q[j + 16] = kIQ4Values[qs[j] >> 4];
-        }
+        split_nibbles_lut(b + 2, 16, kIQ4Values, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
     }
 };
@@ -139,6 +131,7 @@ struct IQ4_NL {
 struct Q2_K {
     static constexpr int kBlock = 256, kBytes = 84;
     static constexpr bool kOffset = true;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const uint8_t* scales = b;
         const uint8_t* qs = b + 16;
@@ -158,6 +151,7 @@ struct Q2_K {
 struct Q3_K {
     static constexpr int kBlock = 256, kBytes = 110;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const uint8_t* hmask = b;
         const uint8_t* qs = b + 32;
@@ -195,16 +189,12 @@ inline void scale_min_k4(const uint8_t* s, int j, int& sc, int& mn) {
 struct Q4_K {
     static constexpr int kBlock = 256, kBytes = 144;
     static constexpr bool kOffset = true;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const float d = half_to_float(b), dmin = half_to_float(b + 2);
         const uint8_t* scales = b + 4;
         const uint8_t* qs = b + 16;
-        for (int c = 0; c < 4; ++c) {
-            for (int l = 0; l < 32; ++l) {
-                q[64 * c + l] = int8_t(qs[32 * c + l] & 0xf);
-                q[64 * c + 32 + l] = int8_t(qs[32 * c + l] >> 4);
-            }
-        }
+        for (int c = 0; c < 4; ++c) split_nibbles(qs + 32 * c, 32, 0, q + 64 * c, q + 64 * c + 32);
         for (int j = 0; j < 8; ++j) {
             int sc, mn;
             scale_min_k4(scales, j, sc, mn);
@@ -218,16 +208,16 @@ struct Q4_K {
 struct Q5_K {
     static constexpr int kBlock = 256, kBytes = 176;
     static constexpr bool kOffset = true;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const float d = half_to_float(b), dmin = half_to_float(b + 2);
         const uint8_t* scales = b + 4;
         const uint8_t* qh = b + 16;
         const uint8_t* qs = b + 48;
         for (int c = 0; c < 4; ++c) {
-            for (int l = 0; l < 32; ++l) {
-                q[64 * c + l] = int8_t((qs[32 * c + l] & 0xf) | (((qh[l] >> (2 * c)) & 1) << 4));
-                q[64 * c + 32 + l] = int8_t((qs[32 * c + l] >> 4) | (((qh[l] >> (2 * c + 1)) & 1) << 4));
-            }
+            split_nibbles(qs + 32 * c, 32, 0, q + 64 * c, q + 64 * c + 32);
+            add_bit_plane(qh, 2 * c, q + 64 * c);
+            add_bit_plane(qh, 2 * c + 1, q + 64 * c + 32);
         }
         for (int j = 0; j < 8; ++j) {
             int sc, mn;
@@ -243,22 +233,14 @@ struct Q5_K {
 struct Q6_K {
     static constexpr int kBlock = 256, kBytes = 210;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const uint8_t* ql = b;
         const uint8_t* qh = b + 128;
         const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
         const float d = half_to_float(b + 208);
-        for (int h = 0; h < 2; ++h) {
-            const uint8_t* l4 = ql + 64 * h;
-            const uint8_t* h2 = qh + 32 * h;
-            int8_t* out = q + 128 * h;
-            for (int l = 0; l < 32; ++l) {
-                out[l] = int8_t(((l4[l] & 0xf) | (((h2[l] >> 0) & 3) << 4)) - 32);
-                out[l + 32] = int8_t(((l4[l + 32] & 0xf) | (((h2[l] >> 2) & 3) << 4)) - 32);
-                out[l + 64] = int8_t(((l4[l] >> 4) | (((h2[l] >> 4) & 3) << 4)) - 32);
-                out[l + 96] = int8_t(((l4[l + 32] >> 4) | (((h2[l] >> 6) & 3) << 4)) - 32);
-            }
-        }
+        q6k_half(ql, qh, q);
+        q6k_half(ql + 64, qh + 32, q + 128);
         for (int g = 0; g < 16; ++g) scale[g] = d * float(sc[g]);
     }
 };
@@ -268,6 +250,7 @@ struct Q6_K {
 struct IQ4_XS {
     static constexpr int kBlock = 256, kBytes = 136;
     static constexpr bool kOffset = false;
+    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const float d = half_to_float(b);
         uint16_t scales_h;
@@ -275,11 +258,7 @@ struct IQ4_XS {
         const uint8_t* scales_l = b + 4;
         const uint8_t* qs = b + 8;
         for (int j = 0; j < 8; ++j) {
-            const uint8_t* src = qs + 16 * j;
-            for (int l = 0; l < 16; ++l) {
-                q[32 * j + l] = kIQ4Values[src[l] & 0xf];
-                q[32 * j + 16 + l] = kIQ4Values[src[l] >> 4];
-            }
+            split_nibbles_lut(qs + 16 * j, 16, kIQ4Values, q + 32 * j, q + 32 * j + 16);
             const int ls = ((scales_l[j / 2] >> (4 * (j % 2))) & 0xf) | (((scales_h >> (2 * j)) & 3) << 4);
             scale[2 * j] = scale[2 * j + 1] = d * float(ls - 32);
         }
