@@ -39,16 +39,24 @@ inline float acc_total(const Acc& a) {
     return _mm_cvtss_f32(s);
 }
 
-// The sixteen weights of group g, scaled, as two vectors of eight floats.
-inline void group_weights(const int8_t* q, const float* scale, int g, __m256& lo, __m256& hi) {
+// The sixteen quants of group g as two vectors of eight floats.
+inline void group_quants(const int8_t* q, int g, __m256& lo, __m256& hi) {
     const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g));
-    const __m256 s = _mm256_broadcast_ss(scale + g);
-    lo = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes)));
-    hi = _mm256_mul_ps(s, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8))));
+    lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(bytes));
+    hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
+}
+
+// The sixteen weights of group g, scale[g] * q + offset[g], as two vectors of eight floats.
+inline void group_weights(const int8_t* q, const float* scale, const float* offset, int g, __m256& lo, __m256& hi) {
+    group_quants(q, g, lo, hi);
+    const __m256 s = _mm256_broadcast_ss(scale + g), o = _mm256_broadcast_ss(offset + g);
+    lo = _mm256_fmadd_ps(s, lo, o);
+    hi = _mm256_fmadd_ps(s, hi, o);
 }
 
 template <int R>
-inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const float* const* x, Acc* acc) {
+inline void dot_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, const float* const* x,
+                       Acc* acc) {
     constexpr int C = R == 1 ? 2 : 1;   // group parities per row; times low/high halves: 2C chains per row
     __m256 sum[R][2 * C];
     for (int r = 0; r < R; ++r)
@@ -57,7 +65,7 @@ inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const f
     for (; g + C <= ngroups; g += C) {
         for (int c = 0; c < C; ++c) {
             __m256 lo, hi;
-            group_weights(q, scale, g + c, lo, hi);
+            group_weights(q, scale, offset, g + c, lo, hi);
             for (int r = 0; r < R; ++r) {
                 const float* xg = x[r] + kGroup * (g + c);
                 sum[r][2 * c] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg), sum[r][2 * c]);
@@ -67,7 +75,7 @@ inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const f
     }
     for (; g < ngroups; ++g) {
         __m256 lo, hi;
-        group_weights(q, scale, g, lo, hi);
+        group_weights(q, scale, offset, g, lo, hi);
         for (int r = 0; r < R; ++r) {
             const float* xg = x[r] + kGroup * g;
             sum[r][0] = _mm256_fmadd_ps(lo, _mm256_loadu_ps(xg), sum[r][0]);
@@ -103,10 +111,10 @@ inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const*
 inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
     for (int g = 0; g < ngroups; ++g) {
         __m256 lo, hi;
-        group_weights(q, scale, g, lo, hi);
-        const __m256 o = _mm256_broadcast_ss(offset + g);
-        _mm256_storeu_ps(dst + kGroup * g, _mm256_add_ps(lo, o));
-        _mm256_storeu_ps(dst + kGroup * g + 8, _mm256_add_ps(hi, o));
+        group_quants(q, g, lo, hi);
+        const __m256 s = _mm256_broadcast_ss(scale + g), o = _mm256_broadcast_ss(offset + g);
+        _mm256_storeu_ps(dst + kGroup * g, _mm256_add_ps(_mm256_mul_ps(s, lo), o));
+        _mm256_storeu_ps(dst + kGroup * g + 8, _mm256_add_ps(_mm256_mul_ps(s, hi), o));
     }
 }
 

@@ -40,14 +40,18 @@ inline float acc_total(const Acc& a) {
     return _mm_cvtss_f32(s);
 }
 
-// The sixteen weights of group g, scaled: scale[g] * q[16g .. 16g + 15].
-inline __m512 group_weights(const int8_t* q, const float* scale, int g) {
-    const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g));
-    return _mm512_mul_ps(_mm512_set1_ps(scale[g]), _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)));
+inline __m512 group_quants(const int8_t* q, int g) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g))));
+}
+
+// The sixteen weights of group g: scale[g] * q[16g .. 16g + 15] + offset[g].
+inline __m512 group_weights(const int8_t* q, const float* scale, const float* offset, int g) {
+    return _mm512_fmadd_ps(_mm512_set1_ps(scale[g]), group_quants(q, g), _mm512_set1_ps(offset[g]));
 }
 
 template <int R>
-inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const float* const* x, Acc* acc) {
+inline void dot_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, const float* const* x,
+                       Acc* acc) {
     constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);   // chains per row: R * C independent sums
     __m512 sum[R][C];
     for (int r = 0; r < R; ++r)
@@ -55,12 +59,12 @@ inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const f
     int g = 0;
     for (; g + C <= ngroups; g += C) {
         for (int c = 0; c < C; ++c) {
-            const __m512 w = group_weights(q, scale, g + c);
+            const __m512 w = group_weights(q, scale, offset, g + c);
             for (int r = 0; r < R; ++r) sum[r][c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * (g + c)), sum[r][c]);
         }
     }
     for (; g < ngroups; ++g) {
-        const __m512 w = group_weights(q, scale, g);
+        const __m512 w = group_weights(q, scale, offset, g);
         for (int r = 0; r < R; ++r) sum[r][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * g), sum[r][0]);
     }
     for (int r = 0; r < R; ++r)
@@ -95,7 +99,8 @@ inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const*
 
 inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
     for (int g = 0; g < ngroups; ++g)
-        _mm512_storeu_ps(dst + kGroup * g, _mm512_add_ps(group_weights(q, scale, g), _mm512_set1_ps(offset[g])));
+        _mm512_storeu_ps(dst + kGroup * g, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(scale[g]), group_quants(q, g)),
+                                                         _mm512_set1_ps(offset[g])));
 }
 
 }  // namespace

@@ -22,11 +22,14 @@ inline float acc_total(const Acc& a) {
 }
 
 template <int R>
-inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const float* const* x, Acc* acc) {
+inline void dot_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, const float* const* x,
+                       Acc* acc) {
     for (int g = 0; g < ngroups; ++g) {
+        float w[kGroup];
+        for (int i = 0; i < kGroup; ++i) w[i] = scale[g] * float(q[kGroup * g + i]) + offset[g];
         for (int r = 0; r < R; ++r) {
             const float* xg = x[r] + kGroup * g;
-            for (int i = 0; i < kGroup; ++i) acc[r].lane[i] += scale[g] * (float(q[kGroup * g + i]) * xg[i]);
+            for (int i = 0; i < kGroup; ++i) acc[r].lane[i] += w[i] * xg[i];
         }
     }
 }
@@ -34,12 +37,12 @@ inline void dot_groups(const int8_t* q, const float* scale, int ngroups, const f
 template <int R>
 inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
     alignas(64) int8_t q[32];
-    float scale[2], unused[2];
+    float scale[2], offset[2] = {};
     for (int64_t b = 0; b < nblocks; ++b) {
-        Q8_0::unpack(blocks + b * Q8_0::kBytes, q, scale, unused);
+        Q8_0::unpack(blocks + b * Q8_0::kBytes, q, scale, offset);
         const float* xb[R];
         for (int r = 0; r < R; ++r) xb[r] = x[r] + 32 * b;
-        dot_groups<R>(q, scale, 2, xb, acc);
+        dot_groups<R>(q, scale, offset, 2, xb, acc);
     }
 }
 

@@ -16,7 +16,6 @@ struct GemvArgs {
     float* out;              // (M, N), rows out_stride floats apart
     int64_t out_stride;
     const float* bias;       // (N,) or null
-    float* scratch;          // M * K / 16 floats
     int threads;
 };
 

@@ -63,9 +63,8 @@ void qmatmul(int qtype, std::uintptr_t x, int64_t M, int64_t x_stride, std::uint
              int64_t row_bytes, std::uintptr_t out, int64_t out_stride, std::uintptr_t bias, int threads) {
     check(M >= 0 && N >= 0 && K > 0 && K % 16 == 0, "qmatmul: bad sizes");
     check(x_stride >= K && out_stride >= N && threads >= 1, "qmatmul: bad strides or thread count");
-    std::vector<float> scratch(static_cast<size_t>(K / 16) * 16);   // per-16 sums of up to 16 rows
     oxide_cpu::GemvArgs args{ptr<const float>(x), M, x_stride, ptr<const uint8_t>(w), N, K, row_bytes,
-                             ptr<float>(out), out_stride, ptr<const float>(bias), scratch.data(), threads};
+                             ptr<float>(out), out_stride, ptr<const float>(bias), threads};
     check(table().gemv(qtype, args), "qmatmul: no kernel for this GGML type");
 }
 
