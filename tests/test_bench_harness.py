@@ -118,7 +118,7 @@ def test_skipped_and_failed_engines_are_reported(tiny_gguf: Path, monkeypatch: p
                                              "quality_tokens": 8},
               "models": [{"name": "m.gguf", "engines": {k: vars(v) for k, v in engines.items()}}]}
     table = markdown(report)
-    assert "| oxide | 1 | - | - | - | - | - | 9 |" in table
+    assert "| oxide | 1 | - | - | - | - | - | 9.000 |" in table
     assert "- llama.cpp: failed: worker exited with status 1: boom" in table
     assert "- transformers: skipped (transformers is not installed)" in table
 

@@ -62,7 +62,7 @@ def _quality_cells(quality: dict[str, Any]) -> list[str]:
     """KL, top-1 agreement and perplexity, or dashes where they were not measured."""
     kl = f"{quality['kl_mean']:.2e}" if "kl_mean" in quality else "-"
     top1 = f"{100 * quality['top1_agreement']:.1f}%" if "top1_agreement" in quality else "-"
-    ppl = _number(quality["perplexity"]) if "perplexity" in quality else "-"
+    ppl = f"{quality['perplexity']:.3f}" if "perplexity" in quality else "-"
     return [kl, top1, ppl]
 
 
