@@ -1,11 +1,16 @@
 """Per-call time of the compiled CPU layer ops against their PyTorch references, at decode shapes.
 
 Shapes are Gemma 3 270M's batch-1 decode step (D=640, H=4, Hkv=1, hd=256, T=1, F=2048; keys in a
-KV-cache buffer of 8192 slots, attended at S=512 and S=2048). Three columns per op, microseconds per
-call (the best of several timed loops): the reference (``oxide.ops.reference``), the compiled op
-called directly (``oxide.ops.cpu.layers``, what a model that binds its ops once pays) and the
-functional API ``oxide.ops.<op>`` (which also resolves the implementation per call). Each compiled
+KV-cache buffer of 8192 slots, attended at S=512 and S=2048). Each call is timed on its own, the three
+implementations in turn for ``--ms`` milliseconds per op: the best call (what the op costs on an idle machine) and the median
+(what it cost here, other processes included). Columns: the reference (``oxide.ops.reference``), the
+compiled op called directly (``oxide.ops.cpu.layers``, what a model that binds its ops once pays) and
+the functional API ``oxide.ops.<op>`` (which also resolves the implementation per call). Each compiled
 result is checked against the reference first, so a fast but wrong kernel cannot pass unnoticed.
+
+On a 2-core machine shared with other busy processes, a 2-thread call can wait a whole scheduler
+time slice (milliseconds) for its second thread: the medians show it, the best calls do not.
+``--clock cpu`` (with ``--threads 1``) counts this thread's CPU time only.
 
     python -m benchmarks.bench_cpu_ops [--threads 2] [--ms 200] [--clock wall|cpu]
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import time
 from collections.abc import Callable
 
@@ -24,25 +30,20 @@ from oxide.ops import cpu, reference
 from oxide.ops.cpu import layers
 
 
-def per_call_us(fn: Callable[[], object], ms: float, clock: Callable[[], float] = time.perf_counter) -> float:
-    """The best over 7 loops of the mean time per call, each loop about ``ms / 7`` milliseconds.
-
-    The best, not the median: on a shared machine other processes only ever add time.
-    """
-    fn()
-    t0 = time.perf_counter()
-    calls = 0
-    while time.perf_counter() - t0 < 0.02:
+def call_times_us(fns: list[Callable[[], object]], ms: float, clock: Callable[[], float] = time.perf_counter
+                  ) -> list[list[float]]:
+    """Times in µs of single calls of each of ``fns``, taken in turn for about ``ms`` milliseconds (after one
+    warm-up call each), so that all of them see the same load from other processes."""
+    for fn in fns:
         fn()
-        calls += 1
-    per_loop = max(1, int(calls * (ms / 7) / 20))
-    best = float("inf")
-    for _ in range(7):
-        t0 = clock()
-        for _ in range(per_loop):
+    times: list[list[float]] = [[] for _ in fns]
+    deadline = time.perf_counter() + ms / 1e3
+    while time.perf_counter() < deadline or len(times[0]) < 5:
+        for fn, out in zip(fns, times):
+            t0 = clock()
             fn()
-        best = min(best, (clock() - t0) / per_loop)
-    return best * 1e6
+            out.append((clock() - t0) * 1e6)
+    return times
 
 
 def cases() -> list[tuple[str, str, tuple, dict]]:
@@ -80,7 +81,7 @@ def cases() -> list[tuple[str, str, tuple, dict]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--ms", type=float, default=200.0, help="time per measurement")
+    parser.add_argument("--ms", type=float, default=1000.0, help="time per op (all three implementations)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="cpu: this thread's CPU time, which time slices lost to other processes do not "
                              "inflate (a busy shared machine); only meaningful with --threads 1")
@@ -93,16 +94,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"{cpu.status()}; layer kernels: {cpu.extension().layer_isa()}; load average {os.getloadavg()[0]:.1f}; "
           f"{args.clock} clock")
-    print(f"| op | reference µs | compiled µs | ops.<op> µs | speed-up |")
-    print(f"|---|---:|---:|---:|---:|")
+    print("| op | reference µs best / median | compiled µs best / median | ops.<op> µs best | speed-up (best) |")
+    print("|---|---:|---:|---:|---:|")
     for label, op, call_args, kwargs in cases():
         ref_fn, cpp_fn, api_fn = getattr(reference, op), getattr(layers, op), getattr(ops, op)
         torch.testing.assert_close(cpp_fn(*call_args, **kwargs), ref_fn(*call_args, **kwargs), rtol=1e-5, atol=2e-6)
-        t_ref = per_call_us(lambda: ref_fn(*call_args, **kwargs), args.ms, clock)
-        t_cpp = per_call_us(lambda: cpp_fn(*call_args, **kwargs), args.ms, clock)
-        t_api = per_call_us(lambda: api_fn(*call_args, **kwargs), args.ms, clock)
-        print(f"| {label} | {t_ref:.1f} | {t_cpp:.1f} | {t_api:.1f} | {t_ref / t_cpp:.1f}x |", flush=True)
-
+        t_ref, t_cpp, t_api = call_times_us([lambda: ref_fn(*call_args, **kwargs), lambda: cpp_fn(*call_args, **kwargs),
+                                             lambda: api_fn(*call_args, **kwargs)], args.ms, clock)
+        print(f"| {label} | {min(t_ref):.1f} / {statistics.median(t_ref):.1f} | {min(t_cpp):.1f} / "
+              f"{statistics.median(t_cpp):.1f} | {min(t_api):.1f} | {min(t_ref) / min(t_cpp):.1f}x |", flush=True)
 
 if __name__ == "__main__":
     main()
