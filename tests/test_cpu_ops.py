@@ -145,6 +145,13 @@ def test_attention_more_queries_than_keys(T, S, window, threads):
     torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, scale=0.3, window=window), **ATTN)
 
 
+@pytest.mark.parametrize("G", [2, 3, 5, 6, 8])   # query heads per kv head: blocks of 4 plus 1-3 left over
+def test_attention_head_groups(G, threads):
+    q, k, v, q_pos, k_pos = _attention_case(3, 300, G, 40, seed=G)
+    got = layers.attention(q, k, v, q_pos, k_pos, scale=0.2, window=16)
+    torch.testing.assert_close(got, reference.attention(q, k, v, q_pos, k_pos, scale=0.2, window=16), **ATTN)
+
+
 @pytest.mark.parametrize("S", [512, 2048])
 def test_attention_decode_shape(S, threads):
     """Gemma 3 270M decode: H=4, Hkv=1, hd=256, T=1, keys split across threads."""
