@@ -11,13 +11,15 @@ import torch
 from .. import ops
 from ..cache import LayerCache
 from ..config import ModelConfig
+from ..ops.bound import LayerOps
 from .weights import LayerWeights
 
 
 class Attention:
-    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, device: torch.device,
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, kernels: LayerOps, device: torch.device,
                  dtype: torch.dtype) -> None:
         self.w = w
+        self.ops = kernels
         self.q_proj = ops.Linear(w.q, w.q_bias, device, dtype)
         self.k_proj = ops.Linear(w.k, w.k_bias, device, dtype)
         self.v_proj = ops.Linear(w.v, w.v_bias, device, dtype)
@@ -36,46 +38,49 @@ class Attention:
         k = self.k_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
         v = self.v_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
         if w.q_norm is not None:
-            q = ops.rms_norm(q, w.q_norm, self.eps)
-            k = ops.rms_norm(k, w.k_norm, self.eps)
-        q = ops.rope(q.transpose(1, 2), cos, sin)                             # (B, H, T, hd)
-        k = ops.rope(k.transpose(1, 2), cos, sin)                             # (B, Hkv, T, hd)
+            q = self.ops.rms_norm(q, w.q_norm, self.eps)
+            k = self.ops.rms_norm(k, w.k_norm, self.eps)
+        q = self.ops.rope(q.transpose(1, 2), cos, sin)                        # (B, H, T, hd)
+        k = self.ops.rope(k.transpose(1, 2), cos, sin)                        # (B, Hkv, T, hd)
         keys, values, key_pos = cache.update(k, v.transpose(1, 2), positions)  # (B, Hkv, S, hd)
-        out = ops.attention(q, keys, values, positions, key_pos, scale=self.scale, window=self.window,
-                            softcap=self.softcap)                             # (B, H, T, hd)
+        out = self.ops.attention(q, keys, values, positions, key_pos, scale=self.scale, window=self.window,
+                                 softcap=self.softcap)                        # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
 
 class GatedMLP:
-    def __init__(self, config: ModelConfig, w: LayerWeights, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, w: LayerWeights, kernels: LayerOps, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.ops = kernels
         self.gate = ops.Linear(w.gate, None, device, dtype)
         self.up = ops.Linear(w.up, None, device, dtype)
         self.down = ops.Linear(w.down, None, device, dtype)
         self.act = config.hidden_act
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = ops.gated_activation(self.gate(x), self.up(x), self.act)    # (B, T, F)
+        hidden = self.ops.gated_activation(self.gate(x), self.up(x), self.act)   # (B, T, F)
         return self.down(hidden)                                              # (B, T, D)
 
 
 class DecoderBlock:
     """``h = x + [PostNorm](Attn(Norm(x)))``; ``y = h + [PostNorm](MLP(Norm(h)))``."""
 
-    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, device: torch.device,
+    def __init__(self, config: ModelConfig, layer: int, w: LayerWeights, kernels: LayerOps, device: torch.device,
                  dtype: torch.dtype) -> None:
         self.w = w
+        self.ops = kernels
         self.eps = config.rms_norm_eps
-        self.attention = Attention(config, layer, w, device, dtype)
-        self.mlp = GatedMLP(config, w, device, dtype)
+        self.attention = Attention(config, layer, w, kernels, device, dtype)
+        self.mlp = GatedMLP(config, w, kernels, device, dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  cache: LayerCache) -> torch.Tensor:
-        w = self.w
-        h = self.attention(ops.rms_norm(x, w.attn_norm, self.eps), cos, sin, positions, cache)
+        w, norm = self.w, self.ops.rms_norm
+        h = self.attention(norm(x, w.attn_norm, self.eps), cos, sin, positions, cache)
         if w.post_attn_norm is not None:
-            h = ops.rms_norm(h, w.post_attn_norm, self.eps)
-        x = x + h
-        h = self.mlp(ops.rms_norm(x, w.ffn_norm, self.eps))
+            h = norm(h, w.post_attn_norm, self.eps)
+        x, normed = self.ops.add_rms_norm(h, x, w.ffn_norm, self.eps)      # x + h, and its norm
+        h = self.mlp(normed)
         if w.post_ffn_norm is not None:
-            h = ops.rms_norm(h, w.post_ffn_norm, self.eps)
+            h = norm(h, w.post_ffn_norm, self.eps)
         return x + h

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
+from ..ops.bound import LayerOps
 from ..cache import KVCache
 from ..config import ModelConfig
 from ..errors import TokenizerError
@@ -21,7 +22,8 @@ class DecoderLM:
         self.weights = weights
         self.device = device
         self.dtype = dtype
-        self.blocks = [DecoderBlock(config, i, w, device, dtype) for i, w in enumerate(weights.layers)]
+        self.ops = LayerOps.bind(device, dtype)
+        self.blocks = [DecoderBlock(config, i, w, self.ops, device, dtype) for i, w in enumerate(weights.layers)]
         self.embed = ops.bind("embedding", device.type, weights.embed, dtype)
         self.head = ops.Linear(weights.output, None, device, dtype)
         ropes: dict[float, RotaryEmbedding] = {}
@@ -55,9 +57,9 @@ class DecoderLM:
         cache.advance(T)
         if last_only:
             x = x[:, -1:]
-        x = ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
+        x = self.ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
         logits = self.head(x).float()                     # (1, T', V)
         if self.config.final_logit_softcapping > 0:
-            logits = ops.softcap(logits, self.config.final_logit_softcapping)
+            logits = self.ops.softcap(logits, self.config.final_logit_softcapping)
         return logits
 

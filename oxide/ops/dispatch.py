@@ -7,8 +7,8 @@ decline what it does not serve (a quant type it lacks, an odd shape); the next i
 priority then takes the call.
 
 :func:`bind` makes that choice once, where a model is built, and returns the chosen function for
-the hot loop; :func:`resolve` is the per-call path of the functional API, cached per (op, device)
-for ops whose implementations accept every call. ``OXIDE_IMPL=name`` asks for one implementation
+the hot loop; :func:`resolve` is the per-call path of the functional API (candidates cached per
+op and device type). ``OXIDE_IMPL=name`` asks for one implementation
 explicitly: if it is not available that is an error, not a fallback; calls it declines still go
 to the next implementation (logged at debug level), so that a model whose every tensor type the
 fast path does not cover still runs.
@@ -40,7 +40,7 @@ class Implementation:
 
 
 _IMPLS: dict[str, list[Implementation]] = {}
-_RESOLVED: dict[tuple[str, str], Callable] = {}
+_RESOLVED: dict[tuple[str, str], list[Implementation]] = {}   # ranked candidates per (op, device)
 
 
 def register(op: str, name: str, fn: Callable, *, device_types: tuple[str, ...] = ("cpu", "cuda", "mps"),
@@ -59,17 +59,14 @@ def implementations(op: str) -> list[str]:
 def resolve(op: str, device_type: str, *probe: Any) -> Callable:
     """The function that runs ``op`` on ``device_type`` for a call described by ``probe``.
 
-    Cached per (op, device type) when no candidate inspects the call; otherwise chosen anew, as
-    :func:`bind` does (models bind once instead of calling this in their loops).
+    The ranked candidates are cached per (op, device type); only their ``accepts`` run per call.
+    Models bind once instead (:func:`bind`, :class:`oxide.ops.bound.LayerOps`).
     """
     key = (op, device_type)
-    fn = _RESOLVED.get(key)
-    if fn is None:
-        candidates = _candidates(op, device_type, _requested())
-        fn = _first_accepting(op, device_type, candidates, probe)
-        if all(impl.accepts is None for impl in candidates):
-            _RESOLVED[key] = fn
-    return fn
+    candidates = _RESOLVED.get(key)
+    if candidates is None:
+        candidates = _RESOLVED[key] = _candidates(op, device_type, _requested())
+    return _first_accepting(op, device_type, candidates, probe)
 
 
 def bind(op: str, device_type: str, *probe: Any) -> Callable:

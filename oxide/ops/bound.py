@@ -1,0 +1,38 @@
+"""The ops a model calls in its loop, each chosen once for the model's device type and dtypes.
+
+``LayerOps.bind(device, dtype)`` asks :func:`oxide.ops.dispatch.bind` for every layer op with the
+probe its functional wrapper in :mod:`oxide.ops` would pass (the tensors' dtypes), so a model's
+forward pays no dispatch per call; the functions keep the reference ops' signatures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .dispatch import bind
+
+
+@dataclass(frozen=True)
+class LayerOps:
+    rms_norm: Callable[..., torch.Tensor]
+    add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rope: Callable[..., torch.Tensor]
+    attention: Callable[..., torch.Tensor]
+    gated_activation: Callable[..., torch.Tensor]
+    softcap: Callable[..., torch.Tensor]
+
+    @classmethod
+    def bind(cls, device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> LayerOps:
+        """The implementations for activations of ``dtype`` (and a KV cache of ``kv_dtype``) on ``device``."""
+        on, kv = device.type, kv_dtype or dtype
+        return cls(
+            rms_norm=bind("rms_norm", on, dtype),
+            add_rms_norm=bind("add_rms_norm", on, dtype, dtype),
+            rope=bind("rope", on, dtype),
+            attention=bind("attention", on, dtype, kv, kv),
+            gated_activation=bind("gated_activation", on, dtype, dtype),
+            softcap=bind("softcap", on, dtype),
+        )
