@@ -38,7 +38,7 @@ def _cpu_extension() -> list:
         sources,
         include_dirs=["csrc/cpu"],
         cxx_std=17,
-        extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-math-errno", *openmp],
+        extra_compile_args=["-O3", "-fno-math-errno", *openmp],
         extra_link_args=openmp,
     )
     ext.optional = True   # a failed compile leaves the pure-Python package installed

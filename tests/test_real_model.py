@@ -93,3 +93,17 @@ def test_half_precision_policy_runs_close_to_f32(gemma_path: Path, our_logits: l
     short = [half.logits(seq) for seq in refs.ids[:-1]]
     assert all(l.dtype == torch.float32 for l in short)
     assert _agreement(short, [o.argmax(-1) for o in our_logits[:-1]]) >= 0.9
+
+
+def test_the_compiled_core_runs_the_real_model(gemma) -> None:
+    """Where the extension is built, every quantized matrix of the model goes through it (no f32 copies)."""
+    from oxide.ops import cpu
+    from oxide.ops.cpu import quant as cpu_quant
+
+    if not cpu.available():
+        pytest.skip("the compiled CPU core is not built; the reference path is tested above")
+    linears = [gemma.lm.head] + [lin for block in gemma.lm.blocks for lin in
+                                 (block.attention.q_proj, block.attention.k_proj, block.attention.v_proj,
+                                  block.attention.o_proj, block.mlp.gate, block.mlp.up, block.mlp.down)]
+    assert all(lin.impl is cpu_quant.qmatmul for lin in linears)
+    assert not any(m.has_dense() for m in gemma.lm.weights.matrices())
