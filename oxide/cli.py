@@ -244,6 +244,7 @@ def _info(ns: argparse.Namespace) -> int:
     print(f"device:        {device} ({device_reason(device, ns.device)})")
     print(f"compute dtype: {policy.compute_dtype} ({policy.compute_reason})")
     print(f"kv cache:      {policy.kv_cache_dtype} ({policy.kv_cache_reason})")
+    print(f"kernels:       {_kernels(device)}")
     print("config:")
     for key, value in config.summary().items():
         print(f"  {key:26} {_runs(value) if key == 'layer_types' else value}")
@@ -252,6 +253,20 @@ def _info(ns: argparse.Namespace) -> int:
         print(f"  {name:8} x{n:<4} {format_bytes(sizes[name])}")
     print(f"  total    x{sum(counts.values()):<4} {format_bytes(sum(sizes.values()))}")
     return 0
+
+
+def _kernels(device) -> str:
+    """Which op implementations run on ``device``, and why."""
+    import os
+
+    from .ops import cpu
+
+    requested = os.environ.get("OXIDE_IMPL")
+    if requested:
+        return f"{requested}, as OXIDE_IMPL asks"
+    if device.type != "cpu":
+        return f"PyTorch reference (no compiled kernels for {device.type} yet)"
+    return cpu.status()
 
 
 def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):

@@ -30,6 +30,17 @@ def test_info(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     for expected in ("architecture:  gemma3", "Q4_K", "x27", "Q8_0", "sliding_window", "512",
                      "device:        cpu (", "compute dtype: torch.float32 (CPU"):
         assert expected in out
+    from oxide.ops import cpu
+
+    kernels = "kernels:       compiled core oxide._cpu" if cpu.available() else "kernels:       PyTorch reference ("
+    assert kernels in out
+
+
+def test_info_says_when_the_reference_is_asked_for(gemma_path: Path, capsys: pytest.CaptureFixture[str],
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    assert main(["info", str(gemma_path)]) == 0
+    assert "kernels:       torch, as OXIDE_IMPL asks" in capsys.readouterr().out
 
 
 def test_bad_model_is_a_clean_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
