@@ -331,24 +331,29 @@ class Sampler:
 
     def process(self, logits: torch.Tensor, history: History = ()) -> torch.Tensor:
         """Apply the processor chain to 1-D ``logits`` (converted to float32)."""
+        return self._apply(self.processors, logits, history)
+
+    def sample(self, logits: torch.Tensor, history: History = ()) -> int:
+        """Return the next token id for ``logits`` (shape ``(V,)``, any device)."""
+        if self.options.temperature == 0.0:
+            # The chain ends with Temperature(0), which keeps only the first maximum of what it is given:
+            # the argmax before it is the same token, without a pass that masks the whole vocabulary.
+            return int(torch.argmax(self._apply(self.processors[:-1], logits, history)))
+        probs = torch.softmax(self.process(logits, history), dim=-1)  # (V,)
+        generator = self._generator_for(probs.device)
+        return int(torch.multinomial(probs.to(generator.device), 1, generator=generator))
+
+    @staticmethod
+    def _apply(processors: Sequence[LogitProcessor], logits: torch.Tensor, history: History) -> torch.Tensor:
         if logits.dim() != 1:
             raise ValueError(
                 f"Sampler expects 1-D logits of shape (vocab_size,), got shape {tuple(logits.shape)}; "
                 f"select the last position first (logits[-1])."
             )
         out = logits.float()  # (V,)
-        for processor in self.processors:
+        for processor in processors:
             out = processor(out, history)  # (V,)
         return out
-
-    def sample(self, logits: torch.Tensor, history: History = ()) -> int:
-        """Return the next token id for ``logits`` (shape ``(V,)``, any device)."""
-        processed = self.process(logits, history)  # (V,)
-        if self.options.temperature == 0.0:
-            return int(torch.argmax(processed))
-        probs = torch.softmax(processed, dim=-1)  # (V,)
-        generator = self._generator_for(probs.device)
-        return int(torch.multinomial(probs.to(generator.device), 1, generator=generator))
 
     def _generator_for(self, device: torch.device) -> torch.Generator:
         if self._generator is None:

@@ -1,0 +1,106 @@
+"""Where one decode step's time goes: weights, attention, norms, other ops, sampling and the rest.
+
+Every matmul (:class:`oxide.ops.Linear`), every bound layer op (:class:`oxide.ops.bound.LayerOps`),
+the KV-cache writes and the sampler are wrapped in a timer; a step is one token through
+``DecoderLM.forward`` plus one greedy sample. "python and launch overhead" is the step's wall time
+minus every timed part: the Python of the blocks, tensor views, residual adds and op entry costs.
+The timers add about a microsecond per call, charged to the parts they wrap.
+
+    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+import torch
+
+import oxide
+from oxide.ops.bound import LayerOps
+from oxide.sampling import Sampler, SamplingOptions
+
+CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope": "rope", "attention": "attention",
+            "gated_activation": "activation", "softcap": "other ops"}
+
+
+class Timers:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, category: str, fn: Callable) -> Callable:
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[category] += time.perf_counter() - start
+        return timed
+
+
+def instrument(model: oxide.Model, timers: Timers) -> None:
+    """Wrap the model's bound ops, matmuls and cache writes in timers (in place)."""
+    lm = model.lm
+    bound = LayerOps(**{f.name: timers.wrap(CATEGORY[f.name], getattr(lm.ops, f.name))
+                        for f in dataclasses.fields(LayerOps)})
+    lm.ops = bound
+    lm.head.impl = timers.wrap("weights: output head", lm.head.impl)
+    lm.embed = timers.wrap("embedding", lm.embed)
+    for block in lm.blocks:
+        block.ops = block.attention.ops = block.mlp.ops = bound
+        for linear in (block.attention.q_proj, block.attention.k_proj, block.attention.v_proj, block.attention.o_proj,
+                       block.mlp.gate, block.mlp.up, block.mlp.down):
+            linear.impl = timers.wrap("weights: layers", linear.impl)
+
+
+def profile(model: oxide.Model, steps: int, context: int) -> tuple[dict[str, float], float]:
+    """Milliseconds per step by category, and the step's wall time, after ``context`` prompt tokens."""
+    lm = model.lm
+    cache = lm.new_cache(context + steps + 8)
+    prompt = torch.arange(1, context + 1).remainder(1000).add(100).view(1, -1)
+    lm.forward(prompt, cache, last_only=True)
+    timers = Timers()
+    instrument(model, timers)
+    for layer in cache.layers:
+        layer.update = timers.wrap("attention: KV cache write", layer.update)
+    sampler = Sampler(SamplingOptions.greedy())
+    sample = timers.wrap("sampling", sampler.sample)
+    token, history = 100, prompt[0].tolist()
+    for warm in (True, False):
+        timers.seconds.clear()
+        start = time.perf_counter()
+        for _ in range(4 if warm else steps):
+            logits = lm.forward(torch.tensor([[token]]), cache, last_only=True)[0, -1]
+            token = sample(logits, history)
+            history.append(token)
+        wall = time.perf_counter() - start
+    per_step = {name: s / steps * 1e3 for name, s in timers.seconds.items()}
+    per_step["python and launch overhead"] = wall / steps * 1e3 - sum(per_step.values())
+    return per_step, wall / steps * 1e3
+
+
+def markdown(per_step: dict[str, float], step_ms: float) -> str:
+    lines = ["| part | ms per token | share |", "|---|---|---|"]
+    for name, ms in sorted(per_step.items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {ms:.2f} | {ms / step_ms:.0%} |")
+    lines.append(f"| **step** | **{step_ms:.2f}** ({1e3 / step_ms:.1f} tok/s) | 100% |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("model", nargs="?", help="a GGUF file or HF folder (default: Gemma 3 270M Q4_K_M)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=64)
+    parser.add_argument("--context", type=int, default=512, help="tokens already in the cache")
+    ns = parser.parse_args()
+    torch.set_num_threads(ns.threads)
+    model = oxide.load(ns.model, device="cpu", n_ctx=ns.context + ns.steps + 8)
+    print(markdown(*profile(model, ns.steps, ns.context)))
+
+
+if __name__ == "__main__":
+    main()
