@@ -88,22 +88,31 @@ inline void dot_groups(const int8_t* q, const float* scale, const float* offset,
 
 template <int R>
 inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
-    constexpr int C = R == 1 ? 4 : 2;   // chains per row; a block's four eighths rotate over them
+    // Per block and row: two partial dots of 16 quants each (a multiply and a fused multiply-add),
+    // then sum += d * partial; the sums rotate over chains so blocks do not wait on each other.
+    constexpr int C = R == 1 ? 4 : 2;
     __m256 sum[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
-    for (int64_t b = 0; b < nblocks; ++b) {
+    auto quants = [](const uint8_t* p) {
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    };
+    auto step = [&](const int64_t b, const int c) {   // c: the first of the two chains this block feeds
         const uint8_t* blk = blocks + b * Q8_0::kBytes;
         const __m256 d = _mm256_set1_ps(half_to_float(blk));
-        __m256 w[4];
-        for (int i = 0; i < 4; ++i)
-            w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i)))));
+        const __m256 q0 = quants(blk + 2), q1 = quants(blk + 10), q2 = quants(blk + 18), q3 = quants(blk + 26);
         for (int r = 0; r < R; ++r) {
             const float* xb = x[r] + 32 * b;
-            for (int i = 0; i < 4; ++i) sum[r][i % C] = _mm256_fmadd_ps(w[i], _mm256_loadu_ps(xb + 8 * i), sum[r][i % C]);
+            const __m256 lo = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));
+            const __m256 hi = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q2, _mm256_loadu_ps(xb + 16)));
+            sum[r][c] = _mm256_fmadd_ps(d, lo, sum[r][c]);
+            sum[r][c + 1] = _mm256_fmadd_ps(d, hi, sum[r][c + 1]);
         }
-    }
+    };
+    int64_t b = 0;
+    for (; b + C / 2 <= nblocks; b += C / 2)
+        for (int c = 0; c < C / 2; ++c) step(b + c, 2 * c);
+    for (; b < nblocks; ++b) step(b, 0);
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
 }

@@ -73,28 +73,29 @@ inline void dot_groups(const int8_t* q, const float* scale, const float* offset,
 
 template <int R>
 inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
-    constexpr int C = R == 1 ? 2 : 1;   // block parities per row; times two halves: 2C chains per row
-    __m512 sum[R][2 * C];
+    // Per block and row: t = q . x over the 32 quants (a multiply and a fused multiply-add), then
+    // sum += d * t; the sums rotate over C chains so consecutive blocks do not wait on each other.
+    constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);
+    __m512 sum[R][C];
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < 2 * C; ++c) sum[r][c] = acc[r].v[c];
-    const int64_t paired = nblocks - nblocks % C;
-    auto step = [&](const uint8_t* blk, const int64_t b, const int c) {
+        for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
+    auto step = [&](const int64_t b, const int c) {
+        const uint8_t* blk = blocks + b * Q8_0::kBytes;
         const __m512 d = _mm512_set1_ps(half_to_float(blk));
-        const __m512 w0 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2)))));
-        const __m512 w1 = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-            _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18)))));
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))));
         for (int r = 0; r < R; ++r) {
             const float* xb = x[r] + 32 * b;
-            sum[r][2 * c] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xb), sum[r][2 * c]);
-            sum[r][2 * c + 1] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xb + 16), sum[r][2 * c + 1]);
+            const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));
+            sum[r][c] = _mm512_fmadd_ps(d, t, sum[r][c]);
         }
     };
-    for (int64_t b = 0; b < paired; b += C)
-        for (int c = 0; c < C; ++c) step(blocks + (b + c) * Q8_0::kBytes, b + c, c);
-    for (int64_t b = paired; b < nblocks; ++b) step(blocks + b * Q8_0::kBytes, b, 0);
+    int64_t b = 0;
+    for (; b + C <= nblocks; b += C)
+        for (int c = 0; c < C; ++c) step(b + c, c);
+    for (; b < nblocks; ++b) step(b, 0);
     for (int r = 0; r < R; ++r)
-        for (int c = 0; c < 2 * C; ++c) acc[r].v[c] = sum[r][c];
+        for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
 }
 
 inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
