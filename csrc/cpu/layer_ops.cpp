@@ -173,12 +173,13 @@ void softcap(std::uintptr_t x, std::uintptr_t out, int64_t n, double cap, int th
 //
 // Work is split into units (b, kv head, t, key chunk). A unit handles the G query heads that share
 // its kv head together, so each key and value row is read from memory once for all of them. With
-// fewer query rows than threads (decode), the keys are split into chunks across threads; each unit
+// fewer query rows than threads (decode), the keys are split into chunks shared out among threads; each unit
 // leaves per query head its chunk's max score m, l = sum exp(s - m) and acc = sum exp(s - m) v, and
 // the chunks are merged: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
 // A query row that may see no key at all gets NaN, as the reference's softmax over all -inf gives.
 
-constexpr int64_t kMinChunk = 64;   // fewest keys per chunk when keys are split across threads
+constexpr int64_t kMinChunk = 64;        // fewest keys per chunk when keys are split across threads
+constexpr int64_t kPiecesPerThread = 4;  // key chunks per thread when keys are split
 
 // Merges the n_split chunk records of (b, kv head kh, t) into the G output rows (out: contiguous (B, H, T, hd)).
 void merge_chunks(const Attn& a, int64_t b, int64_t kh, int64_t t, int64_t n_split, const float* parts, float* out) {
@@ -221,10 +222,12 @@ void attention(std::uintptr_t q, const std::array<int64_t, 4>& q_shape, const Di
                  ptr<const int64_t>(q_pos), ptr<const int64_t>(k_pos), B, H, Hkv, T, S, hd, H / Hkv,
                  static_cast<float>(scale), static_cast<float>(softcap), window};
 
+    // Fewer query rows than threads (decode): split the keys into about kPiecesPerThread chunks per
+    // thread, handed out dynamically, so that a thread the OS schedules late holds up one small chunk.
     const int64_t rows = B * Hkv * T;   // units before splitting keys
     int64_t n_split = 1;
     if (rows < threads)
-        n_split = std::min<int64_t>((threads + rows - 1) / rows, std::max<int64_t>(1, S / kMinChunk));
+        n_split = std::min<int64_t>((kPiecesPerThread * threads + rows - 1) / rows, std::max<int64_t>(1, S / kMinChunk));
     const int64_t chunk = (S + n_split - 1) / n_split;
     n_split = (S + chunk - 1) / chunk;
     const int64_t units = rows * n_split, record = hd + 2;
