@@ -37,6 +37,7 @@ def _cpu_extension() -> list:
         "oxide._cpu",
         sources,
         include_dirs=["csrc/cpu"],
+        depends=sorted(str(p.relative_to(ROOT)) for pattern in ("*.h", "*.inc") for p in (ROOT / "csrc" / "cpu").glob(pattern)),
         cxx_std=17,
         extra_compile_args=["-O3", "-fno-math-errno", *openmp],
         extra_link_args=openmp,
