@@ -86,21 +86,23 @@ inline void dot_groups(const int8_t* q, const float* scale, const float* offset,
         for (int c = 0; c < 2 * C; ++c) acc[r].v[c] = sum[r][c];
 }
 
-template <int R>
-inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
+template <class F, int R>
+inline void dot_direct(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
     // Per block and row: two partial dots of 16 quants each (a multiply and a fused multiply-add),
     // then sum += d * partial; the sums rotate over chains so blocks do not wait on each other.
     constexpr int C = R == 1 ? 4 : 2;
     __m256 sum[R][C];
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
-    auto quants = [](const uint8_t* p) {
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    auto eighth = [](__m128i half, int upper) {   // int8 lanes 0-7 (or 8-15) of half, as floats
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(upper ? _mm_srli_si128(half, 8) : half));
     };
     auto step = [&](const int64_t b, const int c) {   // c: the first of the two chains this block feeds
-        const uint8_t* blk = blocks + b * Q8_0::kBytes;
+        const uint8_t* blk = blocks + b * F::kBytes;
         const __m256 d = _mm256_set1_ps(half_to_float(blk));
-        const __m256 q0 = quants(blk + 2), q1 = quants(blk + 10), q2 = quants(blk + 18), q3 = quants(blk + 26);
+        const __m256i quants = F::quants(blk);
+        const __m128i low = _mm256_castsi256_si128(quants), high = _mm256_extracti128_si256(quants, 1);
+        const __m256 q0 = eighth(low, 0), q1 = eighth(low, 1), q2 = eighth(high, 0), q3 = eighth(high, 1);
         for (int r = 0; r < R; ++r) {
             const float* xb = x[r] + 32 * b;
             const __m256 lo = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));

@@ -71,8 +71,8 @@ inline void dot_groups(const int8_t* q, const float* scale, const float* offset,
         for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
 }
 
-template <int R>
-inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
+template <class F, int R>
+inline void dot_direct(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
     // Per block and row: t = q . x over the 32 quants (a multiply and a fused multiply-add), then
     // sum += d * t; the sums rotate over C chains so consecutive blocks do not wait on each other.
     constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);
@@ -80,10 +80,11 @@ inline void dot_q8_0(const uint8_t* blocks, int64_t nblocks, const float* const*
     for (int r = 0; r < R; ++r)
         for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
     auto step = [&](const int64_t b, const int c) {
-        const uint8_t* blk = blocks + b * Q8_0::kBytes;
+        const uint8_t* blk = blocks + b * F::kBytes;
         const __m512 d = _mm512_set1_ps(half_to_float(blk));
-        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2))));
-        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18))));
+        const __m256i quants = F::quants(blk);
+        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(quants)));
+        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(quants, 1)));
         for (int r = 0; r < R; ++r) {
             const float* xb = x[r] + 32 * b;
             const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));

@@ -1,8 +1,9 @@
 // GGML block formats, each unpacked to one common form: int8 quants with a float scale and offset
 // per group of 16 weights, so that weight i of a block is  scale[i / 16] * q[i] + offset[i / 16].
 //
-// A type with kDirect = true (Q8_0, whose quants already are int8) is dotted straight from the block
-// by the instruction set's dot_q8_0 instead. Every supported type fits the unpacked form: the 32-weight types have one scale (and min) for two groups,
+// A type with kDirect = true (a 32-weight block that starts with its f16 scale and has no offset:
+// Q4_0, Q5_0, Q8_0, IQ4_NL) is dotted straight from the block by the instruction set's dot_direct,
+// its 32 quants formed in a register (``quants``, in the AVX2 and AVX-512 builds) rather than in memory. Every supported type fits the unpacked form: the 32-weight types have one scale (and min) for two groups,
 // Q4_K/Q5_K/IQ4_XS one per 32 weights, Q2_K/Q3_K/Q6_K one per 16. Layouts follow ggml's block
 // structs (ggml-common.h); the tests check every type against gguf-py's dequantizer.
 //
@@ -61,7 +62,10 @@ constexpr int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 
 struct Q4_0 {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
+    static constexpr bool kDirect = true;
+#if defined(OXIDE_UNPACK_AVX2)
+    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, 8); }
+#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         split_nibbles(b + 2, 16, 8, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
@@ -84,7 +88,10 @@ struct Q4_1 {
 struct Q5_0 {
     static constexpr int kBlock = 32, kBytes = 22;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
+    static constexpr bool kDirect = true;
+#if defined(OXIDE_UNPACK_AVX2)
+    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, 16); }
+#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         unpack_5bit(b + 2, b + 6, 16, q);
         scale[0] = scale[1] = half_to_float(b);
@@ -106,7 +113,10 @@ struct Q5_1 {
 struct Q8_0 {
     static constexpr int kBlock = 32, kBytes = 34;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = true;   // int8 quants: GEMV reads them in place (dot_q8_0)
+    static constexpr bool kDirect = true;
+#if defined(OXIDE_UNPACK_AVX2)
+    static __m256i quants(const uint8_t* b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2)); }
+#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         std::memcpy(q, b + 2, 32);
         scale[0] = scale[1] = half_to_float(b);
@@ -117,7 +127,10 @@ struct Q8_0 {
 struct IQ4_NL {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
+    static constexpr bool kDirect = true;
+#if defined(OXIDE_UNPACK_AVX2)
+    static __m256i quants(const uint8_t* b) { return quants_nibbles_lut(b + 2, kIQ4Values); }
+#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         split_nibbles_lut(b + 2, 16, kIQ4Values, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);

@@ -32,7 +32,23 @@ inline void split_nibbles_lut(const uint8_t* src, int n, const int8_t* table, in
     }
 }
 
-inline void unpack_5bit(const uint8_t* mask, const uint8_t* qs, int bias, int8_t* q) {
+// The 32 quants of a 32-weight block as one register: the low nibbles of qs[0..15], then their high
+// nibbles, minus bias (Q4_0) ...
+inline __m256i quants_nibbles(const uint8_t* qs, int bias) {
+    const __m128i v = load16(qs), m = _mm_set1_epi8(0xf);
+    const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
+    return _mm256_sub_epi8(nibbles, _mm256_set1_epi8(char(bias)));
+}
+
+// ... mapped through a 16-entry table (IQ4_NL) ...
+inline __m256i quants_nibbles_lut(const uint8_t* qs, const int8_t* table) {
+    const __m128i t = _mm_loadu_si128(reinterpret_cast<const __m128i*>(table)), v = load16(qs), m = _mm_set1_epi8(0xf);
+    return _mm256_set_m128i(_mm_shuffle_epi8(t, _mm_and_si128(_mm_srli_epi16(v, 4), m)),
+                            _mm_shuffle_epi8(t, _mm_and_si128(v, m)));
+}
+
+// ... or with a fifth bit from a little-endian 32-bit mask, bit j for weight j (Q5_0, Q5_1).
+inline __m256i quants_5bit(const uint8_t* mask, const uint8_t* qs, int bias) {
     uint32_t bits;
     std::memcpy(&bits, mask, 4);
     // Byte j takes mask byte j / 8, keeps bit j % 8, and becomes 16 where it is set.
@@ -41,9 +57,11 @@ inline void unpack_5bit(const uint8_t* mask, const uint8_t* qs, int bias, int8_t
     const __m256i select = _mm256_set1_epi64x(int64_t(0x8040201008040201));
     const __m256i fifth = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, select), select),
                                            _mm256_set1_epi8(16));
-    const __m128i v = load16(qs), m = _mm_set1_epi8(0xf);
-    const __m256i nibbles = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), m), _mm_and_si128(v, m));
-    store32(q, _mm256_sub_epi8(_mm256_or_si256(nibbles, fifth), _mm256_set1_epi8(char(bias))));
+    return _mm256_sub_epi8(_mm256_or_si256(quants_nibbles(qs, 0), fifth), _mm256_set1_epi8(char(bias)));
+}
+
+inline void unpack_5bit(const uint8_t* mask, const uint8_t* qs, int bias, int8_t* q) {
+    store32(q, quants_5bit(mask, qs, bias));
 }
 
 inline void add_bit_plane(const uint8_t* bits, int k, int8_t* q) {
