@@ -1,6 +1,6 @@
 """Where one decode step's time goes: weights, attention, norms, other ops, sampling and the rest.
 
-Every matmul (:class:`oxide.ops.Linear`), every bound layer op (:class:`oxide.ops.bound.LayerOps`),
+Every matmul (:class:`oxide.ops.Linear`, :class:`oxide.ops.LinearGroup`), every bound layer op (:class:`oxide.ops.bound.LayerOps`),
 the KV-cache writes and the sampler are wrapped in a timer; a step is one token through
 ``DecoderLM.forward`` plus one greedy sample. "python and launch overhead" is the step's wall time
 minus every timed part: the Python of the blocks, tensor views, residual adds and op entry costs.
@@ -51,8 +51,7 @@ def instrument(model: oxide.Model, timers: Timers) -> None:
     lm.embed = timers.wrap("embedding", lm.embed)
     for block in lm.blocks:
         block.ops = block.attention.ops = block.mlp.ops = bound
-        for linear in (block.attention.q_proj, block.attention.k_proj, block.attention.v_proj, block.attention.o_proj,
-                       block.mlp.gate, block.mlp.up, block.mlp.down):
+        for linear in (block.attention.qkv_proj, block.attention.o_proj, block.mlp.gate_up, block.mlp.down):
             linear.impl = timers.wrap("weights: layers", linear.impl)
 
 

@@ -79,8 +79,8 @@ def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int
         x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))   # (M, K)
         bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
         out = torch.full((M, N), float("nan"))
-        cpu.extension().qmatmul(int(qtype), x.data_ptr(), M, K, w.data.data_ptr(), N, K, w.data.shape[1],
-                                out.data_ptr(), N, bias.data_ptr(), threads)
+        spec = (int(qtype), w.data.data_ptr(), N, w.data.shape[1], out.data_ptr(), N, bias.data_ptr())
+        cpu.extension().qmatmul([spec], x.data_ptr(), M, K, K, threads)
         want = x.double().numpy() @ dense.T + bias.double().numpy()
         assert not out.isnan().any(), f"{qtype.name} M={M}: unwritten outputs"
         assert _relative_error(out, want) <= REL_TOL, f"{qtype.name} M={M} on {isa}"
@@ -116,6 +116,36 @@ def test_qmatmul_op_matches_the_reference(qtype: GGMLType, threads: int, seed: i
         assert _relative_error(got[0], x.double().numpy() @ dense.T) <= REL_TOL, f"{qtype.name} M={M}"
         ref = reference.qmatmul(x, QuantTensor(w.data, qtype, w.shape))
         torch.testing.assert_close(got[0], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
+
+
+def test_a_group_of_matrices_in_one_call(threads: int, seed: int) -> None:
+    """q, k and v (or gate and up) of different types and heights, one GEMV call, outputs poisoned first."""
+    rng = np.random.default_rng(seed)
+    K = 512
+    types = (GGMLType.Q5_0, GGMLType.Q6_K, GGMLType.Q8_0)
+    heights = (37, 5, 64)
+    weights, dense = [], []
+    for qtype, rows in zip(types, heights):
+        raw = random_raw(qtype, (rows, K), rng)
+        weights.append(QuantTensor(torch.from_numpy(raw), qtype, (rows, K)))
+        dense.append(gguf.quants.dequantize(raw, qtype).reshape(rows, K).astype(np.float64))
+    biases = (torch.from_numpy(rng.standard_normal(37).astype(np.float32)), None, None)
+    for M in ROWS:
+        x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
+        outs = cpu_quant.qmatmul_group(x, weights, biases)
+        for out, d, b in zip(outs, dense, biases):
+            want = x.double().numpy() @ d.T + (0 if b is None else b.double().numpy())
+            assert _relative_error(out, want) <= REL_TOL, f"M={M}"
+    out = torch.full((2, 37), float("nan"))
+    x = torch.from_numpy(rng.standard_normal((2, K)).astype(np.float32))
+    specs = [(int(types[0]), weights[0].data.data_ptr(), 37, weights[0].data.shape[1], out.data_ptr(), 37, 0),
+             (99, weights[1].data.data_ptr(), 5, weights[1].data.shape[1], out.data_ptr(), 37, 0)]
+    with pytest.raises(ValueError, match="no kernel"):
+        cpu.extension().qmatmul(specs, x.data_ptr(), 2, K, K, 1)
+    assert out.isnan().all(), "a group with an unknown type computes nothing"
+    assert dispatch.bind("qmatmul_group", "cpu", tuple(weights), torch.float32) is cpu_quant.qmatmul_group
+    f16 = QuantTensor(torch.from_numpy(random_raw(GGMLType.F16, (8, K), rng)), GGMLType.F16, (8, K))
+    assert dispatch.bind("qmatmul_group", "cpu", (weights[0], f16), torch.float32) is reference.qmatmul_group
 
 
 def test_banded_path_crosses_band_edges(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:

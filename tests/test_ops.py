@@ -100,7 +100,8 @@ def _probes() -> dict[str, tuple]:
     """A representative call description per op, as the functional API passes it to dispatch."""
     w, _ = _quantized(32, 64, GGMLType.Q8_0, seed=0)
     f32 = (torch.float32,)
-    return {"qmatmul": (w, torch.float32), "embedding": (w, torch.float32), "rms_norm": f32,
+    return {"qmatmul": (w, torch.float32), "qmatmul_group": ((w, w), torch.float32), "embedding": (w, torch.float32),
+            "rms_norm": f32,
             "add_rms_norm": (torch.float32, torch.float32), "rope": f32, "attention": f32, "gated_activation": f32,
             "softcap": f32}
 

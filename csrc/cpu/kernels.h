@@ -7,16 +7,21 @@
 
 namespace oxide_cpu {
 
-// out[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]) for a GGML-quantized W of N rows of K weights.
+// The activations of a GEMV: x (M, K), rows ``stride`` floats apart, and the threads to use.
+struct Activations {
+    const float* x;
+    int64_t M, K, stride;
+    int threads;
+};
+
+// One matrix of a GEMV: out[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W GGML-quantized, N rows of K weights.
 struct GemvArgs {
-    const float* x;          // (M, K), rows x_stride floats apart
-    int64_t M, x_stride;
+    int qtype;               // GGML type id
     const uint8_t* w;        // (N, row_bytes) raw blocks
-    int64_t N, K, row_bytes;
+    int64_t N, row_bytes;
     float* out;              // (M, N), rows out_stride floats apart
     int64_t out_stride;
     const float* bias;       // (N,) or null
-    int threads;
 };
 
 // out[r, :] = dequantize(W[index[r]]) (index null: row r), rows out_stride floats apart.
@@ -29,10 +34,10 @@ struct DequantArgs {
     int threads;
 };
 
-// Each returns false when it has no kernel for ``qtype`` (a GGML type id).
+// Each returns false, computing nothing, when it has no kernel for a ``qtype`` (a GGML type id).
 struct KernelTable {
     const char* name;
-    bool (*gemv)(int qtype, const GemvArgs&);
+    bool (*gemv)(const Activations& x, const GemvArgs* matrices, int count);   // one parallel region
     bool (*dequant)(int qtype, const DequantArgs&);
 };
 

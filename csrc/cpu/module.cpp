@@ -5,6 +5,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <tuple>
+
 #include <cstdint>
 #include <cstdlib>
 #include <stdexcept>
@@ -59,13 +61,20 @@ void check(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(what);
 }
 
-void qmatmul(int qtype, std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t w, int64_t N, int64_t K,
-             int64_t row_bytes, std::uintptr_t out, int64_t out_stride, std::uintptr_t bias, int threads) {
-    check(M >= 0 && N >= 0 && K > 0 && K % 16 == 0, "qmatmul: bad sizes");
-    check(x_stride >= K && out_stride >= N && threads >= 1, "qmatmul: bad strides or thread count");
-    oxide_cpu::GemvArgs args{ptr<const float>(x), M, x_stride, ptr<const uint8_t>(w), N, K, row_bytes,
-                             ptr<float>(out), out_stride, ptr<const float>(bias), threads};
-    check(table().gemv(qtype, args), "qmatmul: no kernel for this GGML type");
+// One GEMV over a group of matrices that share the activations x (M, K): q, k and v, or gate and up.
+// Each matrix is a tuple (qtype, w, N, row_bytes, out, out_stride, bias); addresses as integers.
+using MatrixSpec = std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t, int64_t, std::uintptr_t>;
+
+void qmatmul_group(const std::vector<MatrixSpec>& matrices, std::uintptr_t x, int64_t M, int64_t K, int64_t x_stride,
+                   int threads) {
+    check(M >= 0 && K > 0 && K % 16 == 0 && x_stride >= K && threads >= 1, "qmatmul: bad sizes or thread count");
+    std::vector<oxide_cpu::GemvArgs> mats;
+    for (const auto& [qtype, w, N, row_bytes, out, out_stride, bias] : matrices) {
+        check(N >= 0 && out_stride >= N && row_bytes > 0, "qmatmul: bad matrix sizes");
+        mats.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, ptr<float>(out), out_stride, ptr<const float>(bias)});
+    }
+    const oxide_cpu::Activations acts{ptr<const float>(x), M, K, x_stride, threads};
+    check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
 }
 
 void dequantize_rows(int qtype, std::uintptr_t w, std::uintptr_t index, int64_t rows, int64_t K, int64_t row_bytes,
@@ -91,10 +100,10 @@ PYBIND11_MODULE(_cpu, m) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.def("qmatmul", &qmatmul, py::call_guard<py::gil_scoped_release>(),
-          py::arg("qtype"), py::arg("x"), py::arg("M"), py::arg("x_stride"), py::arg("w"), py::arg("N"), py::arg("K"),
-          py::arg("row_bytes"), py::arg("out"), py::arg("out_stride"), py::arg("bias"), py::arg("threads"),
-          "out[m, n] = x[m, :] . dequantize(W[n, :]) (+ bias[n]), f32 activations and output.");
+    m.def("qmatmul", &qmatmul_group, py::call_guard<py::gil_scoped_release>(),
+          py::arg("matrices"), py::arg("x"), py::arg("M"), py::arg("K"), py::arg("x_stride"), py::arg("threads"),
+          "For each (qtype, w, N, row_bytes, out, out_stride, bias) of matrices: out[m, n] = x[m, :] . "
+          "dequantize(W[n, :]) (+ bias[n]); f32 activations and outputs, one parallel region for the group.");
     m.def("dequantize_rows", &dequantize_rows, py::call_guard<py::gil_scoped_release>(),
           py::arg("qtype"), py::arg("w"), py::arg("index"), py::arg("rows"), py::arg("K"), py::arg("row_bytes"),
           py::arg("out"), py::arg("out_stride"), py::arg("threads"),

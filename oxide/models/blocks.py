@@ -20,9 +20,7 @@ class Attention:
                  dtype: torch.dtype) -> None:
         self.w = w
         self.ops = kernels
-        self.q_proj = ops.Linear(w.q, w.q_bias, device, dtype)
-        self.k_proj = ops.Linear(w.k, w.k_bias, device, dtype)
-        self.v_proj = ops.Linear(w.v, w.v_bias, device, dtype)
+        self.qkv_proj = ops.LinearGroup((w.q, w.k, w.v), (w.q_bias, w.k_bias, w.v_bias), device, dtype)
         self.o_proj = ops.Linear(w.o, None, device, dtype)
         self.n_heads, self.n_kv, self.hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
         self.eps = config.rms_norm_eps
@@ -34,9 +32,10 @@ class Attention:
                  cache: LayerCache) -> torch.Tensor:
         B, T, _ = x.shape
         w = self.w
-        q = self.q_proj(x).view(B, T, self.n_heads, self.hd)                  # (B, T, H, hd)
-        k = self.k_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.hd)                     # (B, T, Hkv, hd)
+        q, k, v = self.qkv_proj(x)
+        q = q.view(B, T, self.n_heads, self.hd)                               # (B, T, H, hd)
+        k = k.view(B, T, self.n_kv, self.hd)                                  # (B, T, Hkv, hd)
+        v = v.view(B, T, self.n_kv, self.hd)                                  # (B, T, Hkv, hd)
         if w.q_norm is not None:
             q = self.ops.rms_norm(q, w.q_norm, self.eps)
             k = self.ops.rms_norm(k, w.k_norm, self.eps)
@@ -52,13 +51,12 @@ class GatedMLP:
     def __init__(self, config: ModelConfig, w: LayerWeights, kernels: LayerOps, device: torch.device,
                  dtype: torch.dtype) -> None:
         self.ops = kernels
-        self.gate = ops.Linear(w.gate, None, device, dtype)
-        self.up = ops.Linear(w.up, None, device, dtype)
+        self.gate_up = ops.LinearGroup((w.gate, w.up), (None, None), device, dtype)
         self.down = ops.Linear(w.down, None, device, dtype)
         self.act = config.hidden_act
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.ops.gated_activation(self.gate(x), self.up(x), self.act)   # (B, T, F)
+        hidden = self.ops.gated_activation(*self.gate_up(x), self.act)       # (B, T, F)
         return self.down(hidden)                                              # (B, T, D)
 
 

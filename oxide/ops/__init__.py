@@ -6,6 +6,8 @@ implementation is chosen.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from . import cpu, reference
@@ -13,12 +15,14 @@ from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
-_OPS = ("qmatmul", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
+_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
 register("qmatmul", "cpp", cpu_quant.qmatmul, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
+register("qmatmul_group", "cpp", cpu_quant.qmatmul_group, device_types=("cpu",), priority=10,
+         available=cpu.available, accepts=cpu_quant.serves_group)
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
@@ -54,6 +58,21 @@ class Linear:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.impl(x, self.weight, self.bias)
+
+
+class LinearGroup:
+    """Several projections of one input (q, k, v; gate, up), bound once: ``group(x)`` returns
+    ``tuple(qmatmul(x, w, b) for w, b in ...)``, as one call where the implementation fuses them."""
+
+    __slots__ = ("weights", "biases", "impl")
+
+    def __init__(self, weights: Sequence, biases: Sequence[torch.Tensor | None], device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.weights, self.biases = tuple(weights), tuple(biases)
+        self.impl = bind("qmatmul_group", device.type, self.weights, dtype)
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return self.impl(x, self.weights, self.biases)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

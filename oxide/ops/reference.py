@@ -7,6 +7,8 @@ softmax) are computed in float32 whatever the input dtype.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 
@@ -23,6 +25,12 @@ def dense_weight(w: Weight, dtype: torch.dtype) -> torch.Tensor:
 def qmatmul(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ dequantize(w).T (+ bias)``, like ``F.linear``: (..., K) x (N, K) -> (..., N)."""
     return F.linear(x, dense_weight(w, x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+def qmatmul_group(x: torch.Tensor, weights: Sequence[Weight], biases: Sequence[torch.Tensor | None]
+                  ) -> tuple[torch.Tensor, ...]:
+    """``qmatmul(x, w, b)`` for each (w, b): the projections that share one input (q, k, v; gate, up)."""
+    return tuple(qmatmul(x, w, b) for w, b in zip(weights, biases))
 
 
 def embedding(ids: torch.Tensor, w: Weight, dtype: torch.dtype) -> torch.Tensor:

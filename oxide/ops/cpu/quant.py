@@ -4,7 +4,8 @@ Same signatures as :func:`oxide.ops.reference.qmatmul` and :func:`oxide.ops.refe
 float32 activations and results, and no dense copy of any weight is kept:
 
 - up to :data:`GEMV_MAX_ROWS` activation rows (decode, a small batch of sequences): the GEMV
-  kernel reads each weight block once and dots it with every row;
+  kernel reads each weight block once and dots it with every row; a group of matrices that share
+  their input (q, k and v; gate and up) goes through one call;
 - more rows (prefill): a band of weight rows is dequantized into a reused float32 buffer that stays
   in cache, and torch's sgemm multiplies it; the band is then overwritten by the next one.
 """
@@ -12,6 +13,7 @@ float32 activations and results, and no dense copy of any weight is kept:
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from functools import cache
 
 import torch
@@ -31,24 +33,37 @@ def serves(w: object, dtype: torch.dtype) -> bool:
 
 def qmatmul(x: torch.Tensor, w: QuantTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ dequantize(w).T (+ bias)``: (..., K) x (N, K) -> (..., N), float32."""
-    N, K = w.shape
+    return qmatmul_group(x, (w,), (bias,))[0]
+
+
+def serves_group(weights: Sequence[object], dtype: torch.dtype) -> bool:
+    """Whether the kernels take every weight of the group (and so the group as one call)."""
+    return all(serves(w, dtype) for w in weights) and len({w.shape[1] for w in weights}) == 1
+
+
+def qmatmul_group(x: torch.Tensor, weights: Sequence[QuantTensor], biases: Sequence[torch.Tensor | None]
+                  ) -> tuple[torch.Tensor, ...]:
+    """``qmatmul(x, w, b)`` for each (w, b) of a group sharing the input (q, k, v; gate, up): one GEMV call
+    reads x once and forks the threads once for the group."""
+    K = weights[0].shape[1]
     if x.shape[-1] != K:
-        raise ValueError(f"qmatmul: x has {x.shape[-1]} features but {w!r} takes {K}")
+        raise ValueError(f"qmatmul: x has {x.shape[-1]} features but {weights[0]!r} takes {K}")
     x2 = x.reshape(-1, K)                                                      # (M, K)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     M = x2.shape[0]
-    out = torch.empty((M, N), dtype=torch.float32)                             # (M, N)
-    if bias is not None:
-        bias = bias.to(torch.float32).contiguous()
+    outs = tuple(torch.empty((M, w.shape[0]), dtype=torch.float32) for w in weights)   # (M, N_j) each
+    biases = tuple(None if b is None else b.to(torch.float32).contiguous() for b in biases)
     if M <= GEMV_MAX_ROWS:
-        extension().qmatmul(int(w.qtype), x2.data_ptr(), M, x2.stride(0), w.data.data_ptr(), N, K, w.data.shape[-1],
-                            out.data_ptr(), N, 0 if bias is None else bias.data_ptr(), threads())
+        specs = [(int(w.qtype), w.data.data_ptr(), w.shape[0], w.data.shape[-1], out.data_ptr(), w.shape[0],
+                  0 if b is None else b.data_ptr()) for w, out, b in zip(weights, outs, biases)]
+        extension().qmatmul(specs, x2.data_ptr(), M, K, x2.stride(0), threads())
     else:
-        _banded_matmul(x2, w, out)
-        if bias is not None:
-            out += bias
-    return out.view(*x.shape[:-1], N)
+        for w, out, b in zip(weights, outs, biases):
+            _banded_matmul(x2, w, out)
+            if b is not None:
+                out += b
+    return tuple(out.view(*x.shape[:-1], out.shape[1]) for out in outs)
 
 
 def embedding(ids: torch.Tensor, w: QuantTensor, dtype: torch.dtype) -> torch.Tensor:
