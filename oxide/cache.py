@@ -46,10 +46,17 @@ class LayerCache:
     def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         T = k.shape[2]
         kept = min(T, self.size)
-        slots = torch.arange(self.written + T - kept, self.written + T, device=self.pos.device) % self.size
-        self.k.index_copy_(2, slots, k[:, :, T - kept:])
-        self.v.index_copy_(2, slots, v[:, :, T - kept:])
-        self.pos.index_copy_(0, slots, positions[T - kept:])
+        first = (self.written + T - kept) % self.size
+        if first + kept <= self.size:            # one run of slots (always, in decode): plain slice copies
+            run = slice(first, first + kept)
+            self.k[:, :, run] = k[:, :, T - kept:]
+            self.v[:, :, run] = v[:, :, T - kept:]
+            self.pos[run] = positions[T - kept:]
+        else:                                    # the run wraps around the ring
+            slots = torch.arange(first, first + kept, device=self.pos.device) % self.size
+            self.k.index_copy_(2, slots, k[:, :, T - kept:])
+            self.v.index_copy_(2, slots, v[:, :, T - kept:])
+            self.pos.index_copy_(0, slots, positions[T - kept:])
         self.written += T
         self.length = min(self.written, self.size)
 
