@@ -24,6 +24,8 @@ The concrete algorithms live in submodules (``spm.py`` for ``tokenizer.ggml.mode
 
 from __future__ import annotations
 
+from array import array
+
 import re
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -157,7 +159,9 @@ class Vocab:
         self.token_to_id: dict[str, int] = dict(zip(tokens, range(n)))
         if len(self.token_to_id) != n:
             raise TokenizerError(f"{KEY_TOKENS!r}: {_duplicate_message(tokens)}; the vocabulary is corrupt")
-        self.scores: list[float] = _per_token_array(metadata, KEY_SCORES, n, np.float32, 0.0).tolist()
+        # float32 scores as array('f'): indexing gives Python floats as a list would, at 4 bytes a token
+        # instead of 32 (8 MB less for a 262k vocabulary).
+        self.scores: array = array("f", _per_token_array(metadata, KEY_SCORES, n, np.float32, 0.0).tobytes())
         types = _per_token_array(metadata, KEY_TOKEN_TYPE, n, np.int32, int(TokenType.NORMAL))
         attrs = _TYPE_TO_ATTR[np.clip(types, 0, 255)]  # (n,) int32
 
