@@ -17,9 +17,8 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 
+import oxide   # before torch, so that oxide's OpenMP setting (GOMP_SPINCOUNT) applies
 import torch
-
-import oxide
 from oxide.ops.bound import LayerOps
 from oxide.sampling import Sampler, SamplingOptions
 

@@ -6,7 +6,15 @@
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING, Any
+
+# GNU OpenMP (torch's, which the compiled core shares) lets idle threads spin before they sleep. Left
+# unset, it may fall back to ~100 spins, so between two kernels of a decode step its threads fall
+# asleep and each kernel waits tens of microseconds to wake them: 2 threads then run a layer's
+# matmuls barely faster than 1. Setting the documented default explicitly restores it. It takes
+# effect only when oxide is imported before torch (as the CLI does) and the user has not set it.
+os.environ.setdefault("GOMP_SPINCOUNT", "300000")
 
 from .errors import (
     ContextOverflowError,

@@ -15,15 +15,16 @@
 #define OXIDE_F16C 1
 #define OXIDE_UNPACK_AVX2 1
 #include "quant_formats.h"
+#include "units_avx2.h"
 
 namespace oxide_cpu {
 namespace avx512 {
 namespace {
 
-// Four partial sums per activation row: an FMA's result is ready only after a few cycles, so one
-// running sum would stall every group on the previous one.
+// Two partial sums per activation row (alternate units, or a unit's two halves when they have their
+// own scales): an FMA's result is ready only after a few cycles, so one running sum would stall.
 struct Acc {
-    __m512 v[4];
+    __m512 v[2];
 };
 
 inline void acc_zero(Acc& a) {
@@ -31,7 +32,7 @@ inline void acc_zero(Acc& a) {
 }
 
 inline float acc_total(const Acc& a) {
-    const __m512 all = _mm512_add_ps(_mm512_add_ps(a.v[0], a.v[1]), _mm512_add_ps(a.v[2], a.v[3]));
+    const __m512 all = _mm512_add_ps(a.v[0], a.v[1]);
     const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(all),
                                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(all), 1)));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
@@ -44,59 +45,39 @@ inline __m512 group_quants(const int8_t* q, int g) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g))));
 }
 
-// The sixteen weights of group g: scale[g] * q[16g .. 16g + 15] + offset[g].
-inline __m512 group_weights(const int8_t* q, const float* scale, const float* offset, int g) {
-    return _mm512_fmadd_ps(_mm512_set1_ps(scale[g]), group_quants(q, g), _mm512_set1_ps(offset[g]));
-}
-
-template <int R>
-inline void dot_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, const float* const* x,
-                       Acc* acc) {
-    constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);   // chains per row: R * C independent sums
-    __m512 sum[R][C];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
-    int g = 0;
-    for (; g + C <= ngroups; g += C) {
-        for (int c = 0; c < C; ++c) {
-            const __m512 w = group_weights(q, scale, offset, g + c);
-            for (int r = 0; r < R; ++r) sum[r][c] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * (g + c)), sum[r][c]);
-        }
-    }
-    for (; g < ngroups; ++g) {
-        const __m512 w = group_weights(q, scale, offset, g);
-        for (int r = 0; r < R; ++r) sum[r][0] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x[r] + kGroup * g), sum[r][0]);
-    }
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
-}
-
 template <class F, int R>
-inline void dot_direct(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
-    // Per block and row: t = q . x over the 32 quants (a multiply and a fused multiply-add), then
-    // sum += d * t; the sums rotate over C chains so consecutive blocks do not wait on each other.
-    constexpr int C = R == 1 ? 4 : (R == 2 ? 2 : 1);
-    __m512 sum[R][C];
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) sum[r][c] = acc[r].v[c];
-    auto step = [&](const int64_t b, const int c) {
-        const uint8_t* blk = blocks + b * F::kBytes;
-        const __m512 d = _mm512_set1_ps(half_to_float(blk));
-        const __m256i quants = F::quants(blk);
-        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(quants)));
-        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(quants, 1)));
-        for (int r = 0; r < R; ++r) {
-            const float* xb = x[r] + 32 * b;
-            const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(xb + 16), _mm512_mul_ps(q0, _mm512_loadu_ps(xb)));
-            sum[r][c] = _mm512_fmadd_ps(d, t, sum[r][c]);
-        }
-    };
-    int64_t b = 0;
-    for (; b + C <= nblocks; b += C)
-        for (int c = 0; c < C; ++c) step(b + c, c);
-    for (; b < nblocks; ++b) step(b, 0);
-    for (int r = 0; r < R; ++r)
-        for (int c = 0; c < C; ++c) acc[r].v[c] = sum[r][c];
+inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc,
+                      float* off) {
+    __m512 sum[R][2];
+    for (int r = 0; r < R; ++r) {
+        sum[r][0] = acc[r].v[0];
+        sum[r][1] = acc[r].v[1];
+    }
+    for (int64_t b = 0; b < nblocks; ++b) {
+        Units<F>::each(blocks + b * F::kBytes, [&](const Unit& u, int index) {
+            const int64_t first = b * F::kBlock + 32 * index;
+            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(u.q)));
+            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(u.q, 1)));
+            const __m512 s0 = _mm512_set1_ps(u.scale[0]), s1 = _mm512_set1_ps(u.scale[1]);
+            for (int r = 0; r < R; ++r) {
+                const __m512 p0 = _mm512_mul_ps(q0, _mm512_loadu_ps(x[r] + first));
+                if constexpr (Units<F>::kSharedScale) {   // one scale: q . x over all 32, scaled once
+                    const int c = index & 1;               // alternate sums, so that units do not wait
+                    const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x[r] + first + 16), p0);
+                    sum[r][c] = _mm512_fmadd_ps(s0, t, sum[r][c]);
+                } else {
+                    sum[r][0] = _mm512_fmadd_ps(s0, p0, sum[r][0]);
+                    sum[r][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(x[r] + first + 16)), sum[r][1]);
+                }
+                if constexpr (F::kOffset)
+                    off[r] += u.offset[0] * sums[r][first / kGroup] + u.offset[1] * sums[r][first / kGroup + 1];
+            }
+        });
+    }
+    for (int r = 0; r < R; ++r) {
+        acc[r].v[0] = sum[r][0];
+        acc[r].v[1] = sum[r][1];
+    }
 }
 
 inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {

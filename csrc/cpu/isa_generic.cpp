@@ -34,18 +34,6 @@ inline void dot_groups(const int8_t* q, const float* scale, const float* offset,
     }
 }
 
-template <class F, int R>
-inline void dot_direct(const uint8_t* blocks, int64_t nblocks, const float* const* x, Acc* acc) {
-    alignas(64) int8_t q[32];
-    float scale[2], offset[2] = {};
-    for (int64_t b = 0; b < nblocks; ++b) {
-        F::unpack(blocks + b * F::kBytes, q, scale, offset);
-        const float* xb[R];
-        for (int r = 0; r < R; ++r) xb[r] = x[r] + 32 * b;
-        dot_groups<R>(q, scale, offset, 2, xb, acc);
-    }
-}
-
 inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
     for (int g = 0; g < ngroups; ++g) {
         for (int i = 0; i < kGroup; ++i) {

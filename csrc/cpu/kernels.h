@@ -7,11 +7,13 @@
 
 namespace oxide_cpu {
 
-// The activations of a GEMV: x (M, K), rows ``stride`` floats apart, and the threads to use.
+// The activations of a GEMV: x (M, K), rows ``stride`` floats apart, and the threads to use;
+// ``group_sums`` is room for M * K / 16 floats, where the kernel puts the sums of x over each 16.
 struct Activations {
     const float* x;
     int64_t M, K, stride;
     int threads;
+    float* group_sums;
 };
 
 // One matrix of a GEMV: out[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W GGML-quantized, N rows of K weights.

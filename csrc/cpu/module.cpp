@@ -73,7 +73,8 @@ void qmatmul_group(const std::vector<MatrixSpec>& matrices, std::uintptr_t x, in
         check(N >= 0 && out_stride >= N && row_bytes > 0, "qmatmul: bad matrix sizes");
         mats.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, ptr<float>(out), out_stride, ptr<const float>(bias)});
     }
-    const oxide_cpu::Activations acts{ptr<const float>(x), M, K, x_stride, threads};
+    std::vector<float> group_sums(static_cast<size_t>(M) * static_cast<size_t>(K / 16));
+    const oxide_cpu::Activations acts{ptr<const float>(x), M, K, x_stride, threads, group_sums.data()};
     check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
 }
 

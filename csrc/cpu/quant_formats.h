@@ -1,9 +1,8 @@
 // GGML block formats, each unpacked to one common form: int8 quants with a float scale and offset
 // per group of 16 weights, so that weight i of a block is  scale[i / 16] * q[i] + offset[i / 16].
 //
-// A type with kDirect = true (a 32-weight block that starts with its f16 scale and has no offset:
-// Q4_0, Q5_0, Q8_0, IQ4_NL) is dotted straight from the block by the instruction set's dot_direct,
-// its 32 quants formed in a register (``quants``, in the AVX2 and AVX-512 builds) rather than in memory. Every supported type fits the unpacked form: the 32-weight types have one scale (and min) for two groups,
+// The portable build dots this form from memory; the AVX2 and AVX-512 builds form the same values
+// in registers, 32 weights at a time (units_avx2.h). Every supported type fits the unpacked form: the 32-weight types have one scale (and min) for two groups,
 // Q4_K/Q5_K/IQ4_XS one per 32 weights, Q2_K/Q3_K/Q6_K one per 16. Layouts follow ggml's block
 // structs (ggml-common.h); the tests check every type against gguf-py's dequantizer.
 //
@@ -62,10 +61,6 @@ constexpr int8_t kIQ4Values[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 
 struct Q4_0 {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = true;
-#if defined(OXIDE_UNPACK_AVX2)
-    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, 8); }
-#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         split_nibbles(b + 2, 16, 8, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
@@ -76,7 +71,6 @@ struct Q4_0 {
 struct Q4_1 {
     static constexpr int kBlock = 32, kBytes = 20;
     static constexpr bool kOffset = true;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         split_nibbles(b + 4, 16, 0, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
@@ -88,10 +82,6 @@ struct Q4_1 {
 struct Q5_0 {
     static constexpr int kBlock = 32, kBytes = 22;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = true;
-#if defined(OXIDE_UNPACK_AVX2)
-    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, 16); }
-#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         unpack_5bit(b + 2, b + 6, 16, q);
         scale[0] = scale[1] = half_to_float(b);
@@ -101,7 +91,6 @@ struct Q5_0 {
 struct Q5_1 {
     static constexpr int kBlock = 32, kBytes = 24;
     static constexpr bool kOffset = true;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         unpack_5bit(b + 4, b + 8, 0, q);
         scale[0] = scale[1] = half_to_float(b);
@@ -113,10 +102,6 @@ struct Q5_1 {
 struct Q8_0 {
     static constexpr int kBlock = 32, kBytes = 34;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = true;
-#if defined(OXIDE_UNPACK_AVX2)
-    static __m256i quants(const uint8_t* b) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b + 2)); }
-#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         std::memcpy(q, b + 2, 32);
         scale[0] = scale[1] = half_to_float(b);
@@ -127,10 +112,6 @@ struct Q8_0 {
 struct IQ4_NL {
     static constexpr int kBlock = 32, kBytes = 18;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = true;
-#if defined(OXIDE_UNPACK_AVX2)
-    static __m256i quants(const uint8_t* b) { return quants_nibbles_lut(b + 2, kIQ4Values); }
-#endif
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         split_nibbles_lut(b + 2, 16, kIQ4Values, q, q + 16);
         scale[0] = scale[1] = half_to_float(b);
@@ -144,7 +125,6 @@ struct IQ4_NL {
 struct Q2_K {
     static constexpr int kBlock = 256, kBytes = 84;
     static constexpr bool kOffset = true;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const uint8_t* scales = b;
         const uint8_t* qs = b + 16;
@@ -164,7 +144,6 @@ struct Q2_K {
 struct Q3_K {
     static constexpr int kBlock = 256, kBytes = 110;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const uint8_t* hmask = b;
         const uint8_t* qs = b + 32;
@@ -202,7 +181,6 @@ inline void scale_min_k4(const uint8_t* s, int j, int& sc, int& mn) {
 struct Q4_K {
     static constexpr int kBlock = 256, kBytes = 144;
     static constexpr bool kOffset = true;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const float d = half_to_float(b), dmin = half_to_float(b + 2);
         const uint8_t* scales = b + 4;
@@ -221,7 +199,6 @@ struct Q4_K {
 struct Q5_K {
     static constexpr int kBlock = 256, kBytes = 176;
     static constexpr bool kOffset = true;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float* offset) {
         const float d = half_to_float(b), dmin = half_to_float(b + 2);
         const uint8_t* scales = b + 4;
@@ -246,7 +223,6 @@ struct Q5_K {
 struct Q6_K {
     static constexpr int kBlock = 256, kBytes = 210;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const uint8_t* ql = b;
         const uint8_t* qh = b + 128;
@@ -263,7 +239,6 @@ struct Q6_K {
 struct IQ4_XS {
     static constexpr int kBlock = 256, kBytes = 136;
     static constexpr bool kOffset = false;
-    static constexpr bool kDirect = false;
     static void unpack(const uint8_t* b, int8_t* q, float* scale, float*) {
         const float d = half_to_float(b);
         uint16_t scales_h;
