@@ -24,10 +24,10 @@ import json
 import time
 from collections.abc import Callable
 
+import oxide   # before torch, so that oxide's OpenMP setting (GOMP_SPINCOUNT) applies
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from oxide.ops import cpu, reference
 from oxide.ops.cpu import quant as cpu_quant
 from oxide.quant import GGMLType, QuantTensor
