@@ -33,6 +33,8 @@ from oxide.ops.cpu import quant as cpu_quant
 from oxide.quant import GGMLType, QuantTensor
 from oxide.quant.testing import random_raw
 
+from .bench_dequant import best_time
+
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K,
          GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS]
 SHAPE = (2048, 2048)                   # (N, K) of each matrix: an MLP projection of a ~1B model
@@ -44,16 +46,7 @@ def memory_bandwidth(threads: int) -> float:
     torch.set_num_threads(threads)
     big = torch.ones(1 << 28)
     big.sum()
-    return big.numel() * 4 / _best(lambda: big.sum(), 5)
-
-
-def _best(fn: Callable[[], object], repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+    return big.numel() * 4 / best_time(lambda: big.sum(), 5)
 
 
 def _matrices(qtype: GGMLType, rng: np.random.Generator) -> list[QuantTensor]:
@@ -64,7 +57,7 @@ def _matrices(qtype: GGMLType, rng: np.random.Generator) -> list[QuantTensor]:
 
 def _cycle(fn: Callable[[QuantTensor], object], mats: list[QuantTensor]) -> float:
     """Seconds per matrix for one pass of ``fn`` over all ``mats`` (best of 3 passes)."""
-    return _best(lambda: [fn(w) for w in mats], 3) / len(mats)
+    return best_time(lambda: [fn(w) for w in mats], 3) / len(mats)
 
 
 def decode_row(qtype: GGMLType, rows: int, rng: np.random.Generator, bandwidth: float) -> dict:
@@ -75,7 +68,7 @@ def decode_row(qtype: GGMLType, rows: int, rng: np.random.Generator, bandwidth: 
     few = mats[:2]                                   # the f32 peers: two matrices' copies, 32 MiB each
     dense = [w.dense(torch.float32) for w in few]
     ref = _cycle(lambda w: reference.qmatmul(x, w), few)
-    sgemm = _best(lambda: [F.linear(x, d) for d in dense], 3) / len(dense)
+    sgemm = best_time(lambda: [F.linear(x, d) for d in dense], 3) / len(dense)
     for w in few:
         w.drop_cache()
     return {"type": qtype.name, "rows": rows, "us": fast * 1e6, "GB/s": nbytes / fast / 1e9,
@@ -87,9 +80,9 @@ def prefill_row(qtype: GGMLType, rows: int, rng: np.random.Generator) -> dict:
     w = QuantTensor(torch.from_numpy(random_raw(qtype, SHAPE, rng)), qtype, SHAPE)
     x = torch.randn(rows, SHAPE[1])
     flops = 2 * rows * SHAPE[0] * SHAPE[1]
-    fast = _best(lambda: cpu_quant.qmatmul(x, w), 5)
+    fast = best_time(lambda: cpu_quant.qmatmul(x, w), 5)
     dense = w.dequantize(torch.float32)
-    sgemm = _best(lambda: F.linear(x, dense), 5)
+    sgemm = best_time(lambda: F.linear(x, dense), 5)
     return {"type": qtype.name, "rows": rows, "GFLOP/s": flops / fast / 1e9, "sgemm_f32_GFLOP/s": flops / sgemm / 1e9,
             "of_sgemm": sgemm / fast}
 

@@ -20,11 +20,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from pathlib import Path
 
-from _sdist import PACKAGE, VERSION, _download, _locked, cache_dir
+from _sdist import PACKAGE, VERSION, _download, _locked, cache_dir, extract_members
 
 _ROOT = "vendor/llama.cpp/"
 _MEMBERS = (_ROOT + "convert_hf_to_gguf.py", _ROOT + "conversion/", _ROOT + "gguf-py/")
@@ -47,30 +46,13 @@ def converter_dir() -> Path:
         archive = _download(root)
         staging = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}-convert-unpack-", dir=root))
         try:
-            _extract_converter(archive, staging)
+            extract_members(archive, staging, _MEMBERS, _MEMBERS[0])
             if final.exists():  # an incomplete folder left by an older layout: replace it
                 shutil.rmtree(final)
             os.rename(staging, final)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return tools
-
-
-def _extract_converter(archive: Path, dest: Path) -> None:
-    """Unpack the converter's members of ``archive`` (top folder stripped) into ``dest``."""
-    with tarfile.open(archive, "r:gz") as tar:
-        members = []
-        for member in tar.getmembers():
-            _, _, rel = member.name.partition("/")
-            if ".." in Path(rel).parts or rel.startswith("/"):
-                raise RuntimeError(f"{archive}: refusing unsafe member path {member.name!r}")
-            if rel.startswith(_MEMBERS) and (member.isfile() or member.isdir()):
-                member.name = rel
-                members.append(member)
-        if not any(m.name == _MEMBERS[0] for m in members):
-            raise RuntimeError(f"{archive} has no {_MEMBERS[0]}; delete it and retry")
-        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
-        tar.extractall(dest, members=members, **safe)
 
 
 def convert(hf_dir: str | os.PathLike[str], out_gguf: str | os.PathLike[str], outtype: str = "f16") -> Path:

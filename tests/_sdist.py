@@ -52,7 +52,7 @@ def llama_cpp_models_dir() -> Path:
         archive = _download(root)
         staging = Path(tempfile.mkdtemp(prefix=f".{PACKAGE}-unpack-", dir=root))
         try:
-            _extract_models(archive, staging)
+            extract_members(archive, staging, (_MEMBER_PREFIX,), _MEMBER_PREFIX)
             if final.exists():  # a stale folder without models/: replace it
                 shutil.rmtree(final)
             os.rename(staging, final)
@@ -94,18 +94,21 @@ def _download(root: Path) -> Path:
     return archive
 
 
-def _extract_models(archive: Path, dest: Path) -> None:
-    """Unpack only ``<top>/vendor/llama.cpp/models/**`` into ``dest/vendor/llama.cpp/models``."""
+def extract_members(archive: Path, dest: Path, prefixes: tuple[str, ...], required: str) -> None:
+    """Unpack the members of ``archive`` under any of ``prefixes`` (its top folder stripped) into ``dest``.
+
+    Members with unsafe paths are refused; ``required`` (a folder or file path) must be among them.
+    """
     with tarfile.open(archive, "r:gz") as tar:
         members = []
         for member in tar.getmembers():
             _, _, rel = member.name.partition("/")
             if ".." in Path(rel).parts or rel.startswith("/"):
                 raise RuntimeError(f"{archive}: refusing unsafe member path {member.name!r}")
-            if rel.startswith(_MEMBER_PREFIX) and (member.isfile() or member.isdir()):
+            if rel.startswith(prefixes) and (member.isfile() or member.isdir()):
                 member.name = rel
                 members.append(member)
-        if not members:
-            raise RuntimeError(f"{archive} has no {_MEMBER_PREFIX} folder; delete it and retry")
+        if not any(m.name.startswith(required) for m in members):
+            raise RuntimeError(f"{archive} has no {required}; delete it and retry")
         safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}  # Python >= 3.10.12
         tar.extractall(dest, members=members, **safe)

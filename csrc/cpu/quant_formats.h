@@ -176,6 +176,16 @@ inline void scale_min_k4(const uint8_t* s, int j, int& sc, int& mn) {
     }
 }
 
+// The per-16 scales and offsets of a Q4_K / Q5_K block: sub-block j's (d * sc_j, -dmin * m_j), twice.
+inline void k4_scales(const uint8_t* scales, float d, float dmin, float* scale, float* offset) {
+    for (int j = 0; j < 8; ++j) {
+        int sc, mn;
+        scale_min_k4(scales, j, sc, mn);
+        scale[2 * j] = scale[2 * j + 1] = d * float(sc);
+        offset[2 * j] = offset[2 * j + 1] = -dmin * float(mn);
+    }
+}
+
 // Q4_K: d, dmin (f16), scales[12], qs[128]; 32-weight sub-block 2c uses the low nibbles of bytes
 // 32c..32c+31, sub-block 2c+1 their high nibbles. Weight = d * sc * q - dmin * m.
 struct Q4_K {
@@ -186,12 +196,7 @@ struct Q4_K {
         const uint8_t* scales = b + 4;
         const uint8_t* qs = b + 16;
         for (int c = 0; c < 4; ++c) split_nibbles(qs + 32 * c, 32, 0, q + 64 * c, q + 64 * c + 32);
-        for (int j = 0; j < 8; ++j) {
-            int sc, mn;
-            scale_min_k4(scales, j, sc, mn);
-            scale[2 * j] = scale[2 * j + 1] = d * float(sc);
-            offset[2 * j] = offset[2 * j + 1] = -dmin * float(mn);
-        }
+        k4_scales(scales, d, dmin, scale, offset);
     }
 };
 
@@ -209,12 +214,7 @@ struct Q5_K {
             add_bit_plane(qh, 2 * c, q + 64 * c);
             add_bit_plane(qh, 2 * c + 1, q + 64 * c + 32);
         }
-        for (int j = 0; j < 8; ++j) {
-            int sc, mn;
-            scale_min_k4(scales, j, sc, mn);
-            scale[2 * j] = scale[2 * j + 1] = d * float(sc);
-            offset[2 * j] = offset[2 * j + 1] = -dmin * float(mn);
-        }
+        k4_scales(scales, d, dmin, scale, offset);
     }
 };
 
