@@ -79,8 +79,8 @@ def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int
         x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))   # (M, K)
         bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
         out = torch.full((M, N), float("nan"))
-        spec = (int(qtype), w.data.data_ptr(), N, w.data.shape[1], out.data_ptr(), N, bias.data_ptr())
-        cpu.extension().qmatmul([spec], x.data_ptr(), M, K, K, threads)
+        plan = cpu.extension().GemvPlan([(int(qtype), w.data.data_ptr(), N, w.data.shape[1], bias.data_ptr())], K)
+        plan.run(x.data_ptr(), M, K, out.data_ptr(), N, threads)
         want = x.double().numpy() @ dense.T + bias.double().numpy()
         assert not out.isnan().any(), f"{qtype.name} M={M}: unwritten outputs"
         assert _relative_error(out, want) <= REL_TOL, f"{qtype.name} M={M} on {isa}"
@@ -136,14 +136,20 @@ def test_a_group_of_matrices_in_one_call(threads: int, seed: int) -> None:
         for out, d, b in zip(outs, dense, biases):
             want = x.double().numpy() @ d.T + (0 if b is None else b.double().numpy())
             assert _relative_error(out, want) <= REL_TOL, f"M={M}"
-    out = torch.full((2, 37), float("nan"))
+    out = torch.full((2, 42), float("nan"))
     x = torch.from_numpy(rng.standard_normal((2, K)).astype(np.float32))
-    specs = [(int(types[0]), weights[0].data.data_ptr(), 37, weights[0].data.shape[1], out.data_ptr(), 37, 0),
-             (99, weights[1].data.data_ptr(), 5, weights[1].data.shape[1], out.data_ptr(), 37, 0)]
+    specs = [(int(types[0]), weights[0].data.data_ptr(), 37, weights[0].data.shape[1], 0),
+             (99, weights[1].data.data_ptr(), 5, weights[1].data.shape[1], 0)]
     with pytest.raises(ValueError, match="no kernel"):
-        cpu.extension().qmatmul(specs, x.data_ptr(), 2, K, K, 1)
+        cpu.extension().GemvPlan(specs, K).run(x.data_ptr(), 2, K, out.data_ptr(), 42, 1)
     assert out.isnan().all(), "a group with an unknown type computes nothing"
-    assert dispatch.bind("qmatmul_group", "cpu", tuple(weights), torch.float32) is cpu_quant.qmatmul_group
+    bound = dispatch.bind("qmatmul_group", "cpu", tuple(weights), torch.float32)
+    assert isinstance(bound, cpu_quant.GroupKernel)
+    for out, d, b in zip(bound(x, bound.weights, biases), dense, biases):   # the prepared plan, twice
+        want = x.double().numpy() @ d.T + (0 if b is None else b.double().numpy())
+        assert _relative_error(out, want) <= REL_TOL
+    with pytest.raises(ValueError, match="prepared for other weights"):
+        bound(x, tuple(reversed(weights)), biases)
     f16 = QuantTensor(torch.from_numpy(random_raw(GGMLType.F16, (8, K), rng)), GGMLType.F16, (8, K))
     assert dispatch.bind("qmatmul_group", "cpu", (weights[0], f16), torch.float32) is reference.qmatmul_group
 
@@ -194,7 +200,8 @@ def test_chosen_automatically_and_torch_on_request(monkeypatch: pytest.MonkeyPat
     rng = np.random.default_rng(seed)
     w, _ = _weight(GGMLType.Q5_K, rng)
     monkeypatch.delenv("OXIDE_IMPL", raising=False)
-    assert ops.Linear(w, None, torch.device("cpu"), torch.float32).impl is cpu_quant.qmatmul
+    assert isinstance(ops.Linear(w, None, torch.device("cpu"), torch.float32).impl, cpu_quant.LinearKernel)
+    assert dispatch.chosen_name("qmatmul", "cpu", w, torch.float32) == "cpp"
     monkeypatch.setenv("OXIDE_IMPL", "torch")
     assert ops.Linear(w, None, torch.device("cpu"), torch.float32).impl is reference.qmatmul
 

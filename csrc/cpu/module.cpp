@@ -61,22 +61,42 @@ void check(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(what);
 }
 
-// One GEMV over a group of matrices that share the activations x (M, K): q, k and v, or gate and up.
-// Each matrix is a tuple (qtype, w, N, row_bytes, out, out_stride, bias); addresses as integers.
-using MatrixSpec = std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t, int64_t, std::uintptr_t>;
-
-void qmatmul_group(const std::vector<MatrixSpec>& matrices, std::uintptr_t x, int64_t M, int64_t K, int64_t x_stride,
-                   int threads) {
-    check(M >= 0 && K > 0 && K % 16 == 0 && x_stride >= K && threads >= 1, "qmatmul: bad sizes or thread count");
-    std::vector<oxide_cpu::GemvArgs> mats;
-    for (const auto& [qtype, w, N, row_bytes, out, out_stride, bias] : matrices) {
-        check(N >= 0 && out_stride >= N && row_bytes > 0, "qmatmul: bad matrix sizes");
-        mats.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, ptr<float>(out), out_stride, ptr<const float>(bias)});
+// A group of quantized matrices that share their input (q, k and v; gate and up), prepared once: the
+// GEMV writes matrix j's outputs to columns [column_j, column_j + N_j) of one (M, sum N) output.
+class GemvPlan {
+public:
+    // matrices: (qtype, w, N, row_bytes, bias) each, addresses as integers (bias 0: none).
+    GemvPlan(const std::vector<std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t>>& matrices, int64_t K)
+        : K_(K) {
+        check(K > 0 && K % 16 == 0 && !matrices.empty(), "GemvPlan: bad sizes");
+        for (const auto& [qtype, w, N, row_bytes, bias] : matrices) {
+            check(N > 0 && row_bytes > 0, "GemvPlan: bad matrix sizes");
+            mats_.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, nullptr, 0, ptr<const float>(bias)});
+            columns_.push_back(width_);
+            width_ += N;
+        }
     }
-    std::vector<float> group_sums(static_cast<size_t>(M) * static_cast<size_t>(K / 16));
-    const oxide_cpu::Activations acts{ptr<const float>(x), M, K, x_stride, threads, group_sums.data()};
-    check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
-}
+
+    int64_t width() const { return width_; }
+
+    // out (M, width) = x (M, K) against every matrix; rows x_stride / out_stride floats apart.
+    void run(std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t out, int64_t out_stride, int threads) const {
+        check(M >= 0 && x_stride >= K_ && out_stride >= width_ && threads >= 1, "GemvPlan.run: bad sizes");
+        std::vector<oxide_cpu::GemvArgs> mats = mats_;
+        for (size_t j = 0; j < mats.size(); ++j) {
+            mats[j].out = ptr<float>(out) + columns_[j];
+            mats[j].out_stride = out_stride;
+        }
+        std::vector<float> group_sums(static_cast<size_t>(M) * static_cast<size_t>(K_ / 16));
+        const oxide_cpu::Activations acts{ptr<const float>(x), M, K_, x_stride, threads, group_sums.data()};
+        check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
+    }
+
+private:
+    std::vector<oxide_cpu::GemvArgs> mats_;
+    std::vector<int64_t> columns_;
+    int64_t K_, width_ = 0;
+};
 
 void dequantize_rows(int qtype, std::uintptr_t w, std::uintptr_t index, int64_t rows, int64_t K, int64_t row_bytes,
                      std::uintptr_t out, int64_t out_stride, int threads) {
@@ -101,10 +121,14 @@ PYBIND11_MODULE(_cpu, m) {
 #else
     m.attr("openmp") = false;
 #endif
-    m.def("qmatmul", &qmatmul_group, py::call_guard<py::gil_scoped_release>(),
-          py::arg("matrices"), py::arg("x"), py::arg("M"), py::arg("K"), py::arg("x_stride"), py::arg("threads"),
-          "For each (qtype, w, N, row_bytes, out, out_stride, bias) of matrices: out[m, n] = x[m, :] . "
-          "dequantize(W[n, :]) (+ bias[n]); f32 activations and outputs, one parallel region for the group.");
+    py::class_<GemvPlan>(m, "GemvPlan", "Quantized matrices sharing their input, prepared for the GEMV.")
+        .def(py::init<const std::vector<std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t>>&, int64_t>(),
+             py::arg("matrices"), py::arg("K"),
+             "matrices: (qtype, w, N, row_bytes, bias) each, addresses as integers (bias 0: none).")
+        .def_property_readonly("width", &GemvPlan::width, "Output columns: the sum of the matrices' N.")
+        .def("run", &GemvPlan::run, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("M"),
+             py::arg("x_stride"), py::arg("out"), py::arg("out_stride"), py::arg("threads"),
+             "out[m, column_j + n] = x[m, :] . dequantize(W_j[n, :]) (+ bias_j[n]); f32, one parallel region.");
     m.def("dequantize_rows", &dequantize_rows, py::call_guard<py::gil_scoped_release>(),
           py::arg("qtype"), py::arg("w"), py::arg("index"), py::arg("rows"), py::arg("K"), py::arg("row_bytes"),
           py::arg("out"), py::arg("out_stride"), py::arg("threads"),

@@ -20,9 +20,9 @@ for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
 register("qmatmul", "cpp", cpu_quant.qmatmul, device_types=("cpu",), priority=10, available=cpu.available,
-         accepts=cpu_quant.serves)
+         accepts=cpu_quant.serves, prepare=cpu_quant.LinearKernel)
 register("qmatmul_group", "cpp", cpu_quant.qmatmul_group, device_types=("cpu",), priority=10,
-         available=cpu.available, accepts=cpu_quant.serves_group)
+         available=cpu.available, accepts=cpu_quant.serves_group, prepare=cpu_quant.GroupKernel)
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.

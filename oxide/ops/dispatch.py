@@ -37,6 +37,7 @@ class Implementation:
     priority: int
     available: Callable[[], bool]
     accepts: Callable[..., bool] | None = None   # None: serves every call
+    prepare: Callable[..., Callable] | None = None   # bind-time specialisation to the probe
 
 
 _IMPLS: dict[str, list[Implementation]] = {}
@@ -45,10 +46,15 @@ _RESOLVED: dict[tuple[str, str], list[Implementation]] = {}   # ranked candidate
 
 def register(op: str, name: str, fn: Callable, *, device_types: tuple[str, ...] = ("cpu", "cuda", "mps"),
              priority: int = 0, available: Callable[[], bool] = lambda: True,
-             accepts: Callable[..., bool] | None = None) -> None:
-    """Add an implementation of ``op``; resolution caches are cleared."""
+             accepts: Callable[..., bool] | None = None, prepare: Callable[..., Callable] | None = None) -> None:
+    """Add an implementation of ``op``; resolution caches are cleared.
+
+    ``prepare(*probe)``, if given, returns a function specialised to the probed call (for ``qmatmul``:
+    one weight, its kernel plan built once); :func:`bind` hands that out instead of ``fn``, and it may
+    then be called only for what was probed.
+    """
     _IMPLS.setdefault(op, []).append(
-        Implementation(name, fn, frozenset(device_types), priority, available, accepts))
+        Implementation(name, fn, frozenset(device_types), priority, available, accepts, prepare))
     _RESOLVED.clear()
 
 
@@ -66,18 +72,19 @@ def resolve(op: str, device_type: str, *probe: Any) -> Callable:
     candidates = _RESOLVED.get(key)
     if candidates is None:
         candidates = _RESOLVED[key] = _candidates(op, device_type, _requested())
-    return _first_accepting(op, device_type, candidates, probe)
+    return _first_accepting(op, device_type, candidates, probe).fn
 
 
 def bind(op: str, device_type: str, *probe: Any) -> Callable:
-    """Choose the implementation of ``op`` for calls like ``probe`` once; the caller keeps the function."""
-    return _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe)
+    """Choose the implementation of ``op`` for calls like ``probe`` once; the caller keeps the function
+    (specialised to the probe where the implementation prepares one)."""
+    impl = _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe)
+    return impl.prepare(*probe) if impl.prepare is not None else impl.fn
 
 
 def chosen_name(op: str, device_type: str, *probe: Any) -> str:
-    """Name of the implementation :func:`bind` would choose (for ``oxide info`` and logs)."""
-    fn = bind(op, device_type, *probe)
-    return next(impl.name for impl in _IMPLS[op] if impl.fn is fn)
+    """Name of the implementation :func:`bind` would choose (for ``oxide info``, logs and tests)."""
+    return _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe).name
 
 
 def _requested() -> str | None:
@@ -110,10 +117,10 @@ def _candidates(op: str, device_type: str, requested: str | None) -> list[Implem
     )
 
 
-def _first_accepting(op: str, device_type: str, candidates: list[Implementation], probe: tuple) -> Callable:
+def _first_accepting(op: str, device_type: str, candidates: list[Implementation], probe: tuple) -> Implementation:
     for impl in candidates:
         if impl.accepts is None or impl.accepts(*probe):
-            return impl.fn
+            return impl
         log.debug("op %s on %s: %s declines %s", op, device_type, impl.name, _describe(probe))
     raise KernelUnavailableError(f"no implementation of {op!r} on {device_type} serves {_describe(probe)}")
 

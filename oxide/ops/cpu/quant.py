@@ -31,39 +31,82 @@ def serves(w: object, dtype: torch.dtype) -> bool:
             and int(w.qtype) in _quant_types() and w.data.is_contiguous())
 
 
-def qmatmul(x: torch.Tensor, w: QuantTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``x @ dequantize(w).T (+ bias)``: (..., K) x (N, K) -> (..., N), float32."""
-    return qmatmul_group(x, (w,), (bias,))[0]
-
-
 def serves_group(weights: Sequence[object], dtype: torch.dtype) -> bool:
     """Whether the kernels take every weight of the group (and so the group as one call)."""
     return all(serves(w, dtype) for w in weights) and len({w.shape[1] for w in weights}) == 1
 
 
+class GroupKernel:
+    """``qmatmul_group`` prepared for one group of weights sharing their input (q, k, v; gate, up).
+
+    The C++ plan (types, addresses, sizes, biases) is built once, so a decode step pays one call and one
+    output allocation for the group: matrix j's outputs are columns of one (M, sum N) tensor, returned
+    as views. Built by :func:`oxide.ops.dispatch.bind` (``prepare``); call it with those weights only.
+    """
+
+    def __init__(self, weights: Sequence[QuantTensor], dtype: torch.dtype = torch.float32) -> None:
+        self.weights = tuple(weights)
+        self.K = self.weights[0].shape[1]
+        self.widths = tuple(w.shape[0] for w in self.weights)
+        self._biases: Sequence[torch.Tensor | None] | None = None   # the biases the plan was built with
+        self._kept: tuple[torch.Tensor | None, ...] = ()              # their float32 copies, kept alive
+        self._plan = None
+
+    def __call__(self, x: torch.Tensor, weights: Sequence[QuantTensor], biases: Sequence[torch.Tensor | None]
+                 ) -> tuple[torch.Tensor, ...]:
+        if weights is not self.weights and any(a is not b for a, b in zip(weights, self.weights, strict=True)):
+            raise ValueError("this qmatmul kernel was prepared for other weights")
+        K = self.K
+        if x.shape[-1] != K:
+            raise ValueError(f"qmatmul: x has {x.shape[-1]} features but {self.weights[0]!r} takes {K}")
+        if biases is not self._biases:
+            self._build(biases)
+        x2 = x.reshape(-1, K)                                                  # (M, K)
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        M, lead = x2.shape[0], x.shape[:-1]
+        if M > GEMV_MAX_ROWS:
+            return tuple(_banded(x2, w, b).view(*lead, w.shape[0]) for w, b in zip(self.weights, self._kept))
+        out = torch.empty((*lead, self._plan.width), dtype=torch.float32)    # (..., sum N)
+        self._plan.run(x2.data_ptr(), M, x2.stride(0), out.data_ptr(), self._plan.width, threads())
+        return (out,) if len(self.widths) == 1 else out.split(self.widths, -1)
+
+    def _build(self, biases: Sequence[torch.Tensor | None]) -> None:
+        kept = tuple(None if b is None else b.to(torch.float32).contiguous() for b in biases)
+        specs = [(int(w.qtype), w.data.data_ptr(), w.shape[0], w.data.shape[-1], 0 if b is None else b.data_ptr())
+                 for w, b in zip(self.weights, kept, strict=True)]
+        self._plan = extension().GemvPlan(specs, self.K)
+        self._biases, self._kept = biases, kept
+
+
+class LinearKernel:
+    """``qmatmul`` prepared for one weight: a :class:`GroupKernel` of one."""
+
+    def __init__(self, weight: QuantTensor, dtype: torch.dtype = torch.float32) -> None:
+        self.group = GroupKernel((weight,), dtype)
+        self._bias: torch.Tensor | None = None
+        self._biases: tuple[torch.Tensor | None, ...] = (None,)
+
+    def __call__(self, x: torch.Tensor, w: QuantTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        if w is not self.group.weights[0]:
+            raise ValueError("this qmatmul kernel was prepared for another weight")
+        if bias is not self._bias:
+            self._bias, self._biases = bias, (bias,)
+        return self.group(x, self.group.weights, self._biases)[0]
+
+
+def qmatmul(x: torch.Tensor, w: QuantTensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``x @ dequantize(w).T (+ bias)``: (..., K) x (N, K) -> (..., N), float32 (prepares a kernel per call;
+    models bind a :class:`LinearKernel` once instead)."""
+    return LinearKernel(w)(x, w, bias)
+
+
 def qmatmul_group(x: torch.Tensor, weights: Sequence[QuantTensor], biases: Sequence[torch.Tensor | None]
                   ) -> tuple[torch.Tensor, ...]:
-    """``qmatmul(x, w, b)`` for each (w, b) of a group sharing the input (q, k, v; gate, up): one GEMV call
-    reads x once and forks the threads once for the group."""
-    K = weights[0].shape[1]
-    if x.shape[-1] != K:
-        raise ValueError(f"qmatmul: x has {x.shape[-1]} features but {weights[0]!r} takes {K}")
-    x2 = x.reshape(-1, K)                                                      # (M, K)
-    if x2.stride(-1) != 1:
-        x2 = x2.contiguous()
-    M = x2.shape[0]
-    outs = tuple(torch.empty((M, w.shape[0]), dtype=torch.float32) for w in weights)   # (M, N_j) each
-    biases = tuple(None if b is None else b.to(torch.float32).contiguous() for b in biases)
-    if M <= GEMV_MAX_ROWS:
-        specs = [(int(w.qtype), w.data.data_ptr(), w.shape[0], w.data.shape[-1], out.data_ptr(), w.shape[0],
-                  0 if b is None else b.data_ptr()) for w, out, b in zip(weights, outs, biases)]
-        extension().qmatmul(specs, x2.data_ptr(), M, K, x2.stride(0), threads())
-    else:
-        for w, out, b in zip(weights, outs, biases):
-            _banded_matmul(x2, w, out)
-            if b is not None:
-                out += b
-    return tuple(out.view(*x.shape[:-1], out.shape[1]) for out in outs)
+    """``qmatmul(x, w, b)`` for each (w, b) of a group sharing the input (q, k, v; gate, up), in one GEMV
+    call that reads x once and forks the threads once (prepares a kernel per call, as :func:`qmatmul`)."""
+    weights = tuple(weights)
+    return GroupKernel(weights)(x, weights, biases)
 
 
 def embedding(ids: torch.Tensor, w: QuantTensor, dtype: torch.dtype) -> torch.Tensor:
@@ -76,6 +119,15 @@ def embedding(ids: torch.Tensor, w: QuantTensor, dtype: torch.dtype) -> torch.Te
     extension().dequantize_rows(int(w.qtype), w.data.data_ptr(), flat.data_ptr(), flat.numel(), K,
                                 w.data.shape[-1], out.data_ptr(), K, threads())
     return out.view(*ids.shape, K)
+
+
+def _banded(x2: torch.Tensor, w: QuantTensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x2 @ dequantize(w).T (+ bias)`` for many rows: (M, K) -> (M, N), through dequantized bands."""
+    out = torch.empty((x2.shape[0], w.shape[0]), dtype=torch.float32)                # (M, N)
+    _banded_matmul(x2, w, out)
+    if bias is not None:
+        out += bias
+    return out
 
 
 def _banded_matmul(x2: torch.Tensor, w: QuantTensor, out: torch.Tensor) -> None:
