@@ -40,8 +40,10 @@ class GroupKernel:
     """``qmatmul_group`` prepared for one group of weights sharing their input (q, k, v; gate, up).
 
     The C++ plan (types, addresses, sizes, biases) is built once, so a decode step pays one call and one
-    output allocation for the group: matrix j's outputs are columns of one (M, sum N) tensor, returned
-    as views. Built by :func:`oxide.ops.dispatch.bind` (``prepare``); call it with those weights only.
+    output allocation for the group: matrix j's outputs are columns of one (..., sum N) tensor, returned
+    as split views. Built by :func:`oxide.ops.dispatch.bind` (``prepare``) from the bind probe, the
+    weights and the activation dtype (float32, the only one :func:`serves_group` accepts); call it with
+    those weights only.
     """
 
     def __init__(self, weights: Sequence[QuantTensor], dtype: torch.dtype = torch.float32) -> None:
