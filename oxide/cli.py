@@ -179,7 +179,7 @@ def _bench(ns: argparse.Namespace) -> int:
     special = set(model.tokenizer.special_tokens.values())
     ordinary = [i for i in range(min(model.tokenizer.vocab_size, model.config.vocab_size)) if i not in special]
     prompt = [rng.choice(ordinary) for _ in range(prompt_tokens)]
-    model.generate(prompt[:8], max_new_tokens=2, sampling=SamplingOptions.greedy())   # one-time dequantization
+    model.generate(prompt[:8], max_new_tokens=2, sampling=SamplingOptions.greedy())   # warm-up: page faults, the reference's dequantization
     runs = [model.generate(prompt, max_new_tokens=gen_tokens, sampling=SamplingOptions.greedy(),
                            ignore_eos=True).stats for _ in range(ns.repeat)]
     prefill = max(r.prefill_tokens_per_second for r in runs)

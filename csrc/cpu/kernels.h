@@ -8,7 +8,7 @@
 namespace oxide_cpu {
 
 // The activations of a GEMV: x (M, K), rows ``stride`` floats apart, and the threads to use;
-// ``group_sums`` is room for M * K / 16 floats, where the kernel puts the sums of x over each 16.
+// ``group_sums`` is room for M * K / 16 floats, where the SIMD builds put the sums of x over each 16.
 struct Activations {
     const float* x;
     int64_t M, K, stride;

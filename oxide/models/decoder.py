@@ -33,8 +33,9 @@ class DecoderLM:
         self._ropes = ropes
         self._layer_theta = [config.rope_base(i) for i in range(config.num_hidden_layers)]
 
-    def new_cache(self, n_ctx: int, dtype: torch.dtype | None = None) -> KVCache:
-        return KVCache(self.config, n_ctx, dtype or self.dtype, self.device)
+    def new_cache(self, n_ctx: int) -> KVCache:
+        """A KV cache in the model's dtype, the one its attention implementation was bound for."""
+        return KVCache(self.config, n_ctx, self.dtype, self.device)
 
     def check_ids(self, ids: torch.Tensor) -> None:
         """Token ids must lie in [0, vocab_size); anything else is a :class:`TokenizerError`."""

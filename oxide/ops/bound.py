@@ -25,14 +25,14 @@ class LayerOps:
     softcap: Callable[..., torch.Tensor]
 
     @classmethod
-    def bind(cls, device: torch.device, dtype: torch.dtype, kv_dtype: torch.dtype | None = None) -> LayerOps:
-        """The implementations for activations of ``dtype`` (and a KV cache of ``kv_dtype``) on ``device``."""
-        on, kv = device.type, kv_dtype or dtype
+    def bind(cls, device: torch.device, dtype: torch.dtype) -> LayerOps:
+        """The implementations for activations and a KV cache of ``dtype`` on ``device``."""
+        on = device.type
         return cls(
             rms_norm=bind("rms_norm", on, dtype),
             add_rms_norm=bind("add_rms_norm", on, dtype, dtype),
             rope=bind("rope", on, dtype),
-            attention=bind("attention", on, dtype, kv, kv),
+            attention=bind("attention", on, dtype, dtype, dtype),
             gated_activation=bind("gated_activation", on, dtype, dtype),
             softcap=bind("softcap", on, dtype),
         )
