@@ -21,7 +21,7 @@ import torch
 from ...quant import QuantTensor
 from . import extension, threads
 
-GEMV_MAX_ROWS = 8               # above this, dequantize a band and use sgemm (see benchmarks/RESULTS.md)
+GEMV_MAX_ROWS = 16              # above this, dequantize a band and use sgemm (crossover: benchmarks/RESULTS.md)
 BAND_ELEMENTS = 1 << 20         # weights per dequantized band: 4 MiB of float32
 
 
