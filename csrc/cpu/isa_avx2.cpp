@@ -22,22 +22,26 @@ namespace oxide_cpu {
 namespace avx2 {
 namespace {
 
-// Two partial sums per activation row (a unit's first and second sixteen weights): an FMA's result is
-// ready only after a few cycles, so one running sum would make consecutive units wait on each other.
+// Per activation row: two partial sums (a unit's first and second sixteen weights: an FMA's result is
+// ready only after a few cycles, so one running sum would make consecutive units wait on each other),
+// the offsets of the super-block types (16 groups, two vectors) and those of the 32-weight types (a scalar).
 struct Acc {
     __m256 v[2];
+    __m256 offsets;
+    float block_offsets;
 };
 
 inline void acc_zero(Acc& a) {
-    for (__m256& v : a.v) v = _mm256_setzero_ps();
+    a.v[0] = a.v[1] = a.offsets = _mm256_setzero_ps();
+    a.block_offsets = 0.f;
 }
 
 inline float acc_total(const Acc& a) {
-    const __m256 all = _mm256_add_ps(a.v[0], a.v[1]);
+    const __m256 all = _mm256_add_ps(_mm256_add_ps(a.v[0], a.v[1]), a.offsets);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(all), _mm256_extractf128_ps(all, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    return _mm_cvtss_f32(s) + a.block_offsets;
 }
 
 // The sixteen quants of group g as two vectors of eight floats.
@@ -47,33 +51,58 @@ inline void group_quants(const int8_t* q, int g, __m256& lo, __m256& hi) {
     hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
 }
 
+// sum[r][0] += s0 * (q[0..15] . x), sum[r][1] += s1 * (q[16..31] . x) for one 32-weight unit at x[r] + first.
+template <int R>
+inline void dot_unit(__m256i q, __m256 s0, __m256 s1, const float* const* x, int64_t first, __m256 (&sum)[R][2]) {
+    auto eighth = [](__m128i half, int upper) {   // int8 lanes 0-7 (or 8-15) of half, as floats
+        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(upper ? _mm_srli_si128(half, 8) : half));
+    };
+    const __m128i low = _mm256_castsi256_si128(q), high = _mm256_extracti128_si256(q, 1);
+    const __m256 q0 = eighth(low, 0), q1 = eighth(low, 1), q2 = eighth(high, 0), q3 = eighth(high, 1);
+    for (int r = 0; r < R; ++r) {
+        const float* xb = x[r] + first;
+        const __m256 t0 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));
+        const __m256 t1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q2, _mm256_loadu_ps(xb + 16)));
+        sum[r][0] = _mm256_fmadd_ps(s0, t0, sum[r][0]);
+        sum[r][1] = _mm256_fmadd_ps(s1, t1, sum[r][1]);
+    }
+}
+
 template <class F, int R>
-inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc,
-                      float* off) {
+inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc) {
     __m256 sum[R][2];
     for (int r = 0; r < R; ++r) {
         sum[r][0] = acc[r].v[0];
         sum[r][1] = acc[r].v[1];
     }
-    auto eighth = [](__m128i half, int upper) {   // int8 lanes 0-7 (or 8-15) of half, as floats
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(upper ? _mm_srli_si128(half, 8) : half));
-    };
-    for (int64_t b = 0; b < nblocks; ++b) {
-        Units<F>::each(blocks + b * F::kBytes, [&](const Unit& u, int index) {
-            const int64_t first = b * F::kBlock + 32 * index;
-            const __m128i low = _mm256_castsi256_si128(u.q), high = _mm256_extracti128_si256(u.q, 1);
-            const __m256 q0 = eighth(low, 0), q1 = eighth(low, 1), q2 = eighth(high, 0), q3 = eighth(high, 1);
-            const __m256 s0 = _mm256_set1_ps(u.scale[0]), s1 = _mm256_set1_ps(u.scale[1]);
-            for (int r = 0; r < R; ++r) {
-                const float* xb = x[r] + first;
-                const __m256 t0 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));
-                const __m256 t1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q2, _mm256_loadu_ps(xb + 16)));
-                sum[r][0] = _mm256_fmadd_ps(s0, t0, sum[r][0]);
-                sum[r][1] = _mm256_fmadd_ps(s1, t1, sum[r][1]);
-                if constexpr (F::kOffset)
-                    off[r] += u.offset[0] * sums[r][first / kGroup] + u.offset[1] * sums[r][first / kGroup + 1];
+    if constexpr (F::kBlock == 32) {
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const uint8_t* block = blocks + b * F::kBytes;
+            const __m256 s = _mm256_set1_ps(half_to_float(block));
+            dot_unit<R>(Units<F>::quants(block), s, s, x, 32 * b, sum);
+            if constexpr (F::kOffset) {
+                const float m = half_to_float(block + 2);
+                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (sums[r][2 * b] + sums[r][2 * b + 1]);
             }
-        });
+        }
+    } else {
+        BlockScales bs;
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const uint8_t* block = blocks + b * F::kBytes;
+            Units<F>::scales(block, bs);
+            Units<F>::each(block, [&](__m256i q, int u) {
+                dot_unit<R>(q, _mm256_broadcast_ss(bs.scale + 2 * u), _mm256_broadcast_ss(bs.scale + 2 * u + 1), x,
+                            256 * b + 32 * u, sum);
+            });
+            if constexpr (F::kOffset) {
+                const __m256 lo = _mm256_load_ps(bs.offset), hi = _mm256_load_ps(bs.offset + 8);
+                for (int r = 0; r < R; ++r) {
+                    const float* s = sums[r] + 16 * b;
+                    acc[r].offsets = _mm256_fmadd_ps(lo, _mm256_loadu_ps(s), acc[r].offsets);
+                    acc[r].offsets = _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + 8), acc[r].offsets);
+                }
+            }
+        }
     }
     for (int r = 0; r < R; ++r) {
         acc[r].v[0] = sum[r][0];

@@ -21,58 +21,86 @@ namespace oxide_cpu {
 namespace avx512 {
 namespace {
 
-// Two partial sums per activation row (alternate units, or a unit's two halves when they have their
-// own scales): an FMA's result is ready only after a few cycles, so one running sum would stall.
+// Per activation row: two partial sums (alternate units, or a unit's two halves when they have their
+// own scales; an FMA's result is ready only after a few cycles, so one running sum would stall), the
+// offsets of the super-block types (16 groups per vector) and those of the 32-weight types (a scalar).
 struct Acc {
     __m512 v[2];
+    __m512 offsets;
+    float block_offsets;
 };
 
 inline void acc_zero(Acc& a) {
-    for (__m512& v : a.v) v = _mm512_setzero_ps();
+    a.v[0] = a.v[1] = a.offsets = _mm512_setzero_ps();
+    a.block_offsets = 0.f;
 }
 
 inline float acc_total(const Acc& a) {
-    const __m512 all = _mm512_add_ps(a.v[0], a.v[1]);
+    const __m512 all = _mm512_add_ps(_mm512_add_ps(a.v[0], a.v[1]), a.offsets);
     const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(all),
                                       _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(all), 1)));
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
+    return _mm_cvtss_f32(s) + a.block_offsets;
 }
 
 inline __m512 group_quants(const int8_t* q, int g) {
     return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g))));
 }
 
+// sum[r][c] += scale_lo * (q_lo . x_lo) + scale_hi * (q_hi . x_hi) for one 32-weight unit at x[r] + first,
+// its quants q0 (weights 0-15) and q1 (16-31) as floats; one multiply when both halves share a scale.
+template <bool kShared, int R>
+inline void dot_unit(__m512 q0, __m512 q1, __m512 s0, __m512 s1, const float* const* x, int64_t first, int c,
+                     __m512 (&sum)[R][2]) {
+    for (int r = 0; r < R; ++r) {
+        const __m512 p0 = _mm512_mul_ps(q0, _mm512_loadu_ps(x[r] + first));
+        if constexpr (kShared) {
+            sum[r][c] = _mm512_fmadd_ps(s0, _mm512_fmadd_ps(q1, _mm512_loadu_ps(x[r] + first + 16), p0), sum[r][c]);
+        } else {
+            sum[r][0] = _mm512_fmadd_ps(s0, p0, sum[r][0]);
+            sum[r][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(x[r] + first + 16)), sum[r][1]);
+        }
+    }
+}
+
+inline __m512 widen_low(__m256i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q))); }
+inline __m512 widen_high(__m256i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))); }
+
 template <class F, int R>
-inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc,
-                      float* off) {
+inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc) {
     __m512 sum[R][2];
     for (int r = 0; r < R; ++r) {
         sum[r][0] = acc[r].v[0];
         sum[r][1] = acc[r].v[1];
     }
-    for (int64_t b = 0; b < nblocks; ++b) {
-        Units<F>::each(blocks + b * F::kBytes, [&](const Unit& u, int index) {
-            const int64_t first = b * F::kBlock + 32 * index;
-            const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(u.q)));
-            const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(u.q, 1)));
-            const __m512 s0 = _mm512_set1_ps(u.scale[0]), s1 = _mm512_set1_ps(u.scale[1]);
-            for (int r = 0; r < R; ++r) {
-                const __m512 p0 = _mm512_mul_ps(q0, _mm512_loadu_ps(x[r] + first));
-                if constexpr (Units<F>::kSharedScale) {   // one scale: q . x over all 32, scaled once
-                    const int c = index & 1;               // alternate sums, so that units do not wait
-                    const __m512 t = _mm512_fmadd_ps(q1, _mm512_loadu_ps(x[r] + first + 16), p0);
-                    sum[r][c] = _mm512_fmadd_ps(s0, t, sum[r][c]);
-                } else {
-                    sum[r][0] = _mm512_fmadd_ps(s0, p0, sum[r][0]);
-                    sum[r][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(x[r] + first + 16)), sum[r][1]);
-                }
-                if constexpr (F::kOffset)
-                    off[r] += u.offset[0] * sums[r][first / kGroup] + u.offset[1] * sums[r][first / kGroup + 1];
+    if constexpr (F::kBlock == 32) {
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const uint8_t* block = blocks + b * F::kBytes;
+            const __m256i q = Units<F>::quants(block);
+            const __m512 s = _mm512_set1_ps(half_to_float(block));
+            dot_unit<true, R>(widen_low(q), widen_high(q), s, s, x, 32 * b, int(b & 1), sum);
+            if constexpr (F::kOffset) {
+                const float m = half_to_float(block + 2);
+                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (sums[r][2 * b] + sums[r][2 * b + 1]);
             }
-        });
+        }
+    } else {
+        BlockScales bs;
+        for (int64_t b = 0; b < nblocks; ++b) {
+            const uint8_t* block = blocks + b * F::kBytes;
+            Units<F>::scales(block, bs);
+            Units<F>::each(block, [&](__m256i q, int u) {
+                const __m512 s0 = _mm512_set1_ps(bs.scale[2 * u]), s1 = _mm512_set1_ps(bs.scale[2 * u + 1]);
+                dot_unit<Units<F>::kSharedScale, R>(widen_low(q), widen_high(q), s0, s1, x, 256 * b + 32 * u, u & 1, sum);
+            });
+            if constexpr (F::kOffset) {
+                const __m512 offsets = _mm512_load_ps(bs.offset);
+                for (int r = 0; r < R; ++r)
+                    acc[r].offsets = _mm512_fmadd_ps(offsets, _mm512_loadu_ps(sums[r] + 16 * b), acc[r].offsets);
+            }
+        }
     }
     for (int r = 0; r < R; ++r) {
         acc[r].v[0] = sum[r][0];

@@ -1,16 +1,27 @@
-// Every block type as a sequence of 32-weight units held in registers, for the AVX2 and AVX-512
-// GEMV: Units<F>::each(block, fn) calls fn(unit, u) for u = 0 .. kBlock / 32 - 1, where weight i of
-// unit u is scale[i / 16] * q[i] + offset[i / 16] (the same values as F::unpack writes to memory,
-// which the portable build uses). kSharedScale: both halves of every unit have the same scale. Included after quant_formats.h by isa_avx2.cpp and isa_avx512.cpp.
+// Every block type as 32-weight units held in registers, for the AVX2 and AVX-512 GEMV. Included after
+// quant_formats.h by isa_avx2.cpp and isa_avx512.cpp; everything here uses AVX2 (and F16C) only.
+//
+// A 32-weight block type F (F::kBlock == 32) gives one unit per block:
+//     Units<F>::quants(block)                the 32 int8 quants q
+//     half_to_float(block) [, half_to_float(block + 2)]   its scale d [and offset m]
+// so that weight i is d * q[i] (+ m).
+// A super-block type (F::kBlock == 256) first decodes its scales, with vector operations, then gives
+// its eight units:
+//     Units<F>::scales(block, s)             s.scale[g], s.offset[g] for the 16 groups g of 16 weights
+//     Units<F>::each(block, fn)              fn(q, u) for u = 0 .. 7
+// so that weight i of unit u is  s.scale[2u + i / 16] * q[i] + s.offset[2u + i / 16]; the offsets of
+// the 16 groups then cost one vector FMA against the sums of x over each 16.
+// kSharedScale: both halves of every unit have the same scale (one multiply per unit, not two).
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 namespace {
 
-struct Unit {
-    __m256i q;               // 32 int8 quants
-    float scale[2], offset[2];
+struct alignas(64) BlockScales {
+    float scale[16];
+    float offset[16];
 };
 
 inline __m256i low_nibbles(__m256i v) { return _mm256_and_si256(v, _mm256_set1_epi8(0xf)); }
@@ -20,139 +31,167 @@ inline __m256i byte_field(__m256i v, int k, int mask) {
     return _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(k)), _mm256_set1_epi8(char(mask)));
 }
 
-inline Unit scaled(__m256i q, float s, float o = 0.f) { return Unit{q, {s, s}, {o, o}}; }
+inline uint32_t load_u32(const uint8_t* p) {
+    uint32_t v;
+    std::memcpy(&v, p, 4);
+    return v;
+}
+
+// dst[0..15] = factor * bytes[0..15], the bytes read as signed or unsigned 8-bit integers.
+template <bool kSigned>
+inline void scaled_bytes(__m128i bytes, float factor, float* dst) {
+    const __m128i upper = _mm_srli_si128(bytes, 8);
+    const __m256i lo = kSigned ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    const __m256i hi = kSigned ? _mm256_cvtepi8_epi32(upper) : _mm256_cvtepu8_epi32(upper);
+    const __m256 f = _mm256_set1_ps(factor);
+    _mm256_store_ps(dst, _mm256_mul_ps(f, _mm256_cvtepi32_ps(lo)));
+    _mm256_store_ps(dst + 8, _mm256_mul_ps(f, _mm256_cvtepi32_ps(hi)));
+}
+
+// dst[2j] = dst[2j + 1] = factor * bytes[j] for j < 8 (one value per 32 weights, given per 16).
+template <bool kSigned>
+inline void scaled_bytes_twice(__m128i bytes, float factor, float* dst) {
+    const __m256i ints = kSigned ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(factor), _mm256_cvtepi32_ps(ints));
+    const __m256 lo = _mm256_unpacklo_ps(v, v), hi = _mm256_unpackhi_ps(v, v);   // v0 v0 v1 v1 | v4 v4 v5 v5, ...
+    _mm256_store_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
+    _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+}
+
+// --- 32-weight blocks: one unit each ----------------------------------------------------------------
 
 template <class F> struct Units;
 
 template <> struct Units<Q4_0> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) { fn(scaled(quants_nibbles(b + 2, 8), half_to_float(b)), 0); }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, 8); }
 };
 template <> struct Units<Q4_1> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        fn(scaled(quants_nibbles(b + 4, 0), half_to_float(b), half_to_float(b + 2)), 0);
-    }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 4, 0); }
 };
 template <> struct Units<Q5_0> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) { fn(scaled(quants_5bit(b + 2, b + 6, 16), half_to_float(b)), 0); }
+    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, 16); }
 };
 template <> struct Units<Q5_1> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        fn(scaled(quants_5bit(b + 4, b + 8, 0), half_to_float(b), half_to_float(b + 2)), 0);
-    }
+    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 4, b + 8, 0); }
 };
 template <> struct Units<Q8_0> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) { fn(scaled(load32(b + 2), half_to_float(b)), 0); }
+    static __m256i quants(const uint8_t* b) { return load32(b + 2); }
 };
 template <> struct Units<IQ4_NL> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        fn(scaled(quants_nibbles_lut(b + 2, kIQ4Values), half_to_float(b)), 0);
-    }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles_lut(b + 2, kIQ4Values); }
 };
+
+// --- 256-weight super-blocks -------------------------------------------------------------------------
 
 // Q2_K / Q3_K: unit u covers groups 2u, 2u + 1: bytes 32h .. 32h + 31 of qs at bits 2s (h = u / 4, s = u % 4).
 template <> struct Units<Q2_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
+    static void scales(const uint8_t* b, BlockScales& s) {   // byte g: scale in the low nibble, min in the high
+        const __m128i v = load16(b), m = _mm_set1_epi8(0xf);
+        scaled_bytes<false>(_mm_and_si128(v, m), half_to_float(b + 80), s.scale);
+        scaled_bytes<false>(_mm_and_si128(_mm_srli_epi16(v, 4), m), -half_to_float(b + 82), s.offset);
+    }
     template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const uint8_t* scales = b;
-        const float d = half_to_float(b + 80), dmin = half_to_float(b + 82);
-        for (int u = 0; u < 8; ++u) {
-            const __m256i q = byte_field(load32(b + 16 + 32 * (u / 4)), 2 * (u % 4), 3);
-            const uint8_t s0 = scales[2 * u], s1 = scales[2 * u + 1];
-            fn(Unit{q, {d * float(s0 & 0xf), d * float(s1 & 0xf)}, {-dmin * float(s0 >> 4), -dmin * float(s1 >> 4)}}, u);
-        }
+        for (int u = 0; u < 8; ++u) fn(byte_field(load32(b + 16 + 32 * (u / 4)), 2 * (u % 4), 3), u);
     }
 };
 template <> struct Units<Q3_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
+    // Scale g: low 4 bits from byte g % 8 (high nibble when g >= 8), high 2 bits from byte 8 + g % 4 at
+    // bit 2 (g / 4); minus 32. Built four groups per 32-bit word.
+    static void scales(const uint8_t* b, BlockScales& s) {
+        const uint32_t w0 = load_u32(b + 96), w1 = load_u32(b + 100), w2 = load_u32(b + 104), m4 = 0x0f0f0f0f, m2 = 0x03030303;
+        const __m128i six = _mm_setr_epi32(int((w0 & m4) | ((w2 & m2) << 4)), int((w1 & m4) | (((w2 >> 2) & m2) << 4)),
+                                           int(((w0 >> 4) & m4) | (((w2 >> 4) & m2) << 4)),
+                                           int(((w1 >> 4) & m4) | (((w2 >> 6) & m2) << 4)));
+        scaled_bytes<true>(_mm_sub_epi8(six, _mm_set1_epi8(32)), half_to_float(b + 108), s.scale);
+    }
     template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const uint8_t* sc = b + 96;
-        const float d = half_to_float(b + 108);
         const __m256i hmask = load32(b);
-        auto scale = [&](int g) {
-            const int lo4 = g < 8 ? (sc[g] & 0xf) : (sc[g - 8] >> 4);
-            const int hi2 = (sc[8 + g % 4] >> (2 * (g / 4))) & 3;
-            return d * float((lo4 | (hi2 << 4)) - 32);
-        };
         for (int u = 0; u < 8; ++u) {
-            const int h = u / 4, s = u % 4;
-            const __m256i low = byte_field(load32(b + 32 + 32 * h), 2 * s, 3);
-            const __m256i high = byte_field(hmask, 4 * h + s, 1);                      // 1 where the bit is set
-            const __m256i q = _mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), _mm256_set1_epi8(4));
-            fn(Unit{q, {scale(2 * u), scale(2 * u + 1)}, {0.f, 0.f}}, u);
+            const int h = u / 4, k = u % 4;
+            const __m256i low = byte_field(load32(b + 32 + 32 * h), 2 * k, 3);
+            const __m256i high = byte_field(hmask, 4 * h + k, 1);                      // 1 where the bit is set
+            fn(_mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), _mm256_set1_epi8(4)), u);
         }
     }
 };
 
-// Q4_K / Q5_K: unit 2c + k is nibble k (low, high) of bytes 32c .. 32c + 31, with pair 2c + k's scale and min.
+// The eight 6-bit scales and mins of Q4_K / Q5_K (12 bytes): pair j < 4 is the low 6 bits of bytes j and
+// j + 4; pair j >= 4 takes its low 4 bits from byte j + 4 (scale: low nibble, min: high nibble) and its
+// top 2 bits from the top of bytes j - 4 and j. Scaled by d and -dmin.
+inline void k4_block_scales(const uint8_t* b, BlockScales& s) {
+    const uint32_t w0 = load_u32(b + 4), w1 = load_u32(b + 8), w2 = load_u32(b + 12), m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f,
+                   top = 0x30303030;
+    const __m128i sc = _mm_setr_epi32(int(w0 & m6), int((w2 & m4) | ((w0 >> 2) & top)), 0, 0);
+    const __m128i mn = _mm_setr_epi32(int(w1 & m6), int(((w2 >> 4) & m4) | ((w1 >> 2) & top)), 0, 0);
+    scaled_bytes_twice<false>(sc, half_to_float(b), s.scale);
+    scaled_bytes_twice<false>(mn, -half_to_float(b + 2), s.offset);
+}
+
+// Q4_K / Q5_K: unit 2c + k is nibble k (low, high) of bytes 32c .. 32c + 31.
 template <> struct Units<Q4_K> {
     static constexpr bool kSharedScale = true;
+    static void scales(const uint8_t* b, BlockScales& s) { k4_block_scales(b, s); }
     template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const float d = half_to_float(b), dmin = half_to_float(b + 2);
         for (int c = 0; c < 4; ++c) {
             const __m256i v = load32(b + 16 + 32 * c);
-            int sc, mn;
-            scale_min_k4(b + 4, 2 * c, sc, mn);
-            fn(scaled(low_nibbles(v), d * float(sc), -dmin * float(mn)), 2 * c);
-            scale_min_k4(b + 4, 2 * c + 1, sc, mn);
-            fn(scaled(high_nibbles(v), d * float(sc), -dmin * float(mn)), 2 * c + 1);
+            fn(low_nibbles(v), 2 * c);
+            fn(high_nibbles(v), 2 * c + 1);
         }
     }
 };
 template <> struct Units<Q5_K> {
     static constexpr bool kSharedScale = true;
+    static void scales(const uint8_t* b, BlockScales& s) { k4_block_scales(b, s); }
     template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const float d = half_to_float(b), dmin = half_to_float(b + 2);
         const __m256i qh = load32(b + 16);
         for (int c = 0; c < 4; ++c) {
             const __m256i v = load32(b + 48 + 32 * c);
-            int sc, mn;
-            scale_min_k4(b + 4, 2 * c, sc, mn);
-            const __m256i lo = _mm256_or_si256(low_nibbles(v), _mm256_slli_epi16(byte_field(qh, 2 * c, 1), 4));
-            fn(scaled(lo, d * float(sc), -dmin * float(mn)), 2 * c);
-            scale_min_k4(b + 4, 2 * c + 1, sc, mn);
-            const __m256i hi = _mm256_or_si256(high_nibbles(v), _mm256_slli_epi16(byte_field(qh, 2 * c + 1, 1), 4));
-            fn(scaled(hi, d * float(sc), -dmin * float(mn)), 2 * c + 1);
+            fn(_mm256_or_si256(low_nibbles(v), _mm256_slli_epi16(byte_field(qh, 2 * c, 1), 4)), 2 * c);
+            fn(_mm256_or_si256(high_nibbles(v), _mm256_slli_epi16(byte_field(qh, 2 * c + 1, 1), 4)), 2 * c + 1);
         }
     }
 };
 
 // Q6_K: in half h, unit 4h + k takes 4 bits of ql[64h + 32 (k & 1) ..] (high nibble when k >= 2) and
-// the 2 bits of qh[32h ..] at 2k, minus 32; its groups use scales 8h + 2k and 8h + 2k + 1.
+// the 2 bits of qh[32h ..] at 2k, minus 32; the 16 int8 scales are per group.
 template <> struct Units<Q6_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
+    static void scales(const uint8_t* b, BlockScales& s) { scaled_bytes<true>(load16(b + 192), half_to_float(b + 208), s.scale); }
     template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
-        const float d = half_to_float(b + 208);
         const __m256i bias = _mm256_set1_epi8(32);
         for (int h = 0; h < 2; ++h) {
             const __m256i a = load32(b + 64 * h), c = load32(b + 64 * h + 32), hq = load32(b + 128 + 32 * h);
             const __m256i four[4] = {low_nibbles(a), low_nibbles(c), high_nibbles(a), high_nibbles(c)};
-            for (int k = 0; k < 4; ++k) {
-                const __m256i q = _mm256_sub_epi8(_mm256_or_si256(four[k], _mm256_slli_epi16(byte_field(hq, 2 * k, 3), 4)), bias);
-                const int g = 8 * h + 2 * k;
-                fn(Unit{q, {d * float(sc[g]), d * float(sc[g + 1])}, {0.f, 0.f}}, 4 * h + k);
-            }
+            for (int k = 0; k < 4; ++k)
+                fn(_mm256_sub_epi8(_mm256_or_si256(four[k], _mm256_slli_epi16(byte_field(hq, 2 * k, 3), 4)), bias), 4 * h + k);
         }
     }
 };
 
-// IQ4_XS: unit j is sub-block j: IQ4_NL's table on bytes 16j .. 16j + 15, scale d * (6-bit ls - 32).
+// IQ4_XS: unit j is sub-block j: IQ4_NL's table on bytes 16j .. 16j + 15, scale d * (6-bit ls_j - 32),
+// ls_j = nibble j of scales_l | (bits 2j, 2j + 1 of scales_h) << 4.
 template <> struct Units<IQ4_XS> {
     static constexpr bool kSharedScale = true;
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const float d = half_to_float(b);
+    static void scales(const uint8_t* b, BlockScales& s) {
         uint16_t scales_h;
         std::memcpy(&scales_h, b + 2, 2);
-        for (int j = 0; j < 8; ++j) {
-            const int ls = ((b[4 + j / 2] >> (4 * (j % 2))) & 0xf) | (((scales_h >> (2 * j)) & 3) << 4);
-            fn(scaled(quants_nibbles_lut(b + 8 + 16 * j, kIQ4Values), d * float(ls - 32)), j);
-        }
+        uint64_t high = 0;
+        for (int j = 0; j < 8; ++j) high |= uint64_t((scales_h >> (2 * j)) & 3) << (8 * j + 4);
+        const __m128i l = _mm_cvtsi32_si128(int(load_u32(b + 4))), m = _mm_set1_epi8(0xf);
+        const __m128i low = _mm_unpacklo_epi8(_mm_and_si128(l, m), _mm_and_si128(_mm_srli_epi16(l, 4), m));
+        const __m128i six = _mm_or_si128(low, _mm_cvtsi64_si128(int64_t(high)));
+        scaled_bytes_twice<true>(_mm_sub_epi8(six, _mm_set1_epi8(32)), half_to_float(b), s.scale);
+    }
+    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
+        for (int j = 0; j < 8; ++j) fn(quants_nibbles_lut(b + 8 + 16 * j, kIQ4Values), j);
     }
 };
 
