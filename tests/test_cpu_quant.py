@@ -86,6 +86,51 @@ def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int
         assert _relative_error(out, want) <= REL_TOL, f"{qtype.name} M={M} on {isa}"
 
 
+def _gemv(w: QuantTensor, x: torch.Tensor, threads: int = 1) -> torch.Tensor:
+    """The raw GEMV kernel on x (M, K), its output poisoned with NaN first."""
+    M, K = x.shape
+    out = torch.full((M, w.shape[0]), float("nan"))
+    plan = cpu.extension().GemvPlan([(int(w.qtype), w.data.data_ptr(), w.shape[0], w.data.shape[1], 0)], K)
+    plan.run(x.data_ptr(), M, K, out.data_ptr(), w.shape[0], threads)
+    return out
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_gemv_activations_of_every_scale(qtype: GGMLType, isa: str, seed: int) -> None:
+    """Heavy-tailed rows with outliers 1e4 times their neighbours, all-zero 32-blocks and blocks of 1e-30:
+    the builds that split x into integer digits per 32 values keep the same tolerance."""
+    rng = np.random.default_rng(seed)
+    w, dense = _weight(qtype, rng)
+    K = w.shape[1]
+    x = rng.standard_normal((4, K)) * np.exp(2 * rng.standard_normal((4, K)))
+    x[0, rng.integers(0, K, 3)] *= 1e4
+    x[1, 32:64] = 0.0
+    x[2, :32] *= 1e-30
+    x[3] = 0.0
+    x = torch.from_numpy(x.astype(np.float32))
+    got = _gemv(w, x)
+    want = x.double().numpy() @ dense.T
+    for m in range(3):
+        assert _relative_error(got[m], want[m]) <= REL_TOL, f"{qtype.name} row {m} on {isa}"
+    assert torch.equal(got[3], torch.zeros(N)), "a zero row gives exact zeros"
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_gemv_propagates_nan_and_inf(qtype: GGMLType, isa: str, seed: int) -> None:
+    """A NaN or an infinity in x makes every output of its row non-finite, as float arithmetic does (an
+    infinity times a zero weight is NaN); the other rows stay finite."""
+    rng = np.random.default_rng(seed)
+    w, _ = _weight(qtype, rng)
+    K = w.shape[1]
+    x = torch.from_numpy(rng.standard_normal((3, K)).astype(np.float32))
+    x[0, 5] = float("nan")
+    x[1, K - 1] = float("inf")
+    got = _gemv(w, x)
+    assert got[0].isnan().all()
+    assert not got[1].isfinite().any()
+    assert got[2].isfinite().all()
+
+
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_dequantize_rows_is_bit_exact(qtype: GGMLType, isa: str, threads: int, seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -22,6 +22,8 @@ namespace oxide_cpu {
 namespace avx2 {
 namespace {
 
+#include "float_rows.h"
+
 // Per activation row: two partial sums (a unit's first and second sixteen weights: an FMA's result is
 // ready only after a few cycles, so one running sum would make consecutive units wait on each other),
 // the offsets of the super-block types (16 groups, two vectors) and those of the 32-weight types (a scalar).
@@ -51,16 +53,16 @@ inline void group_quants(const int8_t* q, int g, __m256& lo, __m256& hi) {
     hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(bytes, 8)));
 }
 
-// sum[r][0] += s0 * (q[0..15] . x), sum[r][1] += s1 * (q[16..31] . x) for one 32-weight unit at x[r] + first.
+// sum[r][0] += s0 * (q[0..15] . x), sum[r][1] += s1 * (q[16..31] . x) for one 32-weight unit at rows[r].x + first.
 template <int R>
-inline void dot_unit(__m256i q, __m256 s0, __m256 s1, const float* const* x, int64_t first, __m256 (&sum)[R][2]) {
+inline void dot_unit(__m256i q, __m256 s0, __m256 s1, const RowView* rows, int64_t first, __m256 (&sum)[R][2]) {
     auto eighth = [](__m128i half, int upper) {   // int8 lanes 0-7 (or 8-15) of half, as floats
         return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(upper ? _mm_srli_si128(half, 8) : half));
     };
     const __m128i low = _mm256_castsi256_si128(q), high = _mm256_extracti128_si256(q, 1);
     const __m256 q0 = eighth(low, 0), q1 = eighth(low, 1), q2 = eighth(high, 0), q3 = eighth(high, 1);
     for (int r = 0; r < R; ++r) {
-        const float* xb = x[r] + first;
+        const float* xb = rows[r].x + first;
         const __m256 t0 = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), _mm256_mul_ps(q0, _mm256_loadu_ps(xb)));
         const __m256 t1 = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), _mm256_mul_ps(q2, _mm256_loadu_ps(xb + 16)));
         sum[r][0] = _mm256_fmadd_ps(s0, t0, sum[r][0]);
@@ -69,7 +71,7 @@ inline void dot_unit(__m256i q, __m256 s0, __m256 s1, const float* const* x, int
 }
 
 template <class F, int R>
-inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc) {
+inline void dot_units(const uint8_t* blocks, int64_t nblocks, const RowView* rows, Acc* acc) {
     __m256 sum[R][2];
     for (int r = 0; r < R; ++r) {
         sum[r][0] = acc[r].v[0];
@@ -79,10 +81,10 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
             const __m256 s = _mm256_set1_ps(half_to_float(block));
-            dot_unit<R>(Units<F>::quants(block), s, s, x, 32 * b, sum);
+            dot_unit<R>(Units<F>::template quants<false>(block), s, s, rows, 32 * b, sum);
             if constexpr (F::kOffset) {
                 const float m = half_to_float(block + 2);
-                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (sums[r][2 * b] + sums[r][2 * b + 1]);
+                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (rows[r].sums[2 * b] + rows[r].sums[2 * b + 1]);
             }
         }
     } else {
@@ -90,14 +92,14 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
             Units<F>::scales(block, bs);
-            Units<F>::each(block, [&](__m256i q, int u) {
-                dot_unit<R>(q, _mm256_broadcast_ss(bs.scale + 2 * u), _mm256_broadcast_ss(bs.scale + 2 * u + 1), x,
+            Units<F>::template each<false>(block, [&](__m256i q, int u) {
+                dot_unit<R>(q, group_value(bs.scale, 2 * u), group_value(bs.scale, 2 * u + 1), rows,
                             256 * b + 32 * u, sum);
             });
             if constexpr (F::kOffset) {
-                const __m256 lo = _mm256_load_ps(bs.offset), hi = _mm256_load_ps(bs.offset + 8);
+                const __m256 lo = bs.offset[0], hi = bs.offset[1];
                 for (int r = 0; r < R; ++r) {
-                    const float* s = sums[r] + 16 * b;
+                    const float* s = rows[r].sums + 16 * b;
                     acc[r].offsets = _mm256_fmadd_ps(lo, _mm256_loadu_ps(s), acc[r].offsets);
                     acc[r].offsets = _mm256_fmadd_ps(hi, _mm256_loadu_ps(s + 8), acc[r].offsets);
                 }
@@ -124,7 +126,7 @@ inline void dequant_groups(const int8_t* q, const float* scale, const float* off
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"avx2", gemv_any, dequant_any};
+const KernelTable table = {"avx2", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace avx2
 }  // namespace oxide_cpu

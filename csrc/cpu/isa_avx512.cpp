@@ -21,6 +21,9 @@ namespace oxide_cpu {
 namespace avx512 {
 namespace {
 
+#include "float_rows.h"
+#include "common_avx512.h"
+
 // Per activation row: two partial sums (alternate units, or a unit's two halves when they have their
 // own scales; an FMA's result is ready only after a few cycles, so one running sum would stall), the
 // offsets of the super-block types (16 groups per vector) and those of the 32-weight types (a scalar).
@@ -45,22 +48,18 @@ inline float acc_total(const Acc& a) {
     return _mm_cvtss_f32(s) + a.block_offsets;
 }
 
-inline __m512 group_quants(const int8_t* q, int g) {
-    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(q + kGroup * g))));
-}
-
-// sum[r][c] += scale_lo * (q_lo . x_lo) + scale_hi * (q_hi . x_hi) for one 32-weight unit at x[r] + first,
+// sum[r][c] += scale_lo * (q_lo . x_lo) + scale_hi * (q_hi . x_hi) for one 32-weight unit at rows[r].x + first,
 // its quants q0 (weights 0-15) and q1 (16-31) as floats; one multiply when both halves share a scale.
 template <bool kShared, int R>
-inline void dot_unit(__m512 q0, __m512 q1, __m512 s0, __m512 s1, const float* const* x, int64_t first, int c,
+inline void dot_unit(__m512 q0, __m512 q1, __m512 s0, __m512 s1, const RowView* rows, int64_t first, int c,
                      __m512 (&sum)[R][2]) {
     for (int r = 0; r < R; ++r) {
-        const __m512 p0 = _mm512_mul_ps(q0, _mm512_loadu_ps(x[r] + first));
+        const __m512 p0 = _mm512_mul_ps(q0, _mm512_loadu_ps(rows[r].x + first));
         if constexpr (kShared) {
-            sum[r][c] = _mm512_fmadd_ps(s0, _mm512_fmadd_ps(q1, _mm512_loadu_ps(x[r] + first + 16), p0), sum[r][c]);
+            sum[r][c] = _mm512_fmadd_ps(s0, _mm512_fmadd_ps(q1, _mm512_loadu_ps(rows[r].x + first + 16), p0), sum[r][c]);
         } else {
             sum[r][0] = _mm512_fmadd_ps(s0, p0, sum[r][0]);
-            sum[r][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(x[r] + first + 16)), sum[r][1]);
+            sum[r][1] = _mm512_fmadd_ps(s1, _mm512_mul_ps(q1, _mm512_loadu_ps(rows[r].x + first + 16)), sum[r][1]);
         }
     }
 }
@@ -69,7 +68,7 @@ inline __m512 widen_low(__m256i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_ep
 inline __m512 widen_high(__m256i q) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1))); }
 
 template <class F, int R>
-inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const* x, const float* const* sums, Acc* acc) {
+inline void dot_units(const uint8_t* blocks, int64_t nblocks, const RowView* rows, Acc* acc) {
     __m512 sum[R][2];
     for (int r = 0; r < R; ++r) {
         sum[r][0] = acc[r].v[0];
@@ -78,12 +77,12 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const
     if constexpr (F::kBlock == 32) {
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
-            const __m256i q = Units<F>::quants(block);
+            const __m256i q = Units<F>::template quants<false>(block);
             const __m512 s = _mm512_set1_ps(half_to_float(block));
-            dot_unit<true, R>(widen_low(q), widen_high(q), s, s, x, 32 * b, int(b & 1), sum);
+            dot_unit<true, R>(widen_low(q), widen_high(q), s, s, rows, 32 * b, int(b & 1), sum);
             if constexpr (F::kOffset) {
                 const float m = half_to_float(block + 2);
-                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (sums[r][2 * b] + sums[r][2 * b + 1]);
+                for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (rows[r].sums[2 * b] + rows[r].sums[2 * b + 1]);
             }
         }
     } else {
@@ -91,14 +90,16 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
             Units<F>::scales(block, bs);
-            Units<F>::each(block, [&](__m256i q, int u) {
-                const __m512 s0 = _mm512_set1_ps(bs.scale[2 * u]), s1 = _mm512_set1_ps(bs.scale[2 * u + 1]);
-                dot_unit<Units<F>::kSharedScale, R>(widen_low(q), widen_high(q), s0, s1, x, 256 * b + 32 * u, u & 1, sum);
+            const __m512 scales = join(bs.scale[0], bs.scale[1]);
+            Units<F>::template each<false>(block, [&](__m256i q, int u) {
+                const __m512 s0 = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * u), scales);
+                const __m512 s1 = _mm512_permutexvar_ps(_mm512_set1_epi32(2 * u + 1), scales);
+                dot_unit<Units<F>::kSharedScale, R>(widen_low(q), widen_high(q), s0, s1, rows, 256 * b + 32 * u, u & 1, sum);
             });
             if constexpr (F::kOffset) {
-                const __m512 offsets = _mm512_load_ps(bs.offset);
+                const __m512 offsets = join(bs.offset[0], bs.offset[1]);
                 for (int r = 0; r < R; ++r)
-                    acc[r].offsets = _mm512_fmadd_ps(offsets, _mm512_loadu_ps(sums[r] + 16 * b), acc[r].offsets);
+                    acc[r].offsets = _mm512_fmadd_ps(offsets, _mm512_loadu_ps(rows[r].sums + 16 * b), acc[r].offsets);
             }
         }
     }
@@ -108,17 +109,11 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const float* const
     }
 }
 
-inline void dequant_groups(const int8_t* q, const float* scale, const float* offset, int ngroups, float* dst) {
-    for (int g = 0; g < ngroups; ++g)
-        _mm512_storeu_ps(dst + kGroup * g, _mm512_add_ps(_mm512_mul_ps(_mm512_set1_ps(scale[g]), group_quants(q, g)),
-                                                         _mm512_set1_ps(offset[g])));
-}
-
 }  // namespace
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"avx512", gemv_any, dequant_any};
+const KernelTable table = {"avx512", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace avx512
 }  // namespace oxide_cpu

@@ -1,19 +1,20 @@
 // The entry points that each instruction-set build of the quantized kernels provides
-// (isa_generic.cpp, isa_avx2.cpp, isa_avx512.cpp), and the table module.cpp picks one from.
+// (isa_generic.cpp, isa_avx2.cpp, isa_avx512.cpp, isa_avx512vnni.cpp), and the table module.cpp picks one from.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <type_traits>
 
 namespace oxide_cpu {
 
 // The activations of a GEMV: x (M, K), rows ``stride`` floats apart, and the threads to use;
-// ``group_sums`` is room for M * K / 16 floats, where the SIMD builds put the sums of x over each 16.
+// ``scratch`` is room (64-byte aligned) for the build's prepared form of x: scratch_bytes(M, K) bytes.
 struct Activations {
     const float* x;
     int64_t M, K, stride;
     int threads;
-    float* group_sums;
+    unsigned char* scratch;
 };
 
 // One matrix of a GEMV: out[m, n] = sum_k x[m, k] * W[n, k] (+ bias[n]), W GGML-quantized, N rows of K weights.
@@ -39,6 +40,7 @@ struct DequantArgs {
 // Each returns false, computing nothing, when it has no kernel for a ``qtype`` (a GGML type id).
 struct KernelTable {
     const char* name;
+    size_t (*scratch_bytes)(int64_t M, int64_t K);
     bool (*gemv)(const Activations& x, const GemvArgs* matrices, int count);   // one parallel region
     bool (*dequant)(int qtype, const DequantArgs&);
 };
@@ -46,5 +48,6 @@ struct KernelTable {
 namespace generic { extern const KernelTable table; }
 namespace avx2 { extern const KernelTable table; }      // x86-64 only
 namespace avx512 { extern const KernelTable table; }    // x86-64 only
+namespace avx512vnni { extern const KernelTable table; }    // x86-64 only
 
 }  // namespace oxide_cpu

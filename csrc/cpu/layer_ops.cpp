@@ -34,8 +34,9 @@ using oxide_cpu::Attn;
 using oxide_cpu::Dims3;
 using oxide_cpu::LayerKernels;
 
-// The best kernel table this CPU runs, or the one OXIDE_CPU_ISA names (generic | avx2 | avx512; the
-// Python side has already refused a name the CPU cannot run), as module.cpp picks the quantized ones.
+// The best kernel table this CPU runs, or the one OXIDE_CPU_ISA names (generic | avx2 | avx512 |
+// avx512vnni, which has no integer work here and takes the avx512 layer ops; the Python side has already
+// refused a name the CPU cannot run), as module.cpp picks the quantized ones.
 const LayerKernels& choose_kernels() {
     const char* env = std::getenv("OXIDE_CPU_ISA");
     const std::string wanted = env ? env : "";
@@ -44,7 +45,7 @@ const LayerKernels& choose_kernels() {
     const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
     const bool avx512 = avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
                         __builtin_cpu_supports("avx512vl");
-    if (avx512 && (wanted.empty() || wanted == "avx512")) return oxide_cpu::avx512::layer_kernels;
+    if (avx512 && (wanted.empty() || wanted == "avx512" || wanted == "avx512vnni")) return oxide_cpu::avx512::layer_kernels;
     if (avx2 && (wanted.empty() || wanted == "avx2" || wanted == "avx512")) return oxide_cpu::avx2::layer_kernels;
 #endif
     return oxide_cpu::generic::layer_kernels;

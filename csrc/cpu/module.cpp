@@ -25,8 +25,10 @@ std::vector<const KernelTable*> supported_tables() {
     std::vector<const KernelTable*> found;
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
-        found.push_back(&oxide_cpu::avx512::table);
+    const bool avx512 =
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (avx512 && __builtin_cpu_supports("avx512vnni")) found.push_back(&oxide_cpu::avx512vnni::table);
+    if (avx512) found.push_back(&oxide_cpu::avx512::table);
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
         found.push_back(&oxide_cpu::avx2::table);
 #endif
@@ -61,6 +63,14 @@ void check(bool ok, const char* what) {
     if (!ok) throw std::invalid_argument(what);
 }
 
+// size bytes of 64-byte-aligned scratch for this thread, kept from call to call (the GEMV's prepared activations).
+unsigned char* scratch(size_t size) {
+    thread_local std::vector<unsigned char> buffer;
+    if (buffer.size() < size + 64) buffer.resize(size + 64);
+    const std::uintptr_t address = reinterpret_cast<std::uintptr_t>(buffer.data());
+    return buffer.data() + ((64 - address % 64) % 64);
+}
+
 // A group of quantized matrices that share their input (q, k and v; gate and up), prepared once: the
 // GEMV writes matrix j's outputs to columns [column_j, column_j + N_j) of one (M, sum N) output.
 class GemvPlan {
@@ -87,8 +97,7 @@ public:
             mats[j].out = ptr<float>(out) + columns_[j];
             mats[j].out_stride = out_stride;
         }
-        std::vector<float> group_sums(static_cast<size_t>(M) * static_cast<size_t>(K_ / 16));
-        const oxide_cpu::Activations acts{ptr<const float>(x), M, K_, x_stride, threads, group_sums.data()};
+        const oxide_cpu::Activations acts{ptr<const float>(x), M, K_, x_stride, threads, scratch(table().scratch_bytes(M, K_))};
         check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
     }
 

@@ -1,17 +1,20 @@
 // Every block type as 32-weight units held in registers, for the AVX2 and AVX-512 GEMV. Included after
 // quant_formats.h by isa_avx2.cpp and isa_avx512.cpp; everything here uses AVX2 (and F16C) only.
 //
+// Quants come in two forms: quants<false> gives the signed values q, quants<true> the unsigned codes
+// q + kBias in [0, 255] (the integer-dot build multiplies unsigned codes by signed activations).
 // A 32-weight block type F (F::kBlock == 32) gives one unit per block:
-//     Units<F>::quants(block)                the 32 int8 quants q
+//     Units<F>::quants<codes>(block)         the 32 quants q (or codes)
 //     half_to_float(block) [, half_to_float(block + 2)]   its scale d [and offset m]
 // so that weight i is d * q[i] (+ m).
 // A super-block type (F::kBlock == 256) first decodes its scales, with vector operations, then gives
 // its eight units:
-//     Units<F>::scales(block, s)             s.scale[g], s.offset[g] for the 16 groups g of 16 weights
-//     Units<F>::each(block, fn)              fn(q, u) for u = 0 .. 7
-// so that weight i of unit u is  s.scale[2u + i / 16] * q[i] + s.offset[2u + i / 16]; the offsets of
+//     Units<F>::scales(block, s)             the scale and offset of each of its 16 groups of 16 weights
+//     Units<F>::each<codes>(block, fn)       fn(q, u) for u = 0 .. 7
+// so that weight i of unit u is  scale(2u + i / 16) * q[i] + offset(2u + i / 16); the offsets of
 // the 16 groups then cost one vector FMA against the sums of x over each 16.
 // kSharedScale: both halves of every unit have the same scale (one multiply per unit, not two).
+// small_block_scales gives a 32-weight type's scales in the super-block form, eight blocks at a time.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +22,16 @@
 
 namespace {
 
-struct alignas(64) BlockScales {
-    float scale[16];
-    float offset[16];
+// Group g's scale and offset are lane g % 8 of scale[g / 8] and offset[g / 8]: kept in registers, since
+// a wide load of what narrower stores just wrote waits for the stores to retire.
+struct BlockScales {
+    __m256 scale[2], offset[2];
 };
+
+// Group g's value (g < 16), in every lane.
+inline __m256 group_value(const __m256 (&v)[2], int g) {
+    return _mm256_permutevar8x32_ps(v[g / 8], _mm256_set1_epi32(g % 8));
+}
 
 inline __m256i low_nibbles(__m256i v) { return _mm256_and_si256(v, _mm256_set1_epi8(0xf)); }
 inline __m256i high_nibbles(__m256i v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0xf)); }
@@ -37,25 +46,37 @@ inline uint32_t load_u32(const uint8_t* p) {
     return v;
 }
 
-// dst[0..15] = factor * bytes[0..15], the bytes read as signed or unsigned 8-bit integers.
+// dst = factor * bytes[0..15] (groups 0-7, 8-15), the bytes read as signed or unsigned 8-bit integers.
 template <bool kSigned>
-inline void scaled_bytes(__m128i bytes, float factor, float* dst) {
+inline void scaled_bytes(__m128i bytes, float factor, __m256 (&dst)[2]) {
     const __m128i upper = _mm_srli_si128(bytes, 8);
     const __m256i lo = kSigned ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
     const __m256i hi = kSigned ? _mm256_cvtepi8_epi32(upper) : _mm256_cvtepu8_epi32(upper);
     const __m256 f = _mm256_set1_ps(factor);
-    _mm256_store_ps(dst, _mm256_mul_ps(f, _mm256_cvtepi32_ps(lo)));
-    _mm256_store_ps(dst + 8, _mm256_mul_ps(f, _mm256_cvtepi32_ps(hi)));
+    dst[0] = _mm256_mul_ps(f, _mm256_cvtepi32_ps(lo));
+    dst[1] = _mm256_mul_ps(f, _mm256_cvtepi32_ps(hi));
 }
 
-// dst[2j] = dst[2j + 1] = factor * bytes[j] for j < 8 (one value per 32 weights, given per 16).
-template <bool kSigned>
-inline void scaled_bytes_twice(__m128i bytes, float factor, float* dst) {
-    const __m256i ints = kSigned ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
-    const __m256 v = _mm256_mul_ps(_mm256_set1_ps(factor), _mm256_cvtepi32_ps(ints));
+// dst[2j] = dst[2j + 1] = v[j]: eight values, one per 32 weights, given per group of 16.
+inline void twice(__m256 v, __m256 (&dst)[2]) {
     const __m256 lo = _mm256_unpacklo_ps(v, v), hi = _mm256_unpackhi_ps(v, v);   // v0 v0 v1 v1 | v4 v4 v5 v5, ...
-    _mm256_store_ps(dst, _mm256_permute2f128_ps(lo, hi, 0x20));
-    _mm256_store_ps(dst + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+    dst[0] = _mm256_permute2f128_ps(lo, hi, 0x20);
+    dst[1] = _mm256_permute2f128_ps(lo, hi, 0x31);
+}
+
+// dst[2j] = dst[2j + 1] = factor * bytes[j] for j < 8.
+template <bool kSigned>
+inline void scaled_bytes_twice(__m128i bytes, float factor, __m256 (&dst)[2]) {
+    const __m256i ints = kSigned ? _mm256_cvtepi8_epi32(bytes) : _mm256_cvtepu8_epi32(bytes);
+    twice(_mm256_mul_ps(_mm256_set1_ps(factor), _mm256_cvtepi32_ps(ints)), dst);
+}
+
+// s.offset = -bias * s.scale: the offsets that turn codes (q + bias) back into q, for the types that have
+// no offsets of their own. The signed build (quants<false>) never reads them: its kOffset is false.
+inline void biased_offsets(BlockScales& s, int bias) {
+    const __m256 f = _mm256_set1_ps(-float(bias));
+    s.offset[0] = _mm256_mul_ps(f, s.scale[0]);
+    s.offset[1] = _mm256_mul_ps(f, s.scale[1]);
 }
 
 // --- 32-weight blocks: one unit each ----------------------------------------------------------------
@@ -64,45 +85,90 @@ template <class F> struct Units;
 
 template <> struct Units<Q4_0> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, 8); }
+    static constexpr int kBias = 8;
+    template <bool kCodes> static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, kCodes ? 0 : 8); }
 };
 template <> struct Units<Q4_1> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 4, 0); }
+    static constexpr int kBias = 0;
+    template <bool> static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 4, 0); }
 };
 template <> struct Units<Q5_0> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, 16); }
+    static constexpr int kBias = 16;
+    template <bool kCodes> static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, kCodes ? 0 : 16); }
 };
 template <> struct Units<Q5_1> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 4, b + 8, 0); }
+    static constexpr int kBias = 0;
+    template <bool> static __m256i quants(const uint8_t* b) { return quants_5bit(b + 4, b + 8, 0); }
 };
 template <> struct Units<Q8_0> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return load32(b + 2); }
+    static constexpr int kBias = 128;
+    template <bool kCodes> static __m256i quants(const uint8_t* b) {
+        return kCodes ? _mm256_xor_si256(load32(b + 2), _mm256_set1_epi8(char(0x80))) : load32(b + 2);
+    }
 };
+
+// IQ4_NL's table plus 128, as unsigned codes (read as bytes by quants_nibbles_lut).
+constexpr uint8_t kIQ4CodeBytes[16] = {1, 24, 45, 63, 79, 93, 106, 118, 129, 141, 153, 166, 181, 197, 217, 241};
+const int8_t* const kIQ4Codes = reinterpret_cast<const int8_t*>(kIQ4CodeBytes);
+
 template <> struct Units<IQ4_NL> {
     static constexpr bool kSharedScale = true;
-    static __m256i quants(const uint8_t* b) { return quants_nibbles_lut(b + 2, kIQ4Values); }
+    static constexpr int kBias = 128;
+    template <bool kCodes> static __m256i quants(const uint8_t* b) {
+        return quants_nibbles_lut(b + 2, kCodes ? kIQ4Codes : kIQ4Values);
+    }
 };
+
+// Groups 2i and 2i + 1 of s are block i's (i < nblocks <= 8; the rest 0): scale d, offset m - kBias * d
+// (m at byte 2 for the types with an offset).
+template <class F>
+inline void small_block_scales(const uint8_t* blocks, int nblocks, BlockScales& s) {
+    auto field = [&](int at) {   // the f16 at byte `at` of each block, as eight floats
+        alignas(16) uint16_t h[8] = {};
+        if (nblocks == 8) {   // the common case, built in a register (no narrow stores read back wide)
+            __m128i v = _mm_setzero_si128();
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + at), 0);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + F::kBytes + at), 1);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 2 * F::kBytes + at), 2);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 3 * F::kBytes + at), 3);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 4 * F::kBytes + at), 4);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 5 * F::kBytes + at), 5);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 6 * F::kBytes + at), 6);
+            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 7 * F::kBytes + at), 7);
+            return _mm256_cvtph_ps(v);
+        }
+        for (int i = 0; i < nblocks; ++i) std::memcpy(&h[i], blocks + i * F::kBytes + at, 2);
+        return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+    };
+    const __m256 d = field(0);
+    __m256 offset = _mm256_mul_ps(d, _mm256_set1_ps(-float(Units<F>::kBias)));
+    if constexpr (F::kOffset) offset = _mm256_add_ps(offset, field(2));
+    twice(d, s.scale);
+    twice(offset, s.offset);
+}
 
 // --- 256-weight super-blocks -------------------------------------------------------------------------
 
 // Q2_K / Q3_K: unit u covers groups 2u, 2u + 1: bytes 32h .. 32h + 31 of qs at bits 2s (h = u / 4, s = u % 4).
 template <> struct Units<Q2_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
+    static constexpr int kBias = 0;
     static void scales(const uint8_t* b, BlockScales& s) {   // byte g: scale in the low nibble, min in the high
         const __m128i v = load16(b), m = _mm_set1_epi8(0xf);
         scaled_bytes<false>(_mm_and_si128(v, m), half_to_float(b + 80), s.scale);
         scaled_bytes<false>(_mm_and_si128(_mm_srli_epi16(v, 4), m), -half_to_float(b + 82), s.offset);
     }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
+    template <bool, class Fn> static void each(const uint8_t* b, Fn&& fn) {
         for (int u = 0; u < 8; ++u) fn(byte_field(load32(b + 16 + 32 * (u / 4)), 2 * (u % 4), 3), u);
     }
 };
 template <> struct Units<Q3_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
+    static constexpr int kBias = 4;
     // Scale g: low 4 bits from byte g % 8 (high nibble when g >= 8), high 2 bits from byte 8 + g % 4 at
     // bit 2 (g / 4); minus 32. Built four groups per 32-bit word.
     static void scales(const uint8_t* b, BlockScales& s) {
@@ -111,14 +177,15 @@ template <> struct Units<Q3_K> {
                                            int(((w0 >> 4) & m4) | (((w2 >> 4) & m2) << 4)),
                                            int(((w1 >> 4) & m4) | (((w2 >> 6) & m2) << 4)));
         scaled_bytes<true>(_mm_sub_epi8(six, _mm_set1_epi8(32)), half_to_float(b + 108), s.scale);
+        biased_offsets(s, kBias);
     }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const __m256i hmask = load32(b);
+    template <bool kCodes, class Fn> static void each(const uint8_t* b, Fn&& fn) {
+        const __m256i hmask = load32(b), bias = _mm256_set1_epi8(kCodes ? 0 : kBias);
         for (int u = 0; u < 8; ++u) {
             const int h = u / 4, k = u % 4;
             const __m256i low = byte_field(load32(b + 32 + 32 * h), 2 * k, 3);
             const __m256i high = byte_field(hmask, 4 * h + k, 1);                      // 1 where the bit is set
-            fn(_mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), _mm256_set1_epi8(4)), u);
+            fn(_mm256_sub_epi8(_mm256_add_epi8(low, _mm256_slli_epi16(high, 2)), bias), u);
         }
     }
 };
@@ -138,8 +205,9 @@ inline void k4_block_scales(const uint8_t* b, BlockScales& s) {
 // Q4_K / Q5_K: unit 2c + k is nibble k (low, high) of bytes 32c .. 32c + 31.
 template <> struct Units<Q4_K> {
     static constexpr bool kSharedScale = true;
+    static constexpr int kBias = 0;
     static void scales(const uint8_t* b, BlockScales& s) { k4_block_scales(b, s); }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
+    template <bool, class Fn> static void each(const uint8_t* b, Fn&& fn) {
         for (int c = 0; c < 4; ++c) {
             const __m256i v = load32(b + 16 + 32 * c);
             fn(low_nibbles(v), 2 * c);
@@ -149,8 +217,9 @@ template <> struct Units<Q4_K> {
 };
 template <> struct Units<Q5_K> {
     static constexpr bool kSharedScale = true;
+    static constexpr int kBias = 0;
     static void scales(const uint8_t* b, BlockScales& s) { k4_block_scales(b, s); }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
+    template <bool, class Fn> static void each(const uint8_t* b, Fn&& fn) {
         const __m256i qh = load32(b + 16);
         for (int c = 0; c < 4; ++c) {
             const __m256i v = load32(b + 48 + 32 * c);
@@ -164,9 +233,13 @@ template <> struct Units<Q5_K> {
 // the 2 bits of qh[32h ..] at 2k, minus 32; the 16 int8 scales are per group.
 template <> struct Units<Q6_K> {
     static constexpr bool kSharedScale = false;   // a scale per 16
-    static void scales(const uint8_t* b, BlockScales& s) { scaled_bytes<true>(load16(b + 192), half_to_float(b + 208), s.scale); }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        const __m256i bias = _mm256_set1_epi8(32);
+    static constexpr int kBias = 32;
+    static void scales(const uint8_t* b, BlockScales& s) {
+        scaled_bytes<true>(load16(b + 192), half_to_float(b + 208), s.scale);
+        biased_offsets(s, kBias);
+    }
+    template <bool kCodes, class Fn> static void each(const uint8_t* b, Fn&& fn) {
+        const __m256i bias = _mm256_set1_epi8(kCodes ? 0 : kBias);
         for (int h = 0; h < 2; ++h) {
             const __m256i a = load32(b + 64 * h), c = load32(b + 64 * h + 32), hq = load32(b + 128 + 32 * h);
             const __m256i four[4] = {low_nibbles(a), low_nibbles(c), high_nibbles(a), high_nibbles(c)};
@@ -180,6 +253,7 @@ template <> struct Units<Q6_K> {
 // ls_j = nibble j of scales_l | (bits 2j, 2j + 1 of scales_h) << 4.
 template <> struct Units<IQ4_XS> {
     static constexpr bool kSharedScale = true;
+    static constexpr int kBias = 128;
     static void scales(const uint8_t* b, BlockScales& s) {
         uint16_t scales_h;
         std::memcpy(&scales_h, b + 2, 2);
@@ -189,9 +263,10 @@ template <> struct Units<IQ4_XS> {
         const __m128i low = _mm_unpacklo_epi8(_mm_and_si128(l, m), _mm_and_si128(_mm_srli_epi16(l, 4), m));
         const __m128i six = _mm_or_si128(low, _mm_cvtsi64_si128(int64_t(high)));
         scaled_bytes_twice<true>(_mm_sub_epi8(six, _mm_set1_epi8(32)), half_to_float(b), s.scale);
+        biased_offsets(s, kBias);
     }
-    template <class Fn> static void each(const uint8_t* b, Fn&& fn) {
-        for (int j = 0; j < 8; ++j) fn(quants_nibbles_lut(b + 8 + 16 * j, kIQ4Values), j);
+    template <bool kCodes, class Fn> static void each(const uint8_t* b, Fn&& fn) {
+        for (int j = 0; j < 8; ++j) fn(quants_nibbles_lut(b + 8 + 16 * j, kCodes ? kIQ4Codes : kIQ4Values), j);
     }
 };
 

@@ -2,7 +2,7 @@
 
 The module is built from ``csrc/cpu`` by the ordinary install. It is optional: where it is missing
 (no compiler at install time, ``OXIDE_NO_EXTENSIONS=1``) every op runs its PyTorch reference and
-:func:`status` says why. ``OXIDE_CPU_ISA=generic|avx2|avx512`` picks an instruction set below the
+:func:`status` says why. ``OXIDE_CPU_ISA=generic|avx2|avx512|avx512vnni`` picks an instruction set below the
 best one the CPU has (for comparisons and tests); one the CPU lacks is an error.
 """
 
