@@ -81,7 +81,7 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const RowView* row
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
             const __m256 s = _mm256_set1_ps(half_to_float(block));
-            dot_unit<R>(Units<F>::template quants<false>(block), s, s, rows, 32 * b, sum);
+            dot_unit<R>(Units<F>::quants(block), s, s, rows, 32 * b, sum);
             if constexpr (F::kOffset) {
                 const float m = half_to_float(block + 2);
                 for (int r = 0; r < R; ++r) acc[r].block_offsets += m * (rows[r].sums[2 * b] + rows[r].sums[2 * b + 1]);

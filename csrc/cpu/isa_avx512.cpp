@@ -77,7 +77,7 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const RowView* row
     if constexpr (F::kBlock == 32) {
         for (int64_t b = 0; b < nblocks; ++b) {
             const uint8_t* block = blocks + b * F::kBytes;
-            const __m256i q = Units<F>::template quants<false>(block);
+            const __m256i q = Units<F>::quants(block);
             const __m512 s = _mm512_set1_ps(half_to_float(block));
             dot_unit<true, R>(widen_low(q), widen_high(q), s, s, rows, 32 * b, int(b & 1), sum);
             if constexpr (F::kOffset) {

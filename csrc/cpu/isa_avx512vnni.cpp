@@ -117,6 +117,41 @@ inline void prepare_rows(const Activations& x, int64_t m0, int64_t m1) {
     }
 }
 
+// --- weight codes, 64 at a time -------------------------------------------------------------------
+
+// The 16 bytes of nibbles at a and at b as 64 codes: a's low nibbles, a's high, b's low, b's high.
+inline __m512i nibble_pairs(const uint8_t* a, const uint8_t* b) {
+    const __m512i bytes = _mm512_inserti64x4(_mm512_broadcast_i32x4(load16(a)), _mm256_broadcastsi128_si256(load16(b)), 1);
+    const __m512i shifts = _mm512_set_epi64(0x0004000400040004, 0x0004000400040004, 0, 0, 0x0004000400040004,
+                                            0x0004000400040004, 0, 0);
+    return _mm512_and_si512(_mm512_srlv_epi16(bytes, shifts), _mm512_set1_epi8(0xf));
+}
+
+// Adds 16 to the codes whose bit is set in the two 32-bit masks at a and b (Q5_0 / Q5_1's fifth bit).
+inline __m512i with_fifth_bits(__m512i codes, const uint8_t* a, const uint8_t* b) {
+    const __mmask64 set = _cvtu64_mask64(uint64_t(load_u32(a)) | uint64_t(load_u32(b)) << 32);
+    return _mm512_mask_add_epi8(codes, set, codes, _mm512_set1_epi8(16));
+}
+
+// Codes of the 32-weight blocks a and b (b may repeat a: at a row's odd end the digits there are zero).
+template <class F> __m512i pair_codes(const uint8_t* a, const uint8_t* b);
+template <> __m512i pair_codes<Q4_0>(const uint8_t* a, const uint8_t* b) { return nibble_pairs(a + 2, b + 2); }
+template <> __m512i pair_codes<Q4_1>(const uint8_t* a, const uint8_t* b) { return nibble_pairs(a + 4, b + 4); }
+template <> __m512i pair_codes<Q5_0>(const uint8_t* a, const uint8_t* b) {
+    return with_fifth_bits(nibble_pairs(a + 6, b + 6), a + 2, b + 2);
+}
+template <> __m512i pair_codes<Q5_1>(const uint8_t* a, const uint8_t* b) {
+    return with_fifth_bits(nibble_pairs(a + 8, b + 8), a + 4, b + 4);
+}
+template <> __m512i pair_codes<Q8_0>(const uint8_t* a, const uint8_t* b) {
+    const __m512i q = _mm512_inserti64x4(_mm512_castsi256_si512(load32(a + 2)), load32(b + 2), 1);
+    return _mm512_xor_si512(q, _mm512_set1_epi8(char(0x80)));
+}
+template <> __m512i pair_codes<IQ4_NL>(const uint8_t* a, const uint8_t* b) {
+    return _mm512_shuffle_epi8(_mm512_broadcast_i32x4(load16(reinterpret_cast<const uint8_t*>(kIQ4Codes))),
+                               nibble_pairs(a + 2, b + 2));
+}
+
 // Per activation row: the running sum (one FMA per 64 weights, far apart enough not to wait on each
 // other) and the offset terms (16 groups per vector).
 struct Acc {
@@ -145,8 +180,7 @@ inline void dot_units(const uint8_t* wrow, int64_t nblocks, const RowView* rows,
         }
         const __m512 scales = join(bs.scale[0], bs.scale[1]);
         // Segment j of the chunk: units 2j and 2j + 1 (groups 4j .. 4j + 3, four lanes each).
-        auto segment = [&](__m256i first, __m256i second, int j) {
-            const __m512i codes = _mm512_inserti64x4(_mm512_castsi256_si512(first), second, 1);
+        auto segment = [&](__m512i codes, int j) {
             const __m512 w = _mm512_permutexvar_ps(_mm512_add_epi32(lane_group, _mm512_set1_epi32(4 * j)), scales);
             const int64_t seg = 4 * chunk + j;
             for (int r = 0; r < R; ++r) {
@@ -160,15 +194,14 @@ inline void dot_units(const uint8_t* wrow, int64_t nblocks, const RowView* rows,
         };
         if constexpr (F::kBlock == 32) {
             for (int i = 0; i < nb; i += 2) {
-                const __m256i second = i + 1 < nb ? Units<F>::template quants<true>(blocks + (i + 1) * F::kBytes)
-                                                  : _mm256_setzero_si256();
-                segment(Units<F>::template quants<true>(blocks + i * F::kBytes), second, i / 2);
+                const uint8_t* a = blocks + i * F::kBytes;
+                segment(pair_codes<F>(a, i + 1 < nb ? a + F::kBytes : a), i / 2);
             }
         } else {
             __m256i first = _mm256_setzero_si256();
             Units<F>::template each<true>(blocks, [&](__m256i codes, int u) {
                 if (u & 1) {
-                    segment(first, codes, u / 2);
+                    segment(_mm512_inserti64x4(_mm512_castsi256_si512(first), codes, 1), u / 2);
                 } else {
                     first = codes;
                 }

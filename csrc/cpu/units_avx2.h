@@ -1,16 +1,16 @@
 // Every block type as 32-weight units held in registers, for the AVX2 and AVX-512 GEMV. Included after
-// quant_formats.h by isa_avx2.cpp and isa_avx512.cpp; everything here uses AVX2 (and F16C) only.
+// quant_formats.h by the x86 SIMD builds (isa_avx2.cpp, isa_avx512.cpp, isa_avx512vnni.cpp); everything here uses AVX2 (and F16C) only.
 //
-// Quants come in two forms: quants<false> gives the signed values q, quants<true> the unsigned codes
-// q + kBias in [0, 255] (the integer-dot build multiplies unsigned codes by signed activations).
+// kBias: q + kBias is the unsigned code in [0, 255] that the integer-dot build multiplies by signed
+// activation digits (it forms the codes of 32-weight blocks itself, 64 at a time).
 // A 32-weight block type F (F::kBlock == 32) gives one unit per block:
-//     Units<F>::quants<codes>(block)         the 32 quants q (or codes)
+//     Units<F>::quants(block)                the 32 quants q
 //     half_to_float(block) [, half_to_float(block + 2)]   its scale d [and offset m]
 // so that weight i is d * q[i] (+ m).
 // A super-block type (F::kBlock == 256) first decodes its scales, with vector operations, then gives
 // its eight units:
 //     Units<F>::scales(block, s)             the scale and offset of each of its 16 groups of 16 weights
-//     Units<F>::each<codes>(block, fn)       fn(q, u) for u = 0 .. 7
+//     Units<F>::each<codes>(block, fn)       fn(q, u) for u = 0 .. 7: quants, or codes when `codes`
 // so that weight i of unit u is  scale(2u + i / 16) * q[i] + offset(2u + i / 16); the offsets of
 // the 16 groups then cost one vector FMA against the sums of x over each 16.
 // kSharedScale: both halves of every unit have the same scale (one multiply per unit, not two).
@@ -86,29 +86,27 @@ template <class F> struct Units;
 template <> struct Units<Q4_0> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 8;
-    template <bool kCodes> static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, kCodes ? 0 : 8); }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 2, kBias); }
 };
 template <> struct Units<Q4_1> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 0;
-    template <bool> static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 4, 0); }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles(b + 4, 0); }
 };
 template <> struct Units<Q5_0> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 16;
-    template <bool kCodes> static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, kCodes ? 0 : 16); }
+    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 2, b + 6, kBias); }
 };
 template <> struct Units<Q5_1> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 0;
-    template <bool> static __m256i quants(const uint8_t* b) { return quants_5bit(b + 4, b + 8, 0); }
+    static __m256i quants(const uint8_t* b) { return quants_5bit(b + 4, b + 8, 0); }
 };
 template <> struct Units<Q8_0> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 128;
-    template <bool kCodes> static __m256i quants(const uint8_t* b) {
-        return kCodes ? _mm256_xor_si256(load32(b + 2), _mm256_set1_epi8(char(0x80))) : load32(b + 2);
-    }
+    static __m256i quants(const uint8_t* b) { return load32(b + 2); }
 };
 
 // IQ4_NL's table plus 128, as unsigned codes (read as bytes by quants_nibbles_lut).
@@ -118,9 +116,7 @@ const int8_t* const kIQ4Codes = reinterpret_cast<const int8_t*>(kIQ4CodeBytes);
 template <> struct Units<IQ4_NL> {
     static constexpr bool kSharedScale = true;
     static constexpr int kBias = 128;
-    template <bool kCodes> static __m256i quants(const uint8_t* b) {
-        return quants_nibbles_lut(b + 2, kCodes ? kIQ4Codes : kIQ4Values);
-    }
+    static __m256i quants(const uint8_t* b) { return quants_nibbles_lut(b + 2, kIQ4Values); }
 };
 
 // Groups 2i and 2i + 1 of s are block i's (i < nblocks <= 8; the rest 0): scale d, offset m - kBias * d
