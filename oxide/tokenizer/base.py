@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import TokenizerError
+from ..weights.string_array import StringArray
 from .interface import Tokenizer
 from ..log import get_logger
 
@@ -123,6 +124,12 @@ _EOG_TEXTS = (
 )
 # Tokens that are always rendered, whatever their stored type (gpt-oss chat markers).
 _FORCED_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
+# Phi-3's special tokens strip the whitespace after them; these texts say whether they do (True) or not.
+_PHI3_RSTRIP = (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False))
+# Every text the load-time rules look up (Vocab._named): they run before the full text -> id map exists.
+_NAMED_TEXTS = frozenset({*(t for texts in _ROLE_TEXTS.values() for t in texts), *_EOG_TEXTS, *_FORCED_USER_DEFINED,
+                          *(t for t, _ in _PHI3_RSTRIP), "<|end|>", "<|call|>", "<|calls|>", "<|return|>",
+                          "<|flush|>", "</s>", "<|tool_response>"})
 
 _ASCII_SPACE = frozenset(" \t\n\v\f\r")  # C isspace() in the "C" locale
 
@@ -135,7 +142,8 @@ def _bytes_of(text: str) -> bytes:
 class Vocab:
     """The vocabulary shared by every tokenizer model: texts, scores, attributes and special ids.
 
-    Built from metadata with one dict (text -> id) and flat lists; no per-token objects.
+    Built from metadata with no per-token objects: the texts stay one :class:`StringArray`, scores and
+    attributes flat arrays. The text -> id map that encoding needs (``token_to_id``) is built on first use.
     """
 
     def __init__(self, metadata: Mapping[str, Any], *, defaults: Mapping[str, int | None],
@@ -152,13 +160,16 @@ class Vocab:
         n = len(tokens)
         if n == 0:
             raise TokenizerError(f"GGUF metadata key {KEY_TOKENS!r} is empty; convert the model again")
-        tokens = list(tokens)
-        if "" in tokens:  # llama.cpp gives empty entries a placeholder text
-            tokens = [t if t else f"[EMPTY_{i}]" for i, t in enumerate(tokens)]
-        self.tokens: list[str] = tokens
-        self.token_to_id: dict[str, int] = dict(zip(tokens, range(n)))
-        if len(self.token_to_id) != n:
-            raise TokenizerError(f"{KEY_TOKENS!r}: {_duplicate_message(tokens)}; the vocabulary is corrupt")
+        texts = tokens if isinstance(tokens, StringArray) else StringArray.from_strings(tokens)
+        named = texts.find(_NAMED_TEXTS | {""})
+        if "" in named:  # llama.cpp gives empty entries a placeholder text
+            texts = StringArray.from_strings(t or f"[EMPTY_{i}]" for i, t in enumerate(texts))
+            named = texts.find(_NAMED_TEXTS)
+        repeat = texts.first_repeat()
+        if repeat is not None:
+            raise TokenizerError(f"{KEY_TOKENS!r}: duplicate token {texts[repeat[1]]!r} has ids {repeat[0]} and "
+                                 f"{repeat[1]}; the vocabulary is corrupt")
+        self.tokens: StringArray = texts
         # float32 scores as array('f'): indexing gives Python floats as a list would, at 4 bytes a token
         # instead of 32 (8 MB less for a 262k vocabulary).
         self.scores: array = array("f", _per_token_array(metadata, KEY_SCORES, n, np.float32, 0.0).tobytes())
@@ -170,18 +181,18 @@ class Vocab:
                                           ("eos", "eos_token_id", defaults.get("eos")),
                                           ("unk", "unknown_token_id", defaults.get("unk")),
                                           ("pad", "padding_token_id", defaults.get("pad")))}
-        roles = self._detect_roles(metadata, attrs, n)
-        self._force_attrs(attrs)
-        self._not_end_markers(attrs, roles)
-        self._name_rules(metadata, attrs)
+        roles = self._detect_roles(metadata, attrs, n, named)
+        self._force_attrs(attrs, named)
+        self._not_end_markers(attrs, roles, named)
+        self._name_rules(metadata, attrs, named)
         self.attr_array: np.ndarray = attrs  # (n,) int32
-        self.attrs: list[int] = attrs.tolist()
+        self.attrs: memoryview = memoryview(attrs)  # the same values, indexed as Python ints
 
         self.bos_id: int | None = ids["bos"]
         self.eos_id: int | None = ids["eos"]
         self.unk_id: int | None = ids["unk"]
         self.pad_id: int | None = ids["pad"]
-        self.eog_ids: list[int] = self._end_of_generation(ids["eos"], roles, attrs)
+        self.eog_ids: list[int] = self._end_of_generation(ids["eos"], roles, attrs, named)
         self.add_bos: bool = bool(metadata.get(KEY_ADD_BOS, add_bos))
         self.add_eos: bool = bool(metadata.get(KEY_ADD_EOS, add_eos))
         self.add_space_prefix: bool = bool(metadata.get(KEY_ADD_SPACE_PREFIX, add_space_prefix))
@@ -190,7 +201,16 @@ class Vocab:
                 raise TokenizerError(f"GGUF metadata key {key!r} is true but tokenizer.ggml.{token}_token_id "
                                      f"is not set to a token of the vocabulary; fix the file's metadata")
 
-    def _detect_roles(self, metadata: Mapping[str, Any], attrs: np.ndarray, n: int) -> dict[str, list[int]]:
+    @cached_property
+    def token_to_id(self) -> dict[str, int]:
+        """Text -> id of every token, built on first use: encoding needs it, loading and decoding do not
+        (for a 262,144-token vocabulary it holds ~38 MB of ``str`` keys, ``int`` values and hash table).
+        The load-time rules look their few texts up in a small map instead (:data:`_NAMED_TEXTS`)."""
+        return dict(zip(self.tokens, range(len(self.tokens))))
+
+    @staticmethod
+    def _detect_roles(metadata: Mapping[str, Any], attrs: np.ndarray, n: int,
+                      named: dict[str, int]) -> dict[str, list[int]]:
         """Ids of each role: the metadata's, else every token whose text names it (forced to CONTROL).
 
         llama.cpp keeps one of several matches (whichever its hash map yields first); all are kept
@@ -204,51 +224,56 @@ class Vocab:
             if found is not None:
                 roles[role] = [found]
                 continue
-            roles[role] = sorted(self.token_to_id[t] for t in _ROLE_TEXTS[role] if t in self.token_to_id)
+            roles[role] = sorted(named[t] for t in _ROLE_TEXTS[role] if t in named)
             for i in roles[role]:
                 attrs[i] |= Attr.CONTROL
         return roles
 
-    def _force_attrs(self, attrs: np.ndarray) -> None:
+    @staticmethod
+    def _force_attrs(attrs: np.ndarray, named: dict[str, int]) -> None:
         for text in _EOG_TEXTS:
-            i = self.token_to_id.get(text)
+            i = named.get(text)
             if i is not None:
                 attrs[i] |= Attr.CONTROL
         for text in _FORCED_USER_DEFINED:
-            i = self.token_to_id.get(text)
+            i = named.get(text)
             if i is not None:
                 attrs[i] = Attr.USER_DEFINED
 
-    def _not_end_markers(self, attrs: np.ndarray, roles: dict[str, list[int]]) -> None:
+    @staticmethod
+    def _not_end_markers(attrs: np.ndarray, roles: dict[str, list[int]], named: dict[str, int]) -> None:
         """llama.cpp's exceptions to the end-of-generation texts: with gpt-oss's ``<|return|>`` and
         ``<|call|>`` (or Solar Open's ``<|calls|>`` and ``<|flush|>``), ``<|end|>`` ends a message only and
         becomes user-defined; with Gemma 4's ``<|tool_response>``, ``</s>`` is a normal token."""
-        has = self.token_to_id.__contains__
-        end = self.token_to_id.get("<|end|>")
+        has = named.__contains__
+        end = named.get("<|end|>")
         if end is not None and (has("<|call|>") or has("<|calls|>")) and (has("<|return|>") or has("<|flush|>")):
             attrs[end] = Attr.USER_DEFINED
             for role in ("eot", "eom"):
                 roles[role] = [i for i in roles[role] if i != end]
-        close = self.token_to_id.get("</s>")
+        close = named.get("</s>")
         if close is not None and has("<|tool_response>"):
             attrs[close] = Attr.NORMAL
 
-    def _end_of_generation(self, eos: int | None, roles: dict[str, list[int]], attrs: np.ndarray) -> list[int]:
+    @staticmethod
+    def _end_of_generation(eos: int | None, roles: dict[str, list[int]], attrs: np.ndarray,
+                           named: dict[str, int]) -> list[int]:
         """llama.cpp's end-of-generation set: EOS, then the end of turn/message and FIM pad/repo/separator
         tokens, then every token whose text is an end marker and is still a control token after the
         exceptions of :meth:`_not_end_markers`."""
         by_role = [i for role in ("eot", "eom", "fim_pad", "fim_rep", "fim_sep") for i in roles[role]]
-        by_text = [self.token_to_id[t] for t in _EOG_TEXTS if t in self.token_to_id]
+        by_text = [named[t] for t in _EOG_TEXTS if t in named]
         by_text = [i for i in by_text if attrs[i] & Attr.CONTROL]
         return list(dict.fromkeys(([] if eos is None else [eos]) + by_role + sorted(by_text)))
 
-    def _name_rules(self, metadata: Mapping[str, Any], attrs: np.ndarray) -> None:
+    @staticmethod
+    def _name_rules(metadata: Mapping[str, Any], attrs: np.ndarray, named: dict[str, int]) -> None:
         """Whitespace-stripping rules llama.cpp keys on the model name (only Phi-3 for these vocabularies)."""
         name = str(metadata.get("general.name", "")).lower()
         if "phi-3" in name or "phi3" in name:
             attrs[(attrs & _CUT_OUT) != 0] |= Attr.RSTRIP
-            for text, strip in (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False)):
-                i = self.token_to_id.get(text)
+            for text, strip in _PHI3_RSTRIP:
+                i = named.get(text)
                 if i is not None:
                     attrs[i] = attrs[i] | Attr.RSTRIP if strip else attrs[i] & ~Attr.RSTRIP
 
@@ -256,15 +281,6 @@ class Vocab:
         if not 0 <= token_id < len(self.tokens):
             raise TokenizerError(f"token id {token_id} is out of range for this vocabulary of "
                                  f"{len(self.tokens)} tokens (valid ids: 0..{len(self.tokens) - 1})")
-
-
-def _duplicate_message(tokens: list[str]) -> str:
-    seen: dict[str, int] = {}
-    for i, t in enumerate(tokens):
-        if t in seen:
-            return f"duplicate token {t!r} has ids {seen[t]} and {i}"
-        seen[t] = i
-    raise AssertionError("no duplicate found")
 
 
 def _per_token_array(metadata: Mapping[str, Any], key: str, n: int, dtype: type, default: float) -> np.ndarray:

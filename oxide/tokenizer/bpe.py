@@ -236,6 +236,7 @@ def _merge_ranks(merges: Sequence[str]) -> tuple[dict[str, int], str]:
     themselves are the keys, separator ``" "``; otherwise the pairs are re-joined with a separator
     that occurs in no entry.
     """
+    merges = list(merges)   # decoded once (a StringArray decodes on every pass): the entries become the keys
     count = methodcaller("count", " ", 1)
     if max(map(count, merges), default=0) <= 1:
         return dict(zip(reversed(merges), range(len(merges) - 1, -1, -1))), " "

@@ -40,12 +40,6 @@ class SPMTokenizer(VocabTokenizer):
     def __init__(self, vocab: Vocab) -> None:
         super().__init__(vocab)
         self._word_ids_cached = WordCache(self._merge)
-        get = vocab.token_to_id.get
-        # byte -> id: the <0xXX> token, else llama.cpp's fallback to the one-byte text itself (a byte
-        # >= 0x80 alone is not UTF-8; such texts are read with surrogateescape).
-        self._byte_ids: list[int | None] = [
-            get(f"<0x{b:02X}>", get(chr(b) if b < 0x80 else chr(0xDC00 + b))) for b in range(256)
-        ]
 
     @classmethod
     def _from_metadata(cls, metadata: Mapping[str, Any]) -> SPMTokenizer:
@@ -54,11 +48,19 @@ class SPMTokenizer(VocabTokenizer):
         return cls(vocab)
 
     @cached_property
+    def _byte_ids(self) -> list[int | None]:
+        """byte -> id: the <0xXX> token, else llama.cpp's fallback to the one-byte text itself (a byte
+        >= 0x80 alone is not UTF-8; such texts are read with surrogateescape)."""
+        get = self.vocab.token_to_id.get
+        return [get(f"<0x{b:02X}>", get(chr(b) if b < 0x80 else chr(0xDC00 + b))) for b in range(256)]
+
+    @cached_property
     def _glue(self) -> tuple[frozenset[str], tuple[int, ...]]:
         """Texts that, ending a word, may merge with the next ``"▁"``: every ``t[:k]`` with ``t[k] == "▁"``,
-        ``k > 0``, over the vocabulary (and their lengths)."""
+        ``k > 0``, over the vocabulary (and their lengths). The texts are read as the keys of the text -> id
+        map, which encoding builds anyway, rather than decoded a second time."""
         glue = set()
-        for t in self.vocab.tokens:
+        for t in self.vocab.token_to_id:
             k = t.find(SPACE, 1)
             while k > 0:
                 glue.add(t[:k])
