@@ -123,22 +123,18 @@ template <> struct Units<IQ4_NL> {
 // (m at byte 2 for the types with an offset).
 template <class F>
 inline void small_block_scales(const uint8_t* blocks, int nblocks, BlockScales& s) {
-    auto field = [&](int at) {   // the f16 at byte `at` of each block, as eight floats
-        alignas(16) uint16_t h[8] = {};
-        if (nblocks == 8) {   // the common case, built in a register (no narrow stores read back wide)
-            __m128i v = _mm_setzero_si128();
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + at), 0);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + F::kBytes + at), 1);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 2 * F::kBytes + at), 2);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 3 * F::kBytes + at), 3);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 4 * F::kBytes + at), 4);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 5 * F::kBytes + at), 5);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 6 * F::kBytes + at), 6);
-            v = _mm_insert_epi16(v, *reinterpret_cast<const uint16_t*>(blocks + 7 * F::kBytes + at), 7);
-            return _mm256_cvtph_ps(v);
-        }
-        for (int i = 0; i < nblocks; ++i) std::memcpy(&h[i], blocks + i * F::kBytes + at, 2);
-        return _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(h)));
+    auto field = [&](int at) {   // the f16 at byte `at` of each block, as eight floats, built in a register
+        auto half = [&](int i) { return *reinterpret_cast<const uint16_t*>(blocks + i * F::kBytes + at); };
+        __m128i v = _mm_setzero_si128();
+        v = _mm_insert_epi16(v, half(0), 0);
+        v = nblocks > 1 ? _mm_insert_epi16(v, half(1), 1) : v;
+        v = nblocks > 2 ? _mm_insert_epi16(v, half(2), 2) : v;
+        v = nblocks > 3 ? _mm_insert_epi16(v, half(3), 3) : v;
+        v = nblocks > 4 ? _mm_insert_epi16(v, half(4), 4) : v;
+        v = nblocks > 5 ? _mm_insert_epi16(v, half(5), 5) : v;
+        v = nblocks > 6 ? _mm_insert_epi16(v, half(6), 6) : v;
+        v = nblocks > 7 ? _mm_insert_epi16(v, half(7), 7) : v;
+        return _mm256_cvtph_ps(v);
     };
     const __m256 d = field(0);
     __m256 offset = _mm256_mul_ps(d, _mm256_set1_ps(-float(Units<F>::kBias)));
