@@ -1,4 +1,5 @@
-"""Where one decode step's time goes: weights, attention, norms, other ops, sampling and the rest.
+"""Where one decode step's time goes (or, with ``--prefill``, one prompt's): weights, attention, norms,
+other ops, sampling and the rest.
 
 Every matmul (:class:`oxide.ops.Linear`, :class:`oxide.ops.LinearGroup`), every bound layer op (:class:`oxide.ops.bound.LayerOps`),
 the KV-cache writes and the sampler are wrapped in a timer; a step is one token through
@@ -6,7 +7,10 @@ the KV-cache writes and the sampler are wrapped in a timer; a step is one token 
 minus every timed part: the Python of the blocks, tensor views, residual adds and op entry costs.
 The timers add about a microsecond per call, charged to the parts they wrap.
 
-    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512]
+    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512] [--prefill]
+
+``--prefill`` times the forward pass over a ``--context``-token prompt on a fresh cache instead (the
+best of three passes after one warm-up; the output head runs for the last position only).
 """
 
 from __future__ import annotations
@@ -80,11 +84,37 @@ def profile(model: oxide.Model, steps: int, context: int) -> tuple[dict[str, flo
     return per_step, wall / steps * 1e3
 
 
-def markdown(per_step: dict[str, float], step_ms: float) -> str:
-    lines = ["| part | ms per token | share |", "|---|---|---|"]
-    for name, ms in sorted(per_step.items(), key=lambda item: -item[1]):
-        lines.append(f"| {name} | {ms:.2f} | {ms / step_ms:.0%} |")
-    lines.append(f"| **step** | **{step_ms:.2f}** ({1e3 / step_ms:.1f} tok/s) | 100% |")
+def profile_prefill(model: oxide.Model, context: int) -> tuple[dict[str, float], float]:
+    """Milliseconds by category of the best of three forward passes over a ``context``-token prompt."""
+    lm = model.lm
+    prompt = torch.arange(1, context + 1).remainder(1000).add(100).view(1, -1)
+    timers = Timers()
+    instrument(model, timers)
+    best: tuple[dict[str, float], float] | None = None
+    for attempt in range(4):   # the first is a warm-up
+        cache = lm.new_cache(context + 8)
+        for layer in cache.layers:
+            layer.update = timers.wrap("attention: KV cache write", layer.update)
+        timers.seconds.clear()
+        start = time.perf_counter()
+        lm.forward(prompt, cache, last_only=True)
+        wall = (time.perf_counter() - start) * 1e3
+        parts = {name: s * 1e3 for name, s in timers.seconds.items()}
+        parts["python and launch overhead"] = wall - sum(parts.values())
+        if attempt and (best is None or wall < best[1]):
+            best = parts, wall
+    assert best is not None
+    return best
+
+
+def markdown(parts: dict[str, float], total_ms: float, tokens: int = 1) -> str:
+    """The table of parts; ``tokens`` > 1: the parts of one pass over that many prompt tokens."""
+    unit = "ms per token" if tokens == 1 else f"ms per {tokens}-token prompt"
+    lines = [f"| part | {unit} | share |", "|---|---|---|"]
+    for name, ms in sorted(parts.items(), key=lambda item: -item[1]):
+        lines.append(f"| {name} | {ms:.2f} | {ms / total_ms:.0%} |")
+    label = "step" if tokens == 1 else "prompt"
+    lines.append(f"| **{label}** | **{total_ms:.2f}** ({1e3 * tokens / total_ms:.1f} tok/s) | 100% |")
     return "\n".join(lines)
 
 
@@ -93,11 +123,15 @@ def main() -> None:
     parser.add_argument("model", nargs="?", help="a GGUF file or HF folder (default: Gemma 3 270M Q4_K_M)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=64)
-    parser.add_argument("--context", type=int, default=512, help="tokens already in the cache")
+    parser.add_argument("--context", type=int, default=512, help="tokens already in the cache (the prompt's, with --prefill)")
+    parser.add_argument("--prefill", action="store_true", help="profile the prompt's forward pass instead")
     ns = parser.parse_args()
     torch.set_num_threads(ns.threads)
     model = oxide.load(ns.model, device="cpu", n_ctx=ns.context + ns.steps + 8)
-    print(markdown(*profile(model, ns.steps, ns.context)))
+    if ns.prefill:
+        print(markdown(*profile_prefill(model, ns.context), tokens=ns.context))
+    else:
+        print(markdown(*profile(model, ns.steps, ns.context)))
 
 
 if __name__ == "__main__":

@@ -237,6 +237,9 @@ def _activation_inputs():
     yield "strided", randn(37, 6, seed=4, scale=4.0).t(), randn(6, 37, seed=5)
     yield "tails", torch.linspace(-120, 120, 4801).view(1, -1), randn(1, 4801, seed=6)
     yield "large", randn(40, 2048, seed=7, scale=4.0), randn(40, 2048, seed=8)   # threaded
+    # the two halves of a fused gate-up projection, read in place (one row stride), threaded
+    fused = torch.cat([randn(4, 33, 300, seed=9, scale=4.0), randn(4, 33, 300, seed=10)], -1)
+    yield "fused-halves", *fused.split(300, -1)
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu_pytorch_tanh", "gelu"])

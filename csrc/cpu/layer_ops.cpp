@@ -147,13 +147,24 @@ void split_range(int64_t n, int threads, F body) {
     }
 }
 
-// out = act(gate) * up over n contiguous elements; act 0: silu, 1: gelu (tanh form), 2: gelu (erf).
-void gated_activation(std::uintptr_t gate, std::uintptr_t up, std::uintptr_t out, int64_t n, int act, int threads) {
-    check(n >= 0 && act >= 0 && act <= 2 && threads >= 1, "gated_activation: bad size, activation or threads");
+// out = act(gate) * up over rows of n elements (gate and up rows gate_stride and up_stride floats apart,
+// so that the two halves of a fused gate-up projection are read in place; out contiguous);
+// act 0: silu, 1: gelu (tanh form), 2: gelu (erf).
+void gated_activation(std::uintptr_t gate, int64_t gate_stride, std::uintptr_t up, int64_t up_stride,
+                      std::uintptr_t out, int64_t rows, int64_t n, int act, int threads) {
+    check(rows >= 0 && n >= 0 && gate_stride >= n && up_stride >= n && act >= 0 && act <= 2 && threads >= 1,
+          "gated_activation: bad sizes, strides, activation or threads");
     const auto kernel = kernels().gated;
-    split_range(n, threads, [&](int64_t begin, int64_t end) {
-        kernel(ptr<const float>(gate) + begin, ptr<const float>(up) + begin, ptr<float>(out) + begin, end - begin, act);
-    });
+    const float* g = ptr<const float>(gate);
+    const float* u = ptr<const float>(up);
+    float* o = ptr<float>(out);
+    if (rows == 1) {   // decode: the one row shared out among the threads
+        split_range(n, threads, [&](int64_t begin, int64_t end) { kernel(g + begin, u + begin, o + begin, end - begin, act); });
+        return;
+    }
+    const int nt = threads_for(threads, rows * n, rows);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int64_t r = 0; r < rows; ++r) kernel(g + r * gate_stride, u + r * up_stride, o + r * n, n, act);
 }
 
 // out = cap * tanh(x / cap) over n contiguous elements.
@@ -281,8 +292,9 @@ void bind_layer_ops(py::module_& m) {
           py::arg("window"), py::arg("softcap"), py::arg("threads"),
           "Causal grouped-query attention over explicit positions, optional sliding window and soft-cap.");
     m.def("gated_activation", &gated_activation, py::call_guard<py::gil_scoped_release>(), py::arg("gate"),
-          py::arg("up"), py::arg("out"), py::arg("n"), py::arg("act"), py::arg("threads"),
-          "out = act(gate) * up; act 0: silu, 1: gelu (tanh approximation), 2: gelu (erf).");
+          py::arg("gate_stride"), py::arg("up"), py::arg("up_stride"), py::arg("out"), py::arg("rows"), py::arg("n"),
+          py::arg("act"), py::arg("threads"),
+          "out = act(gate) * up over rows (strided inputs, contiguous out); act 0: silu, 1: gelu (tanh approximation), 2: gelu (erf).");
     m.def("softcap", &softcap, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
           py::arg("cap"), py::arg("threads"), "out = cap * tanh(x / cap).");
 }

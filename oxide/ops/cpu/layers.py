@@ -113,10 +113,12 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
     _check(up, "gated_activation", "up")
     if up.shape != gate.shape:
         raise ValueError(f"gated_activation: up {tuple(up.shape)} must have the shape of gate {tuple(gate.shape)}")
-    gate, up = gate.contiguous(), up.contiguous()
     out = _empty(gate)
-    extension().gated_activation(gate.data_ptr(), up.data_ptr(), out.data_ptr(), out.numel(), ACTIVATIONS[act],
-                                 threads())
+    if out.numel():
+        n = gate.shape[-1]
+        (gate2, gate_stride), (up2, up_stride) = _matrix(gate, n), _matrix(up, n)   # in place where possible
+        extension().gated_activation(gate2.data_ptr(), gate_stride, up2.data_ptr(), up_stride, out.data_ptr(),
+                                     gate2.shape[0], n, ACTIVATIONS[act], threads())
     return out
 
 
@@ -166,6 +168,19 @@ def _rows(t: torch.Tensor, flatten: bool = False) -> tuple[torch.Tensor, tuple[i
         t = t.contiguous()
     pad = 4 - t.dim()
     return t, (1,) * pad + t.shape[:-1], (0,) * pad + t.stride()[:-1]
+
+
+def _matrix(t: torch.Tensor, n: int) -> tuple[torch.Tensor, int]:
+    """``t`` (..., n) as (rows, n) rows of contiguous elements a fixed stride (>= n) apart, and that
+    stride: a view where one exists (the halves of a fused gate-up output), else a contiguous copy."""
+    if t.stride(-1) == 1:
+        try:
+            rows = t.view(-1, n)
+        except RuntimeError:   # leading dims that no single stride describes
+            rows = None
+        if rows is not None and (rows.shape[0] == 1 or rows.stride(0) >= n):
+            return rows, rows.stride(0) if rows.shape[0] > 1 else n
+    return t.reshape(-1, n).contiguous(), n
 
 
 def _vector(w: torch.Tensor, n: int, op: str, name: str) -> torch.Tensor:
