@@ -19,6 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from oxide import ops
 from oxide.errors import InvalidOptionError
 from oxide.log import get_logger
 
@@ -338,7 +339,7 @@ class Sampler:
         if self.options.temperature == 0.0:
             # The chain ends with Temperature(0), which keeps only the first maximum of what it is given:
             # the argmax before it is the same token, without a pass that masks the whole vocabulary.
-            return int(torch.argmax(self._apply(self.processors[:-1], logits, history)))
+            return ops.argmax(self._apply(self.processors[:-1], logits, history))
         probs = torch.softmax(self.process(logits, history), dim=-1)  # (V,)
         generator = self._generator_for(probs.device)
         return int(torch.multinomial(probs.to(generator.device), 1, generator=generator))

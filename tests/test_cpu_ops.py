@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not cpu.available(),
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 ATTN = dict(rtol=1e-5, atol=2e-6)
-LAYER_OPS = ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
+LAYER_OPS = ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap", "argmax")
 
 
 @pytest.fixture(autouse=True)
@@ -214,6 +214,11 @@ for act in ("silu", "gelu_pytorch_tanh", "gelu"):
     same(layers.gated_activation(gate, up, act), reference.gated_activation(gate, up, act), atol=4e-6)
 logits = randn(3, 1001, scale=40.0)
 same(layers.softcap(logits, 30.0), reference.softcap(logits, 30.0))
+row = randn(262144)
+row[[7, 200000]] = row.max() + 1.0
+assert layers.argmax(row) == reference.argmax(row) == 7
+row[150000] = float("nan")
+assert layers.argmax(row) == reference.argmax(row) == 150000
 """
 
 
@@ -258,6 +263,36 @@ def test_softcap(shape, cap, threads):
     x = randn(*shape, seed=len(shape), scale=40.0)
     x.view(-1)[:5] = torch.tensor([0.0, 1e-6, -1e-3, 0.29 * cap, -0.31 * cap])   # the series/exp switch at 0.3
     torch.testing.assert_close(layers.softcap(x, cap), reference.softcap(x, cap), **F32)
+
+
+def _argmax_inputs():
+    yield "vocab", randn(262144, seed=11)
+    yield "odd", randn(1001, seed=12)
+    yield "one", randn(1, seed=13)
+    ties = randn(3001, seed=14)
+    ties[[17, 1500, 3000]] = ties.max() + 1.0                      # the first of equal maxima
+    yield "ties", ties
+    late = randn(5000, seed=15)
+    late[4999] = float("inf")
+    yield "inf-last", late
+    nans = randn(4097, seed=16)
+    nans[[2050, 4096]] = float("nan")                               # a NaN beats every number, the first wins
+    nans[10] = float("inf")
+    yield "nan", nans
+    yield "all-minus-inf", torch.full((77,), float("-inf"))
+    yield "strided", randn(2000, seed=17)[::2]
+
+
+@pytest.mark.parametrize("name,x", list(_argmax_inputs()), ids=[n for n, _ in _argmax_inputs()])
+def test_argmax(name, x):
+    assert layers.argmax(x) == reference.argmax(x) == int(torch.argmax(x))
+
+
+def test_argmax_refuses_what_it_cannot_answer():
+    with pytest.raises(ValueError, match="empty"):
+        layers.argmax(torch.zeros(0))
+    with pytest.raises(ValueError, match="argmax: x has shape"):
+        layers.argmax(torch.zeros(2, 3))
 
 
 # --- dispatch and bad input ------------------------------------------------------------------------------

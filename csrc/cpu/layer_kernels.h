@@ -40,6 +40,8 @@ struct LayerKernels {
     void (*gated)(const float* gate, const float* up, float* out, int64_t n, int act);
     // out = cap * tanh(x / cap) over n elements.
     void (*softcap)(const float* x, float* out, int64_t n, float cap);
+    // The index of the first largest of n > 0 values, a NaN counting as larger than any number (torch.argmax).
+    int64_t (*argmax)(const float* x, int64_t n);
     // The query heads kh*G .. kh*G+G-1 at (b, t) against keys [s0, s1): for each such head g, writes
     // the record part[g*(hd+2) ...] = (m, l, acc[hd]): the chunk's max score m (-inf if no key is
     // allowed), l = sum_j exp(s_j - m) and acc = sum_j exp(s_j - m) v_j. scores: G * (s1 - s0) floats.

@@ -176,6 +176,12 @@ void softcap(std::uintptr_t x, std::uintptr_t out, int64_t n, double cap, int th
     });
 }
 
+// The index of the first largest of n contiguous values (a NaN counts as the largest), as torch.argmax.
+int64_t argmax(std::uintptr_t x, int64_t n) {
+    check(n > 0, "argmax: no values");
+    return kernels().argmax(ptr<const float>(x), n);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Attention.
 //
@@ -295,6 +301,8 @@ void bind_layer_ops(py::module_& m) {
           py::arg("gate_stride"), py::arg("up"), py::arg("up_stride"), py::arg("out"), py::arg("rows"), py::arg("n"),
           py::arg("act"), py::arg("threads"),
           "out = act(gate) * up over rows (strided inputs, contiguous out); act 0: silu, 1: gelu (tanh approximation), 2: gelu (erf).");
+    m.def("argmax", &argmax, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("n"),
+          "Index of the first largest of n float32 values; a NaN counts as the largest (torch.argmax).");
     m.def("softcap", &softcap, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
           py::arg("cap"), py::arg("threads"), "out = cap * tanh(x / cap).");
 }

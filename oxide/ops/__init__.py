@@ -15,7 +15,8 @@ from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
-_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap")
+_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation",
+        "softcap", "argmax")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
@@ -26,7 +27,7 @@ register("qmatmul_group", "cpp", cpu_quant.qmatmul_group, device_types=("cpu",),
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
-for _op in ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap"):
+for _op in ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap", "argmax"):
     register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
              accepts=cpu_layers.serves)
 
@@ -106,3 +107,8 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)``."""
     return resolve("softcap", x.device.type, x.dtype)(x, cap)
+
+
+def argmax(x: torch.Tensor) -> int:
+    """The index of the first largest value of the 1-D ``x``; a NaN counts as the largest."""
+    return resolve("argmax", x.device.type, x.dtype)(x)

@@ -115,3 +115,8 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)``: bounds logits smoothly to (-cap, cap)."""
     return cap * torch.tanh(x / cap)
+
+
+def argmax(x: torch.Tensor) -> int:
+    """The index of the first largest value of the 1-D ``x`` (a NaN counts as the largest): greedy sampling."""
+    return int(torch.argmax(x))
