@@ -11,7 +11,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxide.errors import InvalidOptionError
+from oxide.errors import InvalidOptionError, OxideError
 from oxide.sampling import (
     MinP,
     Penalties,
@@ -390,6 +390,32 @@ def test_same_seed_same_tokens(device: str) -> None:
     assert first == draw_sequence(options, device=device)
     other_seed = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=1235)
     assert first != draw_sequence(other_seed, device=device)
+
+
+def test_draws_follow_the_processed_distribution() -> None:
+    """20,000 seeded draws after top-k: each kept token's frequency within 4.5 sigma of its probability,
+    the cut tokens never drawn; over the whole vocabulary (no truncation) likewise for the top tokens."""
+    probs = torch.tensor([0.05, 0.3, 0.0001, 0.2, 0.15, 0.1, 0.1999])
+    for options, kept_ids in ((SamplingOptions(temperature=1.0, top_k=4, top_p=1.0, min_p=0.0, seed=7), [1, 3, 6, 4]),
+                              (SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=8), range(7))):
+        sampler = Sampler(options)
+        draws = torch.tensor([sampler.sample(probs.log()) for _ in range(20000)])
+        counts = torch.bincount(draws, minlength=7).double()
+        want = torch.zeros(7, dtype=torch.float64)
+        want[list(kept_ids)] = probs.double()[list(kept_ids)]
+        want /= want.sum()
+        sigma = (20000 * want * (1 - want)).sqrt()
+        assert ((counts - 20000 * want).abs() <= 4.5 * sigma + 1).all(), (counts, 20000 * want)
+
+
+def test_nan_or_no_finite_logits_are_a_clear_error() -> None:
+    sampler = Sampler(SamplingOptions(temperature=1.0, seed=1))
+    logits = torch.zeros(10)
+    logits[3] = float("nan")
+    with pytest.raises(OxideError, match="logits contain NaN"):
+        sampler.sample(logits)
+    with pytest.raises(OxideError, match="no token has a finite logit"):
+        Sampler(SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)).sample(torch.full((10,), -math.inf))
 
 
 def test_unseeded_samplers_differ_and_global_rng_untouched() -> None:
