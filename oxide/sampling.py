@@ -335,6 +335,8 @@ class Sampler:
     def __init__(self, options: SamplingOptions | None = None) -> None:
         self.options = options if options is not None else SamplingOptions()
         self.processors = build_processors(self.options)
+        # where the chain's top-k stage is (None: it has none): the stages after it see only its tokens
+        self._top_k_at = next((i for i, p in enumerate(self.processors) if isinstance(p, TopK)), None)
         self._generator: torch.Generator | None = None
         log.debug("sampler chain: %s", self.processors)
 
@@ -350,7 +352,7 @@ class Sampler:
             return ops.argmax(self._apply(self.processors[:-1], logits, history))
         if torch.isnan(logits).any():
             raise OxideError("sampling: the logits contain NaN; the model's forward pass failed")
-        processed, ids = self._process_kept(logits, history)  # (n,) logits of the tokens ids (n,)
+        processed, ids = self._process_kept(logits, history)  # (n,) logits of the tokens ids (n,) (None: all)
         # A draw by inverse CDF over the tokens still in play: torch.multinomial over the whole of a
         # 262,144-token vocabulary took ~6 ms on a CPU; the same distribution.
         alive = torch.nonzero(processed > _NEG_INF).squeeze(1)  # (m,) positions, ascending
@@ -360,24 +362,23 @@ class Sampler:
         generator = self._generator_for(cdf.device)
         u = torch.rand((), generator=generator, device=generator.device).to(cdf.device)
         pick = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=alive.numel() - 1)  # first cdf > u
-        return int(ids[alive[pick]])
+        position = alive[pick]
+        return int(position if ids is None else ids[position])
 
-    def _process_kept(self, logits: torch.Tensor, history: History) -> tuple[torch.Tensor, torch.Tensor]:
-        """The processed logits of the tokens top-k keeps (all tokens without top-k), and their ids.
+    def _process_kept(self, logits: torch.Tensor, history: History) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The processed logits of the tokens top-k keeps, and their ids (None: every token, in id order).
 
         The stages after top-k (top-p, min-p, temperature) see only the ``k`` kept tokens, listed by
         ascending id, which is what they see of the masked vocabulary: the same result, without passes
         over the whole vocabulary.
         """
-        cut = next((i for i, p in enumerate(self.processors) if isinstance(p, TopK)), None)
+        cut = self._top_k_at
         if cut is None:
-            processed = self.process(logits, history)
-            return processed, torch.arange(processed.shape[-1], device=processed.device)
+            return self.process(logits, history), None
         before = self._apply(self.processors[:cut], logits, history)  # (V,)
         ids = self.processors[cut].kept_ids(before)
-        if ids is None:
-            ids = torch.arange(before.shape[-1], device=before.device)
-        return self._apply(self.processors[cut + 1:], before[ids], history), ids
+        rest = self.processors[cut + 1:]
+        return self._apply(rest, before if ids is None else before[ids], history), ids
 
     @staticmethod
     def _apply(processors: Sequence[LogitProcessor], logits: torch.Tensor, history: History) -> torch.Tensor:
