@@ -39,13 +39,7 @@ inline void acc_zero(Acc& a) {
 }
 
 inline float acc_total(const Acc& a) {
-    const __m512 all = _mm512_add_ps(_mm512_add_ps(a.v[0], a.v[1]), a.offsets);
-    const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(all),
-                                      _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(all), 1)));
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s) + a.block_offsets;
+    return _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a.v[0], a.v[1]), a.offsets)) + a.block_offsets;
 }
 
 // sum[r][c] += scale_lo * (q_lo . x_lo) + scale_hi * (q_hi . x_hi) for one 32-weight unit at rows[r].x + first,
