@@ -126,10 +126,11 @@ _EOG_TEXTS = (
 _FORCED_USER_DEFINED = ("<|channel|>", "<|message|>", "<|start|>", "<|constrain|>")
 # Phi-3's special tokens strip the whitespace after them; these texts say whether they do (True) or not.
 _PHI3_RSTRIP = (("</s>", True), ("<unk>", False), ("<s>", False), ("<|endoftext|>", False))
-# Every text the load-time rules look up (Vocab._named): they run before the full text -> id map exists.
+# Every text the load-time rules look up (in the `named` map Vocab.__init__ builds; "</s>" comes with
+# _PHI3_RSTRIP): they run before the full text -> id map exists.
 _NAMED_TEXTS = frozenset({*(t for texts in _ROLE_TEXTS.values() for t in texts), *_EOG_TEXTS, *_FORCED_USER_DEFINED,
                           *(t for t, _ in _PHI3_RSTRIP), "<|end|>", "<|call|>", "<|calls|>", "<|return|>",
-                          "<|flush|>", "</s>", "<|tool_response>"})
+                          "<|flush|>", "<|tool_response>"})
 
 _ASCII_SPACE = frozenset(" \t\n\v\f\r")  # C isspace() in the "C" locale
 
