@@ -1,13 +1,18 @@
 """Where one decode step's time goes (or, with ``--prefill``, one prompt's): weights, attention, norms,
 other ops, sampling and the rest.
 
-Every matmul (:class:`oxide.ops.Linear`, :class:`oxide.ops.LinearGroup`), every bound layer op (:class:`oxide.ops.bound.LayerOps`),
-the KV-cache writes and the sampler are wrapped in a timer; a step is one token through
-``DecoderLM.forward`` plus one greedy sample. "python and launch overhead" is the step's wall time
-minus every timed part: the Python of the blocks, tensor views, residual adds and op entry costs.
-The timers add about a microsecond per call, charged to the parts they wrap.
+By default the step is the one ``generate`` runs, :class:`oxide.models.step.DecodeStep`: the compiled
+program replays the step's C++ calls, each timed in C++ (``StepProgram.run_timed``), plus one greedy
+sample; "python around the step" is the step's wall time minus the calls and the sample (writing the
+token and position, the cache's bookkeeping, the sampler's Python).
 
-    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512] [--prefill]
+``--python`` profiles the model's Python forward instead, ``DecoderLM.forward`` per token: every matmul
+(:class:`oxide.ops.Linear`, :class:`oxide.ops.LinearGroup`), every bound layer op
+(:class:`oxide.ops.bound.LayerOps`), the KV-cache writes and the sampler are wrapped in a timer;
+"python and launch overhead" is the step's wall time minus every timed part: the Python of the blocks,
+tensor views and op entry costs. The timers add about a microsecond per call, charged to the parts they wrap.
+
+    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512] [--python | --prefill]
 
 ``--prefill`` times the forward pass over a ``--context``-token prompt on a fresh cache instead (the
 best of three passes after one warm-up; the output head runs for the last position only).
@@ -23,11 +28,14 @@ from collections.abc import Callable
 
 import oxide   # before torch, so that oxide's OpenMP setting (GOMP_SPINCOUNT) applies
 import torch
+from oxide.models.step import DecodeStep
 from oxide.ops.bound import LayerOps
 from oxide.sampling import Sampler, SamplingOptions
 
-CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope": "rope", "attention": "attention",
-            "gated_activation": "activation", "softcap": "other ops"}
+CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope_cos_sin": "rope", "rope": "rope",
+            "kv_store": "attention: KV cache write", "attention": "attention", "gated_activation": "activation",
+            "add": "other ops", "scale": "other ops", "softcap": "other ops",
+            "gemv": "weights: layers", "dequantize_rows": "embedding"}   # the last two: compiled-step calls
 
 
 class Timers:
@@ -84,6 +92,51 @@ def profile(model: oxide.Model, steps: int, context: int) -> tuple[dict[str, flo
     return per_step, wall / steps * 1e3
 
 
+class TimedProgram:
+    """Stands in for a DecodeStep's program: replays it with each call timed, adding up seconds by part
+    (the step's last GEMV is the output head)."""
+
+    def __init__(self, program) -> None:
+        self.program = program
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def run(self) -> None:
+        times = self.program.run_timed()
+        head = max(i for i, (name, _) in enumerate(times) if name == "gemv")
+        for i, (name, seconds) in enumerate(times):
+            self.seconds["weights: output head" if i == head else CATEGORY[name]] += seconds
+
+
+def profile_compiled(model: oxide.Model, steps: int, context: int) -> tuple[dict[str, float], float]:
+    """Milliseconds per compiled decode step by part, and the step's wall time, after ``context`` prompt tokens."""
+    lm = model.lm
+    cache = lm.new_cache(context + steps + 8)
+    prompt = torch.arange(1, context + 1).remainder(1000).add(100).view(1, -1)
+    lm.forward(prompt, cache, last_only=True)
+    step = DecodeStep(lm, cache)
+    sampler = Sampler(SamplingOptions.greedy())
+    token, history = 100, prompt[0].tolist()
+    for _ in range(4):   # the first records the program
+        token = sampler.sample(step(token), history)
+        history.append(token)
+    if not step.compiled:
+        raise SystemExit("this model's decode step is not compiled (see the log); profile it with --python")
+    timed = step._program = TimedProgram(step._program)
+    sampling = 0.0
+    start = time.perf_counter()
+    for _ in range(steps):
+        logits = step(token)
+        sample_start = time.perf_counter()
+        token = sampler.sample(logits, history)
+        sampling += time.perf_counter() - sample_start
+        history.append(token)
+    wall = time.perf_counter() - start
+    per_step = {name: s / steps * 1e3 for name, s in timed.seconds.items()}
+    per_step["sampling"] = sampling / steps * 1e3
+    per_step["python around the step"] = wall / steps * 1e3 - sum(per_step.values())
+    return per_step, wall / steps * 1e3
+
+
 def profile_prefill(model: oxide.Model, context: int) -> tuple[dict[str, float], float]:
     """Milliseconds by category of the best of three forward passes over a ``context``-token prompt."""
     lm = model.lm
@@ -124,14 +177,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--steps", type=int, default=64)
     parser.add_argument("--context", type=int, default=512, help="tokens already in the cache (the prompt's, with --prefill)")
-    parser.add_argument("--prefill", action="store_true", help="profile the prompt's forward pass instead")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--python", action="store_true", help="profile the Python forward per token instead")
+    mode.add_argument("--prefill", action="store_true", help="profile the prompt's forward pass instead")
     ns = parser.parse_args()
     torch.set_num_threads(ns.threads)
     model = oxide.load(ns.model, device="cpu", n_ctx=ns.context + ns.steps + 8)
     if ns.prefill:
         print(markdown(*profile_prefill(model, ns.context), tokens=ns.context))
-    else:
+    elif ns.python:
         print(markdown(*profile(model, ns.steps, ns.context)))
+    else:
+        print(markdown(*profile_compiled(model, ns.steps, ns.context)))
 
 
 if __name__ == "__main__":

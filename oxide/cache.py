@@ -4,7 +4,9 @@ Full-attention layers keep a buffer of ``n_ctx`` positions, filled in order. Sli
 keep a ring of ``window`` positions (a query at position p sees keys p - window + 1 .. p), so their
 memory does not grow with the context; slots are reused oldest first and may hold positions out of
 order, which attention does not mind since every key carries its absolute position. Positions are
-shared by all layers; the cache refuses to grow past ``n_ctx``.
+shared by all layers and start at 0, so position p lives in slot ``p % slots`` (the ``kv_store`` op);
+the cache refuses to grow past ``n_ctx``. A forward stores each layer's new keys as it goes and
+:meth:`KVCache.advance` then counts them in for every layer.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import torch
 
 from .config import ModelConfig
 from .errors import ContextOverflowError
+from .ops.dispatch import bind
 
 
 class LayerCache:
@@ -28,6 +31,7 @@ class LayerCache:
         self.pos = torch.empty(self.size, dtype=torch.long, device=device)
         self.length = 0                                          # slots holding a position
         self.written = 0                                         # positions ever stored
+        self._store = bind("kv_store", device.type, dtype, dtype)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -38,26 +42,16 @@ class LayerCache:
             keys = torch.cat((self.k[:, :, :self.length], k), dim=2)        # (1, Hkv, L+T, hd)
             values = torch.cat((self.v[:, :, :self.length], v), dim=2)
             key_pos = torch.cat((self.pos[:self.length], positions))
-            self._store(k, v, positions)
+            self._store(k, v, positions, self.k, self.v, self.pos)
             return keys, values, key_pos
-        self._store(k, v, positions)
+        self._store(k, v, positions, self.k, self.v, self.pos)
+        length = min(self.written + T, self.size)
         # narrow() rather than indexing: each cache view costs ~1 us instead of ~3 in a decode step
-        return self.k.narrow(2, 0, self.length), self.v.narrow(2, 0, self.length), self.pos.narrow(0, 0, self.length)
+        return self.k.narrow(2, 0, length), self.v.narrow(2, 0, length), self.pos.narrow(0, 0, length)
 
-    def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
-        T = k.shape[2]
-        kept = min(T, self.size)
-        first = (self.written + T - kept) % self.size
-        if first + kept <= self.size:            # one run of slots (always, in decode): plain copies
-            self.k.narrow(2, first, kept).copy_(k.narrow(2, T - kept, kept))
-            self.v.narrow(2, first, kept).copy_(v.narrow(2, T - kept, kept))
-            self.pos.narrow(0, first, kept).copy_(positions.narrow(0, T - kept, kept))
-        else:                                    # the run wraps around the ring
-            slots = torch.arange(first, first + kept, device=self.pos.device) % self.size
-            self.k.index_copy_(2, slots, k[:, :, T - kept:])
-            self.v.index_copy_(2, slots, v[:, :, T - kept:])
-            self.pos.index_copy_(0, slots, positions[T - kept:])
-        self.written += T
+    def advance(self, n_new: int) -> None:
+        """Count in the ``n_new`` positions the last :meth:`update` stored."""
+        self.written += n_new
         self.length = min(self.written, self.size)
 
     def reset(self) -> None:
@@ -79,15 +73,22 @@ class KVCache:
 
     def positions_for(self, n_new: int, device: torch.device) -> torch.Tensor:
         """Positions of the next ``n_new`` tokens; raises :class:`ContextOverflowError` past ``n_ctx``."""
+        self.check_room(n_new)
+        return torch.arange(self.seq_len, self.seq_len + n_new, device=device)
+
+    def check_room(self, n_new: int) -> None:
+        """Raise :class:`ContextOverflowError` unless ``n_new`` more tokens fit in ``n_ctx``."""
         if self.seq_len + n_new > self.n_ctx:
             raise ContextOverflowError(
                 f"{self.seq_len + n_new} tokens (cached {self.seq_len} + new {n_new}) exceed the context of "
                 f"{self.n_ctx} tokens; shorten the prompt or max_new_tokens, or load with a larger n_ctx"
             )
-        return torch.arange(self.seq_len, self.seq_len + n_new, device=device)
 
     def advance(self, n_new: int) -> None:
+        """Count in the ``n_new`` positions that a forward has just stored in every layer."""
         self.seq_len += n_new
+        for layer in self.layers:
+            layer.advance(n_new)
 
     def reset(self) -> None:
         self.seq_len = 0

@@ -17,6 +17,7 @@ import torch
 from .cache import KVCache
 from .log import get_logger
 from .models.decoder import DecoderLM
+from .models.step import DecodeStep
 from .sampling import Sampler
 from .tokenizer import StreamDecoder, Tokenizer
 
@@ -113,6 +114,7 @@ class Generation:
         start = time.perf_counter()
         logits = prefill(self.model, self.cache, self.prompt_ids) if self.max_new_tokens > 0 else None
         prefill_end = time.perf_counter()
+        step = DecodeStep(self.model, self.cache)
         while logits is not None and len(generated) < self.max_new_tokens:
             token = self.sampler.sample(logits, history)
             if token in self.end_ids:
@@ -134,8 +136,7 @@ class Generation:
             if self.cache.seq_len >= self.cache.n_ctx:
                 log.warning("context of %d tokens is full; stopping generation", self.cache.n_ctx)
                 break
-            logits = self.model.forward(torch.tensor([[token]], device=self.model.device), self.cache,
-                                        last_only=True)[0, -1]
+            logits = step(token)
         if not stop_string_hit:
             text += decoder.flush()
             cut = self.stops.find(text, emitted)

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.skipif(not cpu.available(),
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 ATTN = dict(rtol=1e-5, atol=2e-6)
-LAYER_OPS = ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap", "argmax")
+LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "gated_activation", "add",
+             "scale", "softcap", "argmax")
 
 
 @pytest.fixture(autouse=True)
@@ -93,6 +94,17 @@ def test_rope(T, hd, threads):
     inv_freq = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
     cos, sin = reference.rope_cos_sin(positions, inv_freq)
     torch.testing.assert_close(layers.rope(x, cos, sin), reference.rope(x, cos, sin), **F32)
+
+
+@pytest.mark.parametrize("T", [1, 5, 600])
+@pytest.mark.parametrize("half", [1, 3, 128])
+def test_rope_cos_sin(T, half, threads):
+    positions = torch.randperm(40000, generator=torch.Generator().manual_seed(T))[:T]   # up to large angles
+    inv_freq = 1.0 / (10000 ** (torch.arange(half).float() / half)) * (1.0 + randn(half, seed=half).abs())
+    got, want = layers.rope_cos_sin(positions, inv_freq), reference.rope_cos_sin(positions, inv_freq)
+    # float32 cos/sin of the same float32 angle: libm's and torch's agree within 2 ulp of 1
+    torch.testing.assert_close(got[0], want[0], rtol=0, atol=3e-7)
+    torch.testing.assert_close(got[1], want[1], rtol=0, atol=3e-7)
 
 
 def test_rope_large_and_contiguous(threads):
@@ -265,6 +277,39 @@ def test_softcap(shape, cap, threads):
     torch.testing.assert_close(layers.softcap(x, cap), reference.softcap(x, cap), **F32)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 640), (2, 7, 33), (70, 1001)])
+def test_add_and_scale(shape, threads):
+    x, y = randn(*shape, seed=1), randn(*shape, seed=2)
+    torch.testing.assert_close(layers.add(x, y), reference.add(x, y), rtol=0, atol=0)
+    torch.testing.assert_close(layers.add(x.transpose(-1, -2), y.transpose(-1, -2)),
+                               reference.add(x.transpose(-1, -2), y.transpose(-1, -2)), rtol=0, atol=0)
+    torch.testing.assert_close(layers.scale(x, 25.298221281347036), reference.scale(x, 25.298221281347036),
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("slots,start,T", [(50, 0, 1), (50, 17, 1), (50, 0, 23), (8, 5, 1), (8, 6, 5), (8, 3, 21)],
+                         ids=["first", "decode", "prompt", "ring", "ring-wraps", "longer-than-ring"])
+def test_kv_store(slots, start, T, threads):
+    """Keys land at slots position % slots, as (transposed) views of a projection; a chunk longer than the ring
+    keeps its last `slots` positions. Unwritten slots stay as they were (poisoned with NaN here)."""
+    n_kv, hd = 3, 20
+    k = randn(1, T, n_kv, hd, seed=T).transpose(1, 2)                       # (1, Hkv, T, hd) views
+    v = randn(1, T, n_kv, hd, seed=T + 1).transpose(1, 2)
+    positions = torch.arange(start, start + T)
+    caches = []
+    for store in (layers.kv_store, reference.kv_store):
+        cache_k, cache_v = torch.full((1, n_kv, slots, hd), float("nan")), torch.full((1, n_kv, slots, hd), float("nan"))
+        cache_pos = torch.full((slots,), -1, dtype=torch.long)
+        store(k, v, positions, cache_k, cache_v, cache_pos)
+        caches.append((cache_k, cache_v, cache_pos))
+    for got, want in zip(*caches):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, equal_nan=True)
+    cache_k, _, cache_pos = caches[0]
+    last = positions[-1].item()
+    assert cache_pos[last % slots] == last
+    torch.testing.assert_close(cache_k[:, :, last % slots], k[:, :, -1], rtol=0, atol=0)
+
+
 def _argmax_inputs():
     yield "vocab", randn(262144, seed=11)
     yield "odd", randn(1001, seed=12)
@@ -345,6 +390,16 @@ def test_bad_inputs_raise_instead_of_crashing():
         layers.attention(randn(1, 2, 1, 8), k, k, torch.tensor([4]), torch.arange(4), scale=1.0)   # k_pos length
     with pytest.raises(ValueError):
         layers.attention(randn(1, 2, 1, 8), k, k, torch.tensor([4.0]), torch.arange(5), scale=1.0)  # float positions
+    with pytest.raises(ValueError):
+        layers.kv_store(randn(1, 2, 1, 8), randn(1, 2, 1, 8), torch.tensor([0]), randn(1, 2, 4, 6), randn(1, 2, 4, 6),
+                        torch.zeros(4, dtype=torch.long))                    # head_dim differs from the cache's
+    with pytest.raises(ValueError):
+        layers.kv_store(randn(1, 2, 1, 8), randn(1, 2, 1, 8), torch.tensor([0]), randn(1, 2, 4, 8), randn(1, 2, 4, 8),
+                        torch.zeros(4, dtype=torch.int32))                   # positions of another dtype
+    with pytest.raises(ValueError):
+        layers.add(x, randn(2, 9))
+    with pytest.raises(ValueError):
+        layers.rope_cos_sin(torch.arange(3), torch.empty(0))
     with pytest.raises(ValueError):
         layers.gated_activation(x, x, "relu")
     with pytest.raises(ValueError):

@@ -107,3 +107,25 @@ def test_the_compiled_core_runs_the_real_model(gemma) -> None:
     assert all(isinstance(lin.impl, cpu_quant.LinearKernel) for lin in linears)
     assert all(isinstance(group.impl, cpu_quant.GroupKernel) for group in groups)
     assert not any(m.has_dense() for m in gemma.lm.weights.matrices())
+
+
+def test_compiled_decode_steps_equal_the_forward_past_the_sliding_window(gemma, seed: int) -> None:
+    """The recorded decode step replays the real model bit for bit, across the wrap of its 512-slot rings."""
+    from oxide.models.step import DecodeStep
+    from oxide.ops import cpu
+
+    if not cpu.available():
+        pytest.skip("the compiled CPU core is not built")
+    lm = gemma.lm
+    window = lm.config.sliding_window
+    prompt = torch.randint(100, 20000, (1, window - 4), generator=torch.Generator().manual_seed(seed))
+    reference_cache, step_cache = lm.new_cache(window + 16), lm.new_cache(window + 16)
+    want = lm.forward(prompt, reference_cache, last_only=True)[0, -1]
+    lm.forward(prompt, step_cache, last_only=True)
+    step = DecodeStep(lm, step_cache)
+    for i in range(10):                              # positions window-4 .. window+5: the rings wrap at window
+        token = int(want.argmax())
+        got = step(token)
+        want = lm.forward(torch.tensor([[token]]), reference_cache, last_only=True)[0, -1]
+        assert torch.equal(got, want), f"step {i}: max |diff| {(got - want).abs().max().item():.3g}"
+    assert step.compiled

@@ -25,6 +25,7 @@
 #endif
 
 #include "layer_kernels.h"
+#include "raw_ops.h"
 
 namespace py = pybind11;
 
@@ -85,6 +86,70 @@ void check_rows(const Dims3& shape, const Dims3& stride, int64_t n, const char* 
     check(n >= 1, std::string(op) + ": the last dimension must not be empty");
 }
 
+// Runs body(begin, end) over [0, n) in equal contiguous parts, one per thread.
+template <class F>
+void split_range(int64_t n, int threads, F body) {
+    const int nt = threads_for(threads, n, n);
+    const int64_t part = (n + nt - 1) / nt;
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int i = 0; i < nt; ++i) {
+        const int64_t begin = std::min(n, i * part), end = std::min(n, begin + part);
+        if (end > begin) body(begin, end);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attention.
+//
+// For each query row (b, h, t): s_j = scale * q . k_j (then cap * tanh(s_j / cap) if softcap > 0)
+// over the keys j it may see (0 <= q_pos[t] - k_pos[j], and < window if window > 0), then
+// out = sum_j softmax(s)_j v_j. Query head h reads kv head h / G with G = H / Hkv.
+//
+// Work is split into units (b, kv head, t, key chunk). A unit handles the G query heads that share
+// its kv head together, so each key and value row is read from memory once for all of them. With
+// fewer query rows than threads (decode), the keys are split into chunks shared out among threads; each unit
+// leaves per query head its chunk's max score m, l = sum exp(s - m) and acc = sum exp(s - m) v, and
+// the chunks are merged: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
+// A query row that may see no key at all gets NaN, as the reference's softmax over all -inf gives.
+
+constexpr int64_t kMinChunk = 64;        // fewest keys per chunk when keys are split across threads
+constexpr int64_t kPiecesPerThread = 4;  // key chunks per thread when keys are split
+
+// Merges the n_split chunk records of (b, kv head kh, t) into the G output rows (out: contiguous (B, H, T, hd)).
+void merge_chunks(const Attn& a, int64_t b, int64_t kh, int64_t t, int64_t n_split, const float* parts, float* out) {
+    const int64_t hd = a.hd, G = a.G, record = hd + 2;
+    for (int64_t g = 0; g < G; ++g) {
+        float* o = out + ((b * a.H + kh * G + g) * a.T + t) * hd;
+        float m = -kInf;
+        for (int64_t c = 0; c < n_split; ++c) m = std::max(m, parts[(c * G + g) * record]);
+        if (m == -kInf) {   // no key allowed: the reference's softmax gives NaN
+            std::fill(o, o + hd, std::numeric_limits<float>::quiet_NaN());
+            continue;
+        }
+        std::fill(o, o + hd, 0.f);
+        float l = 0.f;
+        for (int64_t c = 0; c < n_split; ++c) {
+            const float* rec = parts + (c * G + g) * record;
+            if (rec[0] == -kInf) continue;
+            const float w = std::exp(rec[0] - m);
+            l += w * rec[1];
+            for (int64_t i = 0; i < hd; ++i) o[i] += w * rec[2 + i];
+        }
+        const float inv_l = 1.f / l;
+        for (int64_t i = 0; i < hd; ++i) o[i] *= inv_l;
+    }
+}
+
+// The index of the first largest of n contiguous values (a NaN counts as the largest), as torch.argmax.
+int64_t argmax(std::uintptr_t x, int64_t n) {
+    check(n > 0, "argmax: no values");
+    return kernels().argmax(ptr<const float>(x), n);
+}
+
+}  // namespace
+
+namespace oxide_cpu::raw {
+
 // ---------------------------------------------------------------------------------------------
 // Norms, rope and the elementwise ops.
 
@@ -135,18 +200,6 @@ void rope(std::uintptr_t x, const Dims3& shape, const Dims3& stride, int64_t hd,
     }
 }
 
-// Runs body(begin, end) over [0, n) in equal contiguous parts, one per thread.
-template <class F>
-void split_range(int64_t n, int threads, F body) {
-    const int nt = threads_for(threads, n, n);
-    const int64_t part = (n + nt - 1) / nt;
-#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
-    for (int i = 0; i < nt; ++i) {
-        const int64_t begin = std::min(n, i * part), end = std::min(n, begin + part);
-        if (end > begin) body(begin, end);
-    }
-}
-
 // out = act(gate) * up over rows of n elements (gate and up rows gate_stride and up_stride floats apart,
 // so that the two halves of a fused gate-up projection are read in place; out contiguous);
 // act 0: silu, 1: gelu (tanh form), 2: gelu (erf).
@@ -176,55 +229,75 @@ void softcap(std::uintptr_t x, std::uintptr_t out, int64_t n, double cap, int th
     });
 }
 
-// The index of the first largest of n contiguous values (a NaN counts as the largest), as torch.argmax.
-int64_t argmax(std::uintptr_t x, int64_t n) {
-    check(n > 0, "argmax: no values");
-    return kernels().argmax(ptr<const float>(x), n);
+// out = a + b over n contiguous elements (the residual add).
+void add(std::uintptr_t a, std::uintptr_t b, std::uintptr_t out, int64_t n, int threads) {
+    check(n >= 0 && threads >= 1, "add: bad size or threads");
+    const float* ap = ptr<const float>(a);
+    const float* bp = ptr<const float>(b);
+    float* o = ptr<float>(out);
+    split_range(n, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) o[i] = ap[i] + bp[i];
+    });
 }
 
-// ---------------------------------------------------------------------------------------------
-// Attention.
-//
-// For each query row (b, h, t): s_j = scale * q . k_j (then cap * tanh(s_j / cap) if softcap > 0)
-// over the keys j it may see (0 <= q_pos[t] - k_pos[j], and < window if window > 0), then
-// out = sum_j softmax(s)_j v_j. Query head h reads kv head h / G with G = H / Hkv.
-//
-// Work is split into units (b, kv head, t, key chunk). A unit handles the G query heads that share
-// its kv head together, so each key and value row is read from memory once for all of them. With
-// fewer query rows than threads (decode), the keys are split into chunks shared out among threads; each unit
-// leaves per query head its chunk's max score m, l = sum exp(s - m) and acc = sum exp(s - m) v, and
-// the chunks are merged: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
-// A query row that may see no key at all gets NaN, as the reference's softmax over all -inf gives.
+// out = x * float32(factor) over n contiguous elements (the embedding multiplier).
+void scale(std::uintptr_t x, std::uintptr_t out, int64_t n, double factor, int threads) {
+    check(n >= 0 && threads >= 1, "scale: bad size or threads");
+    const float f = static_cast<float>(factor);
+    const float* xp = ptr<const float>(x);
+    float* o = ptr<float>(out);
+    split_range(n, threads, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) o[i] = xp[i] * f;
+    });
+}
 
-constexpr int64_t kMinChunk = 64;        // fewest keys per chunk when keys are split across threads
-constexpr int64_t kPiecesPerThread = 4;  // key chunks per thread when keys are split
-
-// Merges the n_split chunk records of (b, kv head kh, t) into the G output rows (out: contiguous (B, H, T, hd)).
-void merge_chunks(const Attn& a, int64_t b, int64_t kh, int64_t t, int64_t n_split, const float* parts, float* out) {
-    const int64_t hd = a.hd, G = a.G, record = hd + 2;
-    for (int64_t g = 0; g < G; ++g) {
-        float* o = out + ((b * a.H + kh * G + g) * a.T + t) * hd;
-        float m = -kInf;
-        for (int64_t c = 0; c < n_split; ++c) m = std::max(m, parts[(c * G + g) * record]);
-        if (m == -kInf) {   // no key allowed: the reference's softmax gives NaN
-            std::fill(o, o + hd, std::numeric_limits<float>::quiet_NaN());
-            continue;
+// The rotary tables for T positions: angle = float32(positions[t]) * inv_freq[i] in float32, then
+// cos[t, i] = cos(angle), sin[t, i] = sin(angle); (T, half) each, contiguous.
+void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, int64_t half, std::uintptr_t cos,
+                  std::uintptr_t sin, int threads) {
+    check(T >= 0 && half >= 1 && threads >= 1, "rope_cos_sin: bad sizes or threads");
+    const int64_t* pos = ptr<const int64_t>(positions);
+    const float* freq = ptr<const float>(inv_freq);
+    const int nt = threads_for(threads, T * half, T);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int64_t t = 0; t < T; ++t) {
+        const float p = static_cast<float>(pos[t]);
+        for (int64_t i = 0; i < half; ++i) {
+            const float angle = p * freq[i];
+            ptr<float>(cos)[t * half + i] = std::cos(angle);
+            ptr<float>(sin)[t * half + i] = std::sin(angle);
         }
-        std::fill(o, o + hd, 0.f);
-        float l = 0.f;
-        for (int64_t c = 0; c < n_split; ++c) {
-            const float* rec = parts + (c * G + g) * record;
-            if (rec[0] == -kInf) continue;
-            const float w = std::exp(rec[0] - m);
-            l += w * rec[1];
-            for (int64_t i = 0; i < hd; ++i) o[i] += w * rec[2 + i];
-        }
-        const float inv_l = 1.f / l;
-        for (int64_t i = 0; i < hd; ++i) o[i] *= inv_l;
     }
 }
 
-void attention(std::uintptr_t q, const std::array<int64_t, 4>& q_shape, const Dims3& q_stride, std::uintptr_t k,
+// Stores T new keys and values of a (1, n_kv, slots, hd) cache: position p goes to slot p % slots
+// (a full cache has a slot per position; a sliding window's ring reuses the oldest), its key row
+// (0, h, t) read at k + h*k_stride[1] + t*k_stride[2] (values likewise), and cache_pos[slot] = p.
+// Positions are read from memory, so a recorded call stores each step's token where it belongs.
+// When T > slots the later positions overwrite the earlier ones, keeping the last `slots`.
+void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,
+              int64_t T, int64_t hd, std::uintptr_t positions, std::uintptr_t cache_k, std::uintptr_t cache_v,
+              std::uintptr_t cache_pos, int64_t slots, int threads) {
+    check(n_kv >= 1 && T >= 0 && hd >= 1 && slots >= 1 && threads >= 1, "kv_store: bad sizes or threads");
+    const int64_t* pos = ptr<const int64_t>(positions);
+    for (int64_t t = 0; t < T; ++t) check(pos[t] >= 0, "kv_store: negative position");
+    const int nt = threads_for(threads, n_kv * T * hd, n_kv);
+#pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
+    for (int64_t h = 0; h < n_kv; ++h) {
+        for (int64_t t = 0; t < T; ++t) {
+            const int64_t slot = pos[t] % slots;
+            std::copy_n(ptr<const float>(k) + h * k_stride[1] + t * k_stride[2], hd,
+                        ptr<float>(cache_k) + (h * slots + slot) * hd);
+            std::copy_n(ptr<const float>(v) + h * v_stride[1] + t * v_stride[2], hd,
+                        ptr<float>(cache_v) + (h * slots + slot) * hd);
+        }
+    }
+    for (int64_t t = 0; t < T; ++t) ptr<int64_t>(cache_pos)[pos[t] % slots] = pos[t];
+}
+
+// Attention, as described above merge_chunks.
+
+void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, std::uintptr_t k,
                const Dims3& k_shape, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride,
                std::uintptr_t q_pos, std::uintptr_t k_pos, std::uintptr_t out, double scale, int64_t window,
                double softcap, int threads) {
@@ -277,11 +350,12 @@ void attention(std::uintptr_t q, const std::array<int64_t, 4>& q_shape, const Di
     }
 }
 
-}  // namespace
+}  // namespace oxide_cpu::raw
 
 void bind_layer_ops(py::module_& m) {
     m.def("layer_isa", [] { return std::string(kernels().name); },
           "The instruction set of the layer-op kernels (chosen once, at first use; OXIDE_CPU_ISA overrides).");
+    using namespace oxide_cpu::raw;
     m.def("rms_norm", &rms_norm, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("shape"),
           py::arg("stride"), py::arg("n"), py::arg("weight"), py::arg("out"), py::arg("eps"), py::arg("threads"),
           "out[r, :] = x[r, :] / sqrt(mean(x[r, :]^2) + eps) * weight; rows over three strided leading dims.");
@@ -303,6 +377,17 @@ void bind_layer_ops(py::module_& m) {
           "out = act(gate) * up over rows (strided inputs, contiguous out); act 0: silu, 1: gelu (tanh approximation), 2: gelu (erf).");
     m.def("argmax", &argmax, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("n"),
           "Index of the first largest of n float32 values; a NaN counts as the largest (torch.argmax).");
+    m.def("add", &add, py::call_guard<py::gil_scoped_release>(), py::arg("a"), py::arg("b"), py::arg("out"),
+          py::arg("n"), py::arg("threads"), "out = a + b.");
+    m.def("scale", &scale, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
+          py::arg("factor"), py::arg("threads"), "out = x * float32(factor).");
+    m.def("rope_cos_sin", &rope_cos_sin, py::call_guard<py::gil_scoped_release>(), py::arg("positions"), py::arg("T"),
+          py::arg("inv_freq"), py::arg("half"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
+          "cos/sin (T, half) of the angles float32(positions[t]) * inv_freq[i].");
+    m.def("kv_store", &kv_store, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
+          py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("head_dim"), py::arg("positions"),
+          py::arg("cache_k"), py::arg("cache_v"), py::arg("cache_pos"), py::arg("slots"), py::arg("threads"),
+          "Stores T keys and values at slots positions[t] % slots of a (1, n_kv, slots, hd) cache.");
     m.def("softcap", &softcap, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
           py::arg("cap"), py::arg("threads"), "out = cap * tanh(x / cap).");
 }

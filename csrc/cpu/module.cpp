@@ -15,9 +15,15 @@
 
 #include "kernels.h"
 #include "layer_ops.h"
+#include "raw_ops.h"
+#include "step_program.h"
 
 namespace py = pybind11;
 using oxide_cpu::KernelTable;
+using oxide_cpu::Activations;
+using oxide_cpu::DequantArgs;
+using oxide_cpu::GemvArgs;
+using oxide_cpu::raw::GemvPlan;
 
 namespace {
 
@@ -71,51 +77,46 @@ unsigned char* scratch(size_t size) {
     return buffer.data() + ((64 - address % 64) % 64);
 }
 
-// A group of quantized matrices that share their input (q, k and v; gate and up), prepared once: the
-// GEMV writes matrix j's outputs to columns [column_j, column_j + N_j) of one (M, sum N) output.
-class GemvPlan {
-public:
-    // matrices: (qtype, w, N, row_bytes, bias) each, addresses as integers (bias 0: none).
-    GemvPlan(const std::vector<std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t>>& matrices, int64_t K)
-        : K_(K) {
-        check(K > 0 && K % 16 == 0 && !matrices.empty(), "GemvPlan: bad sizes");
-        for (const auto& [qtype, w, N, row_bytes, bias] : matrices) {
-            check(N > 0 && row_bytes > 0, "GemvPlan: bad matrix sizes");
-            mats_.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, nullptr, 0, ptr<const float>(bias)});
-            columns_.push_back(width_);
-            width_ += N;
-        }
+}  // namespace
+
+namespace oxide_cpu::raw {
+
+GemvPlan::GemvPlan(const std::vector<Matrix>& matrices, int64_t K) : K_(K) {
+    check(K > 0 && K % 16 == 0 && !matrices.empty(), "GemvPlan: bad sizes");
+    for (const auto& [qtype, w, N, row_bytes, bias] : matrices) {
+        check(N > 0 && row_bytes > 0, "GemvPlan: bad matrix sizes");
+        mats_.push_back({qtype, ptr<const uint8_t>(w), N, row_bytes, nullptr, 0, ptr<const float>(bias)});
+        columns_.push_back(width_);
+        width_ += N;
     }
+}
 
-    int64_t width() const { return width_; }
-
-    // out (M, width) = x (M, K) against every matrix; rows x_stride / out_stride floats apart.
-    void run(std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t out, int64_t out_stride, int threads) const {
-        check(M >= 0 && x_stride >= K_ && out_stride >= width_ && threads >= 1, "GemvPlan.run: bad sizes");
-        std::vector<oxide_cpu::GemvArgs> mats = mats_;
-        for (size_t j = 0; j < mats.size(); ++j) {
-            mats[j].out = ptr<float>(out) + columns_[j];
-            mats[j].out_stride = out_stride;
-        }
-        const oxide_cpu::Activations acts{ptr<const float>(x), M, K_, x_stride, threads, scratch(table().scratch_bytes(M, K_))};
-        check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
+void GemvPlan::run(std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t out, int64_t out_stride,
+                   int threads) const {
+    check(M >= 0 && x_stride >= K_ && out_stride >= width_ && threads >= 1, "GemvPlan.run: bad sizes");
+    std::vector<GemvArgs> mats = mats_;
+    for (size_t j = 0; j < mats.size(); ++j) {
+        mats[j].out = ptr<float>(out) + columns_[j];
+        mats[j].out_stride = out_stride;
     }
+    const Activations acts{ptr<const float>(x), M, K_, x_stride, threads, scratch(table().scratch_bytes(M, K_))};
+    check(table().gemv(acts, mats.data(), static_cast<int>(mats.size())), "qmatmul: no kernel for this GGML type");
+}
 
-private:
-    std::vector<oxide_cpu::GemvArgs> mats_;
-    std::vector<int64_t> columns_;
-    int64_t K_, width_ = 0;
-};
+void gemv(const GemvPlan& plan, std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t out, int64_t out_stride,
+          int threads) {
+    plan.run(x, M, x_stride, out, out_stride, threads);
+}
 
 void dequantize_rows(int qtype, std::uintptr_t w, std::uintptr_t index, int64_t rows, int64_t K, int64_t row_bytes,
                      std::uintptr_t out, int64_t out_stride, int threads) {
     check(rows >= 0 && K > 0 && K % 16 == 0 && out_stride >= K && threads >= 1, "dequantize_rows: bad sizes");
-    oxide_cpu::DequantArgs args{ptr<const uint8_t>(w), ptr<const int64_t>(index), rows, K, row_bytes,
-                                ptr<float>(out), out_stride, threads};
+    DequantArgs args{ptr<const uint8_t>(w), ptr<const int64_t>(index), rows, K, row_bytes, ptr<float>(out), out_stride,
+                     threads};
     check(table().dequant(qtype, args), "dequantize_rows: no kernel for this GGML type");
 }
 
-}  // namespace
+}  // namespace oxide_cpu::raw
 
 PYBIND11_MODULE(_cpu, m) {
     m.doc() = "oxide's compiled CPU core (raw-buffer kernels; see oxide.ops.cpu)";
@@ -131,16 +132,19 @@ PYBIND11_MODULE(_cpu, m) {
     m.attr("openmp") = false;
 #endif
     py::class_<GemvPlan>(m, "GemvPlan", "Quantized matrices sharing their input, prepared for the GEMV.")
-        .def(py::init<const std::vector<std::tuple<int, std::uintptr_t, int64_t, int64_t, std::uintptr_t>>&, int64_t>(),
+        .def(py::init<const std::vector<GemvPlan::Matrix>&, int64_t>(),
              py::arg("matrices"), py::arg("K"),
              "matrices: (qtype, w, N, row_bytes, bias) each, addresses as integers (bias 0: none).")
         .def_property_readonly("width", &GemvPlan::width, "Output columns: the sum of the matrices' N.")
         .def("run", &GemvPlan::run, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("M"),
              py::arg("x_stride"), py::arg("out"), py::arg("out_stride"), py::arg("threads"),
              "out[m, column_j + n] = x[m, :] . dequantize(W_j[n, :]) (+ bias_j[n]); f32, one parallel region.");
-    m.def("dequantize_rows", &dequantize_rows, py::call_guard<py::gil_scoped_release>(),
+    m.def("gemv", &oxide_cpu::raw::gemv, py::call_guard<py::gil_scoped_release>(), py::arg("plan"), py::arg("x"), py::arg("M"),
+          py::arg("x_stride"), py::arg("out"), py::arg("out_stride"), py::arg("threads"), "plan.run(...), as a function.");
+    m.def("dequantize_rows", &oxide_cpu::raw::dequantize_rows, py::call_guard<py::gil_scoped_release>(),
           py::arg("qtype"), py::arg("w"), py::arg("index"), py::arg("rows"), py::arg("K"), py::arg("row_bytes"),
           py::arg("out"), py::arg("out_stride"), py::arg("threads"),
           "out[r, :] = dequantize(W[index[r], :]) (index 0: row r), f32.");
     bind_layer_ops(m);
+    bind_step_program(m);
 }

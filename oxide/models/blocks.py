@@ -81,4 +81,4 @@ class DecoderBlock:
         h = self.mlp(normed)
         if w.post_ffn_norm is not None:
             h = norm(h, w.post_ffn_norm, self.eps)
-        return x + h
+        return self.ops.add(x, h)

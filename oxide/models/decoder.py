@@ -40,22 +40,34 @@ class DecoderLM:
     def check_ids(self, ids: torch.Tensor) -> None:
         """Token ids must lie in [0, vocab_size); anything else is a :class:`TokenizerError`."""
         if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.config.vocab_size):
-            bad = ids[(ids < 0) | (ids >= self.config.vocab_size)][0].item()
-            raise TokenizerError(f"token id {bad} is out of range for a vocabulary of {self.config.vocab_size}")
+            self.check_token(ids[(ids < 0) | (ids >= self.config.vocab_size)][0].item())
+
+    def check_token(self, token: int) -> None:
+        """One token id, as :meth:`check_ids`."""
+        if not 0 <= token < self.config.vocab_size:
+            raise TokenizerError(f"token id {token} is out of range for a vocabulary of {self.config.vocab_size}")
 
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, *, last_only: bool = False) -> torch.Tensor:
         """Run ``ids`` (B=1, T) after what ``cache`` holds; returns float32 logits (1, T, V) or (1, 1, V)."""
         self.check_ids(ids)
         T = ids.shape[1]
-        positions = cache.positions_for(T, self.device)                            # (T,)
+        logits = self.run(ids, cache.positions_for(T, self.device), cache, last_only=last_only)
+        cache.advance(T)
+        return logits
+
+    @torch.inference_mode()
+    def run(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, *, last_only: bool) -> torch.Tensor:
+        """The forward pass itself, for ids already checked at ``positions`` (T,) that ``cache`` has
+        room for: it stores their keys in ``cache`` but leaves counting them in to the caller
+        (``cache.advance``). Every computation goes through :attr:`ops`, so that
+        :class:`oxide.models.step.DecodeStep` can record one decode step and replay it in C++."""
         x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
         if self.config.embedding_multiplier != 1.0:
-            x = x * torch.tensor(self.config.embedding_multiplier, dtype=self.dtype)
+            x = self.ops.scale(x, self.config.embedding_multiplier)
         cos_sin = {theta: rope.cos_sin(positions) for theta, rope in self._ropes.items()}
         for block, theta, layer_cache in zip(self.blocks, self._layer_theta, cache.layers):
             x = block(x, *cos_sin[theta], positions, layer_cache)
-        cache.advance(T)
         if last_only:
             x = x[:, -1:]
         x = self.ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
@@ -63,4 +75,3 @@ class DecoderLM:
         if self.config.final_logit_softcapping > 0:
             logits = self.ops.softcap(logits, self.config.final_logit_softcapping)
         return logits
-

@@ -15,8 +15,8 @@ from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
-_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope", "attention", "gated_activation",
-        "softcap", "argmax")
+_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
+        "attention", "gated_activation", "add", "scale", "softcap", "argmax")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
@@ -27,11 +27,11 @@ register("qmatmul_group", "cpp", cpu_quant.qmatmul_group, device_types=("cpu",),
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
-for _op in ("rms_norm", "add_rms_norm", "rope", "attention", "gated_activation", "softcap", "argmax"):
+for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "gated_activation", "add",
+            "scale", "softcap", "argmax"):
     register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
              accepts=cpu_layers.serves)
 
-rope_cos_sin = reference.rope_cos_sin
 attention_mask = reference.attention_mask
 
 
@@ -87,9 +87,20 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return resolve("add_rms_norm", x.device.type, x.dtype, residual.dtype)(x, residual, weight, eps)
 
 
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary tables of ``positions`` (T,): cos and sin of ``positions[t] * inv_freq[i]``, (T, hd/2) each."""
+    return resolve("rope_cos_sin", positions.device.type, inv_freq.dtype)(positions, inv_freq)
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Half-split rotary embedding of x: (B, H, T, hd) with cos/sin: (T, hd/2)."""
     return resolve("rope", x.device.type, x.dtype)(x, cos, sin)
+
+
+def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+             cache_pos: torch.Tensor) -> None:
+    """Keys and values (1, Hkv, T, hd) into slots ``positions % slots`` of a (1, Hkv, slots, hd) cache."""
+    resolve("kv_store", k.device.type, k.dtype, cache_k.dtype)(k, v, positions, cache_k, cache_v, cache_pos)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
@@ -102,6 +113,16 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """``act(gate) * up``."""
     return resolve("gated_activation", gate.device.type, gate.dtype, up.dtype)(gate, up, act)
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` (the residual add)."""
+    return resolve("add", x.device.type, x.dtype, y.dtype)(x, y)
+
+
+def scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor``, the factor rounded to ``x.dtype``."""
+    return resolve("scale", x.device.type, x.dtype)(x, factor)
 
 
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:

@@ -19,9 +19,13 @@ from .dispatch import bind
 class LayerOps:
     rms_norm: Callable[..., torch.Tensor]
     add_rms_norm: Callable[..., tuple[torch.Tensor, torch.Tensor]]
+    rope_cos_sin: Callable[..., tuple[torch.Tensor, torch.Tensor]]
     rope: Callable[..., torch.Tensor]
+    kv_store: Callable[..., None]
     attention: Callable[..., torch.Tensor]
     gated_activation: Callable[..., torch.Tensor]
+    add: Callable[..., torch.Tensor]
+    scale: Callable[..., torch.Tensor]
     softcap: Callable[..., torch.Tensor]
 
     @classmethod
@@ -31,8 +35,12 @@ class LayerOps:
         return cls(
             rms_norm=bind("rms_norm", on, dtype),
             add_rms_norm=bind("add_rms_norm", on, dtype, dtype),
+            rope_cos_sin=bind("rope_cos_sin", on, torch.float32),
             rope=bind("rope", on, dtype),
+            kv_store=bind("kv_store", on, dtype, dtype),
             attention=bind("attention", on, dtype, dtype, dtype),
             gated_activation=bind("gated_activation", on, dtype, dtype),
+            add=bind("add", on, dtype, dtype),
+            scale=bind("scale", on, dtype),
             softcap=bind("softcap", on, dtype),
         )

@@ -112,6 +112,31 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
     raise ValueError(f"unknown activation {act!r}")
 
 
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` (the residual add), same shapes."""
+    return x + y
+
+
+def scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * factor`` with the factor rounded to ``x.dtype`` first (Gemma's embedding multiplier)."""
+    return x * torch.tensor(factor, dtype=x.dtype)
+
+
+def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+             cache_pos: torch.Tensor) -> None:
+    """Store new keys and values in a cache of ``slots`` slots: k, v (1, Hkv, T, hd) at positions (T,)
+    go to slots ``positions % slots`` of cache_k, cache_v (1, Hkv, slots, hd), and ``cache_pos[slot] =
+    position``. A full cache has a slot per position; a sliding window's ring reuses its oldest slot.
+    When T > slots only the last ``slots`` positions are kept, as writing all of them in order would."""
+    slots, T = cache_k.shape[2], k.shape[2]
+    kept = min(T, slots)
+    recent = positions[T - kept:]
+    where = recent % slots
+    cache_k.index_copy_(2, where, k[:, :, T - kept:].to(cache_k.dtype))
+    cache_v.index_copy_(2, where, v[:, :, T - kept:].to(cache_v.dtype))
+    cache_pos.index_copy_(0, where, recent)
+
+
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)``: bounds logits smoothly to (-cap, cap)."""
     return cap * torch.tanh(x / cap)

@@ -9,6 +9,7 @@ best one the CPU has (for comparisons and tests); one the CPU lacks is an error.
 from __future__ import annotations
 
 import os
+import threading
 from functools import cache
 from types import ModuleType
 
@@ -32,8 +33,15 @@ def _load() -> tuple[ModuleType | None, str]:
     return _cpu, ""
 
 
+_recording = threading.local()   # .recorder: this thread's oxide.ops.cpu.program recorder, while one records
+
+
 def extension() -> ModuleType:
-    """The loaded ``oxide._cpu`` module (call only when :func:`available`)."""
+    """The loaded ``oxide._cpu`` module (call only when :func:`available`); while this thread records a
+    decode step (:mod:`oxide.ops.cpu.program`), the recorder that stands in for it."""
+    recorder = getattr(_recording, "recorder", None)
+    if recorder is not None:
+        return recorder
     module, why = _load()
     if module is None:
         raise ImportError(why)

@@ -1,5 +1,6 @@
 """The float32 layer ops on the CPU through ``oxide._cpu``: RMS norm (plain and fused with the residual add),
-rotary embedding, attention, gated activations, soft-capping and the argmax of greedy sampling.
+rotary embedding (its tables and its rotation), KV-cache stores, attention, gated activations, the residual
+add, scaling, soft-capping and the argmax of greedy sampling.
 
 Each function has the signature and the semantics of its reference in :mod:`oxide.ops.reference` and
 serves float32 CPU tensors (:func:`serves` is the dispatch predicate; other dtypes go to the reference).
@@ -55,6 +56,20 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return total, normed
 
 
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles ``float32(positions[t]) * inv_freq[i]`` -> (cos, sin), each (T, head_dim / 2)."""
+    half = inv_freq.numel()
+    if half == 0:
+        raise ValueError("rope_cos_sin: inv_freq is empty")
+    freq = _vector(inv_freq, half, "rope_cos_sin", "inv_freq")
+    positions = _positions(positions, positions.numel(), "positions", "rope_cos_sin")
+    table = freq.expand(positions.numel(), half)                          # (T, hd/2), a view
+    cos, sin = _empty(table), _empty(table)
+    extension().rope_cos_sin(positions.data_ptr(), positions.numel(), freq.data_ptr(), half, cos.data_ptr(),
+                             sin.data_ptr(), threads())
+    return cos, sin
+
+
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Half-split rotary embedding: x (B, H, T, hd), cos/sin (T, hd/2) -> (B, H, T, hd).
 
@@ -90,8 +105,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     if v.shape != k.shape or k.shape[0] != B or k.shape[3] != hd or Hkv == 0 or H % Hkv:
         raise ValueError(f"attention: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}: k and v must be "
                          f"(B, Hkv, S, hd) with the batch and head_dim of q and H a multiple of Hkv")
-    q_pos = _positions(q_pos, T, "q_pos")
-    k_pos = _positions(k_pos, S, "k_pos")
+    q_pos = _positions(q_pos, T, "q_pos", "attention")
+    k_pos = _positions(k_pos, S, "k_pos", "attention")
     if S == 0:   # softmax over no keys, times no values: the reference's empty matmul gives zeros
         return torch.zeros(q.shape, dtype=torch.float32)
     out = _empty(q)                                                       # (B, H, T, hd)
@@ -103,6 +118,32 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
                               v_stride, q_pos.data_ptr(), k_pos.data_ptr(), out.data_ptr(), float(scale), int(window),
                               max(float(softcap), 0.0), threads())
     return out
+
+
+def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
+             cache_pos: torch.Tensor) -> None:
+    """Keys and values (1, Hkv, T, hd) into slots ``positions % slots`` of the cache (1, Hkv, slots, hd), as
+    :func:`oxide.ops.reference.kv_store`; the positions are read in C++, so a recorded step stores each
+    token where its position says."""
+    _check(k, "kv_store", "k", dims=4)
+    _check(v, "kv_store", "v", dims=4)
+    _check(cache_k, "kv_store", "cache_k", dims=4)
+    _check(cache_v, "kv_store", "cache_v", dims=4)
+    _, n_kv, T, hd = k.shape
+    slots = cache_k.shape[2]
+    if (v.shape != k.shape or k.shape[0] != 1 or cache_k.shape != (1, n_kv, slots, hd) or cache_v.shape != cache_k.shape
+            or not (cache_k.is_contiguous() and cache_v.is_contiguous())):
+        raise ValueError(f"kv_store: k, v {tuple(k.shape)} must be (1, Hkv, T, hd) and the cache "
+                         f"{tuple(cache_k.shape)} a contiguous (1, Hkv, slots, hd)")
+    if not (cache_pos.is_cpu and cache_pos.dtype == torch.int64 and cache_pos.shape == (slots,)
+            and cache_pos.is_contiguous()):
+        raise ValueError(f"kv_store: cache_pos must be a contiguous int64 CPU tensor of shape ({slots},)")
+    positions = _positions(positions, T, "positions", "kv_store")
+    if T:
+        k, _, k_stride = _rows(k)
+        v, _, v_stride = _rows(v)
+        extension().kv_store(k.data_ptr(), k_stride, v.data_ptr(), v_stride, n_kv, T, hd, positions.data_ptr(),
+                             cache_k.data_ptr(), cache_v.data_ptr(), cache_pos.data_ptr(), slots, threads())
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
@@ -119,6 +160,27 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
         (gate2, gate_stride), (up2, up_stride) = _matrix(gate, n), _matrix(up, n)   # in place where possible
         extension().gated_activation(gate2.data_ptr(), gate_stride, up2.data_ptr(), up_stride, out.data_ptr(),
                                      gate2.shape[0], n, ACTIVATIONS[act], threads())
+    return out
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``x + y`` for two float32 tensors of one shape."""
+    _check(x, "add", "x")
+    _check(y, "add", "y")
+    if y.shape != x.shape:
+        raise ValueError(f"add: y {tuple(y.shape)} must have the shape of x {tuple(x.shape)}")
+    x, y = x.contiguous(), y.contiguous()
+    out = _empty(x)
+    extension().add(x.data_ptr(), y.data_ptr(), out.data_ptr(), out.numel(), threads())
+    return out
+
+
+def scale(x: torch.Tensor, factor: float) -> torch.Tensor:
+    """``x * float32(factor)``."""
+    _check(x, "scale", "x")
+    x = x.contiguous()
+    out = _empty(x)
+    extension().scale(x.data_ptr(), out.data_ptr(), out.numel(), float(factor), threads())
     return out
 
 
@@ -209,13 +271,13 @@ def _table(t: torch.Tensor, shape: tuple[int, int], op: str, name: str) -> torch
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
 
 
-def _positions(p: torch.Tensor, n: int, name: str) -> torch.Tensor:
+def _positions(p: torch.Tensor, n: int, name: str, op: str) -> torch.Tensor:
     """``p`` as a contiguous int64 CPU vector of ``n`` positions."""
     if not (isinstance(p, torch.Tensor) and p.is_cpu and p.shape == (n,)):
-        raise ValueError(f"attention: {name} must be an integer CPU tensor of shape ({n},), got "
+        raise ValueError(f"{op}: {name} must be an integer CPU tensor of shape ({n},), got "
                          f"{tuple(getattr(p, 'shape', ()))} on {getattr(p, 'device', '?')}")
     if p.dtype == torch.int64 and p.is_contiguous():
         return p
     if p.dtype.is_floating_point or p.dtype.is_complex or p.dtype == torch.bool:
-        raise ValueError(f"attention: {name} must hold integer positions, got {p.dtype}")
+        raise ValueError(f"{op}: {name} must hold integer positions, got {p.dtype}")
     return p.to(torch.int64).contiguous()

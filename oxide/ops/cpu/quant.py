@@ -70,7 +70,7 @@ class GroupKernel:
         if M > GEMV_MAX_ROWS:
             return tuple(_banded(x2, w, b).view(*lead, w.shape[0]) for w, b in zip(self.weights, self._kept))
         out = torch.empty((*lead, self._plan.width), dtype=torch.float32)    # (..., sum N)
-        self._plan.run(x2.data_ptr(), M, x2.stride(0), out.data_ptr(), self._plan.width, threads())
+        extension().gemv(self._plan, x2.data_ptr(), M, x2.stride(0), out.data_ptr(), self._plan.width, threads())
         return (out,) if len(self.widths) == 1 else out.split(self.widths, -1)
 
     def _build(self, biases: Sequence[torch.Tensor | None]) -> None:

@@ -1,0 +1,134 @@
+"""The compiled decode step (``oxide.models.step.DecodeStep``) against the model's Python forward.
+
+A replayed step must give exactly the forward's logits, bit for bit (the same kernels run on the same
+inputs), step after step: past a sliding window's ring, after the thread count changes, with biases
+and qk-norm. The program's logits buffer is poisoned with NaN before each replay, so a replay that
+skipped the head would fail. Where the forward cannot be recorded (dense float32 weights, which the
+compiled core does not serve; a layer that adds with torch between the compiled calls) the step must
+notice and run the Python forward, with the same results.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from _tiny_models import TINY_MODELS, random_ids
+
+from oxide.ops import cpu, reference
+from oxide.ops.cpu.program import NotRecordable, recording
+from oxide.models.decoder import DecoderLM
+from oxide.models.hf import build_from_hf_dir
+from oxide.models.step import DecodeStep
+from oxide.quant import GGMLType, QuantTensor
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="the compiled CPU core oxide._cpu is not built")
+
+CPU = torch.device("cpu")
+MATRICES = ("q", "k", "v", "o", "gate", "up", "down")
+
+
+def _q8(m: QuantTensor) -> QuantTensor:
+    dense = m.dequantize(torch.float32).numpy()
+    raw = gguf.quants.quantize(dense, GGMLType.Q8_0)
+    return QuantTensor(torch.from_numpy(raw.reshape(-1).view(np.uint8)), GGMLType.Q8_0, tuple(m.shape))
+
+
+def tiny_lm(name: str, folder: Path, *, quantized: bool = True) -> DecoderLM:
+    """The tiny transformers model of ``name``, saved and loaded by oxide; its matrices quantized to Q8_0
+    (which the compiled core serves) unless ``quantized`` is False (then they stay dense float32)."""
+    TINY_MODELS[name].build().save_pretrained(folder, safe_serialization=True)
+    lm = build_from_hf_dir(folder, CPU, torch.float32)
+    if not quantized:
+        return lm
+    w = lm.weights
+    for layer in w.layers:
+        for attr in MATRICES:
+            setattr(layer, attr, _q8(getattr(layer, attr)))
+    tied = w.output is w.embed
+    w.embed = _q8(w.embed)
+    w.output = w.embed if tied else _q8(w.output)
+    return DecoderLM(lm.config, w, CPU, torch.float32)
+
+
+def run_both(lm: DecoderLM, steps: int, prompt_len: int = 5, switch_threads_at: int | None = None) -> DecodeStep:
+    """Feed the same tokens to ``lm.forward`` on one cache and to a DecodeStep on another, asserting equal logits."""
+    ids = random_ids(prompt_len, seed=prompt_len, vocab=lm.config.vocab_size).view(1, -1)
+    reference_cache, step_cache = lm.new_cache(64), lm.new_cache(64)
+    want = lm.forward(ids, reference_cache, last_only=True)[0, -1]
+    lm.forward(ids, step_cache, last_only=True)
+    step = DecodeStep(lm, step_cache)
+    threads = torch.get_num_threads()
+    tokens = random_ids(steps, seed=99, vocab=lm.config.vocab_size).view(-1).tolist()
+    try:
+        for i in range(steps):
+            if i == switch_threads_at:
+                torch.set_num_threads(1 if threads > 1 else 2)
+            token = int(want.argmax()) if i % 2 else tokens[i]        # greedy and arbitrary tokens in turn
+            if step._logits is not None:
+                with torch.inference_mode():       # the forward made it, in inference mode
+                    step._logits.fill_(float("nan"))
+            got = step(token)
+            want = lm.forward(torch.tensor([[token]]), reference_cache, last_only=True)[0, -1]
+            assert torch.equal(got, want), f"step {i}: max |diff| {(got - want).abs().max().item():.3g}"
+    finally:
+        torch.set_num_threads(threads)
+    assert step_cache.seq_len == reference_cache.seq_len == prompt_len + steps
+    return step
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2", "qwen3", "gemma3"])
+def test_replayed_steps_equal_the_forward(name: str, tmp_path: Path) -> None:
+    """llama: plain; qwen2: q/k/v biases; qwen3: qk-norm; gemma3: embedding scale, sandwich norms and
+    sliding layers whose 8-slot ring wraps several times in 30 steps."""
+    step = run_both(tiny_lm(name, tmp_path), steps=30)
+    assert step.compiled
+
+
+def test_a_thread_count_change_records_again(tmp_path: Path) -> None:
+    threads = torch.get_num_threads()
+    step = run_both(tiny_lm("gemma3", tmp_path), steps=12, switch_threads_at=6)
+    assert step.compiled and step._threads == (1 if threads > 1 else 2)
+
+
+def test_dense_weights_run_the_python_forward(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """float32 matrices go to torch's F.linear, which a replay would not repeat."""
+    with caplog.at_level(logging.INFO, logger="oxide.step"):
+        step = run_both(tiny_lm("llama", tmp_path, quantized=False), steps=6)
+    assert not step.compiled
+    assert "computed between the compiled calls" in caplog.text
+
+
+def test_oxide_impl_torch_runs_the_python_forward(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    """With every op on the reference, the recording holds no call that writes the logits."""
+    monkeypatch.setenv("OXIDE_IMPL", "torch")
+    with caplog.at_level(logging.INFO, logger="oxide.step"):
+        step = run_both(tiny_lm("gemma3", tmp_path), steps=4)
+    assert not step.compiled
+    assert "computed between the compiled calls" in caplog.text or "not written by the compiled core" in caplog.text
+
+
+def test_a_torch_op_between_compiled_calls_stops_the_recording(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    lm = tiny_lm("qwen3", tmp_path)
+    for block in lm.blocks:   # the residual add in torch: its output feeds the next compiled norm
+        block.ops = type(block.ops)(**{**vars(block.ops), "add": reference.add})
+    with caplog.at_level(logging.INFO, logger="oxide.step"):
+        step = run_both(lm, steps=6)
+    assert not step.compiled
+    assert "rms_norm reads memory that torch's add computed" in caplog.text
+
+
+def test_a_call_whose_result_goes_back_to_python_is_not_recordable() -> None:
+    program = cpu.extension().StepProgram()
+    x = torch.randn(10)
+    with pytest.raises(NotRecordable, match="argmax"):
+        with recording(program, {}):
+            cpu.extension().argmax(x.data_ptr(), 10)
+    assert len(program) == 0
+    assert cpu.extension() is cpu._load()[0]          # the module again, not the recorder
