@@ -132,3 +132,31 @@ def test_a_call_whose_result_goes_back_to_python_is_not_recordable() -> None:
             cpu.extension().argmax(x.data_ptr(), 10)
     assert len(program) == 0
     assert cpu.extension() is cpu._load()[0]          # the module again, not the recorder
+
+
+@pytest.mark.parametrize("write", [
+    lambda x: x.add_(1.0),                       # an in-place op
+    lambda x: x.__setitem__(0, 1.0),             # item assignment
+    lambda x: x.__imul__(2.0),                   # an augmented assignment
+    lambda x: torch.mul(x, 2.0, out=x),          # an out= argument
+], ids=["add_", "setitem", "imul", "out="])
+def test_the_recorder_notices_torch_writing_what_a_compiled_call_reads(write) -> None:
+    x, out = torch.randn(64), torch.empty(64)
+    with pytest.raises(NotRecordable, match="scale reads memory"):
+        with recording(cpu.extension().StepProgram(), {}):
+            write(x)
+            cpu.extension().scale(x.data_ptr(), out.data_ptr(), 64, 2.0, 1)
+
+
+def test_views_and_allocations_are_recorded_as_they_are() -> None:
+    """Views of a buffer made before recording, and outputs allocated inside it, are fine: a replay
+    rewrites the outputs from the buffer's current contents."""
+    x = torch.randn(8, 8)
+    program = cpu.extension().StepProgram()
+    with recording(program, {}) as recorded:
+        out = torch.empty(64)
+        cpu.extension().scale(x.view(-1).data_ptr(), out.data_ptr(), 64, 2.0, 1)
+    assert len(program) == 1 and any(t is out for t in recorded.kept)
+    x.copy_(torch.randn(8, 8))
+    program.run()
+    assert torch.equal(out, x.view(-1) * 2.0)

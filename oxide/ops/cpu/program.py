@@ -119,10 +119,9 @@ class _TorchWatch(TorchFunctionMode):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
         name = getattr(func, "__name__", repr(func))
-        produced = [t for t in _tensors(out)]
+        produced = list(_tensors(out))
         self._result.kept.extend(produced)
-        in_place = (name.endswith("_") and not name.endswith("__")) or name == "__setitem__" or \
-            (name.startswith("__i") and name.endswith("__"))
+        in_place = _writes_in_place(name)
         if in_place and args and isinstance(args[0], torch.Tensor):
             self._note(args[0], name)
         if "out" in kwargs:
@@ -139,6 +138,16 @@ class _TorchWatch(TorchFunctionMode):
         storage = t.untyped_storage()
         start = storage.data_ptr()
         self._result.computed.append((start, start + storage.nbytes(), op))
+
+
+_IN_PLACE_OPERATORS = frozenset(f"__i{op}__" for op in ("add", "sub", "mul", "truediv", "floordiv", "mod", "pow",
+                                                        "matmul", "and", "or", "xor", "lshift", "rshift"))
+
+
+def _writes_in_place(name: str) -> bool:
+    """``add_``, ``copy_``, ``__setitem__``, ``__iadd__``: torch's names for ops that write their first argument."""
+    dunder = name.startswith("__") and name.endswith("__")
+    return (name.endswith("_") and not dunder) or name == "__setitem__" or name in _IN_PLACE_OPERATORS
 
 
 def _storage(t: torch.Tensor) -> int:
