@@ -26,12 +26,9 @@ class DecoderLM:
         self.blocks = [DecoderBlock(config, i, w, self.ops, device, dtype) for i, w in enumerate(weights.layers)]
         self.embed = ops.bind("embedding", device.type, weights.embed, dtype)
         self.head = ops.Linear(weights.output, None, device, dtype)
-        ropes: dict[float, RotaryEmbedding] = {}
-        for theta in {config.rope_base(i) for i in range(config.num_hidden_layers)}:
-            ropes[theta] = RotaryEmbedding(config.head_dim, theta, device, freq_factors=weights.rope_freqs,
-                                           linear_factor=config.rope_scaling_factor)
-        self._ropes = ropes
-        self._layer_theta = [config.rope_base(i) for i in range(config.num_hidden_layers)]
+        kinds = list(dict.fromkeys(config.rope_for(i) for i in range(config.num_hidden_layers)))  # (base, scaling)
+        self._ropes = [RotaryEmbedding(config.head_dim, theta, scaling, device) for theta, scaling in kinds]
+        self._layer_rope = [kinds.index(config.rope_for(i)) for i in range(config.num_hidden_layers)]
 
     def new_cache(self, n_ctx: int) -> KVCache:
         """A KV cache in the model's dtype, the one its attention implementation was bound for."""
@@ -52,9 +49,9 @@ class DecoderLM:
         x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
         if self.config.embedding_multiplier != 1.0:
             x = x * torch.tensor(self.config.embedding_multiplier, dtype=self.dtype)
-        cos_sin = {theta: rope.cos_sin(positions) for theta, rope in self._ropes.items()}
-        for block, theta, layer_cache in zip(self.blocks, self._layer_theta, cache.layers):
-            x = block(x, *cos_sin[theta], positions, layer_cache)
+        cos_sin = [rope.cos_sin(positions, cache.seq_len + T) for rope in self._ropes]
+        for block, rope, layer_cache in zip(self.blocks, self._layer_rope, cache.layers):
+            x = block(x, *cos_sin[rope], positions, layer_cache)
         cache.advance(T)
         if last_only:
             x = x[:, -1:]
