@@ -118,7 +118,8 @@ class Case:
     gguf_tokens: int = TOKENS          # positions over which the GGUF file holds the same model
     llama_tokens: int = TOKENS         # positions over which llama.cpp runs that model
     why: str = ""                      # the reason for a limit above
-    hf_incremental: bool = False       # transformers' own decode differs from its full forward (dynamic RoPE)
+    stateful_rope: bool = False        # transformers' RoPE depends on the sequence so far (dynamic): its own
+                                       # decode differs from its full forward
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -216,7 +217,7 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("llama-linear", "llama", "llama", build_llama_linear),
     Case("llama-dynamic", "llama", "llama", build_llama_dynamic, gguf_tokens=24, llama_tokens=24,
          why="llama.cpp has no dynamic NTK RoPE and its converter drops it: the file is plain RoPE, the same "
-             "model up to max_position_embeddings", hf_incremental=True),
+             "model up to max_position_embeddings", stateful_rope=True),
     Case("mistral", "mistral", "llama", build_mistral, gguf_tokens=WINDOW, llama_tokens=WINDOW, why=_MISTRAL_WINDOW),
     Case("pixtral", "pixtral", "llama", build_pixtral, gguf_tokens=WINDOW, llama_tokens=WINDOW, why=_MISTRAL_WINDOW),
     Case("gemma", "gemma", "gemma", build_gemma),
