@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -284,3 +285,17 @@ def gguf_files(case: Case, folder: Path) -> dict[str, Path]:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
     return paths
+
+
+@torch.no_grad()
+def hf_decode_logits(model: PreTrainedModel, ids: torch.Tensor, steps: list[tuple[int, int]]) -> torch.Tensor:
+    """transformers' own decode through its KV cache: float32 logits (1, T, V) of ``ids`` fed as the slices
+    ``steps`` (start, stop)."""
+    from transformers import DynamicCache
+
+    cache, out = DynamicCache(config=model.config), []
+    with warnings.catch_warnings():      # transformers 5 renames past_key_values; 4.x knows only that name
+        warnings.simplefilter("ignore", FutureWarning)
+        for start, stop in steps:
+            out.append(model(input_ids=ids[:, start:stop], past_key_values=cache, use_cache=True).logits.float())
+    return torch.cat(out, dim=1)

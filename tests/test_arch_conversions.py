@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, gguf_files, hf_folder
-from transformers import DynamicCache, PreTrainedModel
+from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, gguf_files, hf_decode_logits, hf_folder
+from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
 import oxide
@@ -84,15 +84,6 @@ def hf_logits(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, use_cache=False).logits.float()
 
 
-@torch.no_grad()
-def hf_incremental_logits(model: PreTrainedModel, ids: torch.Tensor) -> torch.Tensor:
-    """transformers' own decode: ``PREFILL`` tokens, then one at a time through its cache."""
-    cache, out = DynamicCache(config=model.config), []
-    for start, stop in _steps(ids.shape[1]):
-        out.append(model(input_ids=ids[:, start:stop], past_key_values=cache, use_cache=True).logits.float())
-    return torch.cat(out, dim=1)
-
-
 def _steps(n: int) -> list[tuple[int, int]]:
     return [(0, PREFILL)] + [(i, i + 1) for i in range(PREFILL, n)]
 
@@ -145,7 +136,7 @@ def test_safetensors_forward_and_decode_match_transformers(case: Case, built) ->
     ids = ids_of(TOKENS)
     expected = hf_logits(model, ids)
     assert_close(loaded.logits(ids[0].tolist())[None], expected, f"{case.name} safetensors forward")
-    reference = hf_incremental_logits(model, ids) if case.stateful_rope else expected
+    reference = hf_decode_logits(model, ids, _steps(TOKENS)) if case.stateful_rope else expected
     assert_close(oxide_incremental_logits(loaded.lm, ids), reference, f"{case.name} safetensors decode")
 
 

@@ -9,6 +9,7 @@ import torch
 from gguf.constants import MODEL_TENSOR
 
 from ..config import ModelConfig
+from ..errors import ModelFormatError
 from ..quant import QuantTensor
 from .weights import ModelWeights, TensorLookup
 
@@ -78,8 +79,13 @@ def _split_rows(fused: MODEL_TENSOR, ranges: dict[MODEL_TENSOR, tuple[int, int]]
         if role not in ranges or suffix != "weight":
             return lookup(role, layer, suffix)
         whole = lookup(fused, layer, suffix)
-        if whole is None or whole.shape[0] != rows:
-            return whole        # missing or misshapen: the collector's check names the fused tensor
+        if whole is None:
+            return None         # the collector reports it missing, named by split_describe
+        if whole.shape[0] != rows:
+            raise ModelFormatError(
+                f"tensor {describe(fused, layer, suffix)!r} has {whole.shape[0]} rows but the model's config "
+                f"implies {rows} ({' + '.join(str(b - a) for a, b in ranges.values())}, fused); the file's "
+                f"metadata and tensors disagree")
         return _row_slice(whole, *ranges[role])
 
     def split_describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
