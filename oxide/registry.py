@@ -51,7 +51,7 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
     ArchSpec("phi3", "oxide.models.arch.phi3:PHI3", ("phi3",), ("phi3",), ("Phi3ForCausalLM",),
              "Phi-3 / 3.5-mini, Phi-3-medium"),
     ArchSpec("pixtral", "oxide.models.arch.llama:PIXTRAL", (), ("llava",), ("LlavaForConditionalGeneration",),
-             "Pixtral's language model (text only; llama.cpp writes it as llama)", tensor_tables="llama"),
+             "Pixtral's language model (text only)", tensor_tables="llama"),
 )
 
 
@@ -86,5 +86,6 @@ def markdown_table() -> str:
     """The README's table of supported architectures."""
     lines = ["| oxide | GGUF `general.architecture` | HF `model_type` | models |", "|---|---|---|---|"]
     for spec in ARCHITECTURES:
-        lines.append(f"| {spec.name} | {', '.join(spec.gguf_names)} | {', '.join(spec.hf_model_types)} | {spec.family} |")
+        gguf_names = ", ".join(spec.gguf_names) or f"(written as {spec.gguf_tables})"
+        lines.append(f"| {spec.name} | {gguf_names} | {', '.join(spec.hf_model_types)} | {spec.family} |")
     return "\n".join(lines)
