@@ -148,6 +148,8 @@ def test_gguf_spellings() -> None:
     phi3 = {"phi3.rope.scaling.original_context_length": 4096, "phi3.rope.scaling.attn_factor": 1.19}
     long = gguf_rope_scaling(phi3, "phi3", {"rope_factors_long": (2.0,), "rope_factors_short": (1.0,)}, "f.gguf")
     assert (long.rope_type, long.original_max_position_embeddings, long.attention_factor) == ("longrope", 4096, 1.19)
+    older = {**phi3, "phi3.rope.scaling.type": "su"}      # the config.json alias is read here too
+    assert gguf_rope_scaling(older, "phi3", {"rope_factors_long": (2.0,), "rope_factors_short": (1.0,)}, "f.gguf") == long
     with pytest.raises(ModelFormatError, match="f.gguf: RoPE scaling type 'yarn'"):
         gguf_rope_scaling({"llama.rope.scaling.type": "yarn"}, "llama", {}, "f.gguf")
     with pytest.raises(ModelFormatError, match="f.gguf: has only one of rope_factors_long"):

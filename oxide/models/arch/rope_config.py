@@ -83,6 +83,7 @@ def gguf_rope_scaling(metadata: Mapping[str, Any], arch_key: str, rope_tensors: 
     """The scaling of a GGUF file: ``rope.scaling.type`` for linear, else the factor tensors
     (``rope_freqs``; ``rope_factors_long`` with ``rope_factors_short``) that llama.cpp's converter writes."""
     kind = metadata.get(f"{arch_key}.rope.scaling.type", "none")
+    kind = _ALIASES.get(kind, kind)
     if kind == "linear":
         return RopeScaling("linear", factor=float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0)))
     if kind not in ("none", "longrope"):
