@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,9 +41,14 @@ class LoadInfo:
 
 
 class Model:
-    """A loaded model with its tokenizer and chat template."""
+    """A loaded model with its tokenizer and chat template.
 
-    def __init__(self, lm: DecoderLM, tokenizer: Tokenizer, chat_template: ChatTemplate | None, n_ctx: int,
+    A model folder without tokenizer files loads with ``tokenizer`` None: it takes and returns token ids
+    (``logits(ids)``, ``generate(list_of_ids)``, whose completion then has ids and no text), and a text or
+    chat prompt raises :class:`TokenizerError`.
+    """
+
+    def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,
                  info: LoadInfo) -> None:
         self.lm = lm
         self.tokenizer = tokenizer
@@ -76,20 +82,28 @@ class Model:
     def encode_prompt(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids for text (BOS added as the vocabulary asks), chat messages (rendered with the model's
         template; no second BOS when the template writes one) or ids (used as given)."""
+        if not isinstance(prompt, str):
+            items = list(prompt)
+            if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
+                return [int(i) for i in items]
+            if not all(isinstance(m, dict) for m in items):
+                raise InvalidOptionError("prompt must be a string, a list of chat messages (dicts) or a list of "
+                                         "token ids")
+        if self.tokenizer is None:
+            raise TokenizerError(
+                f"{self.info.source.path} has no tokenizer (no tokenizer.json beside the weights), so a text or "
+                f"chat prompt cannot be encoded; pass token ids (a list of int) or add the model's tokenizer.json "
+                f"to the folder")
         if isinstance(prompt, str):
             return self._single_bos(self.tokenizer.encode(prompt, add_special_tokens=True))
-        items = list(prompt)
-        if all(isinstance(i, int) and not isinstance(i, bool) for i in items):
-            return [int(i) for i in items]
-        if all(isinstance(m, dict) for m in items):
-            return self._encode_chat(items, add_generation_prompt)
-        raise InvalidOptionError("prompt must be a string, a list of chat messages (dicts) or a list of token ids")
+        return self._encode_chat(items, add_generation_prompt)
 
     def _encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool) -> list[int]:
         if self.chat_template is None:
             raise TokenizerError("this model has no chat template and none of the built-in ones fits its "
                                  "vocabulary; pass a plain text prompt instead")
         tok = self.tokenizer
+        assert tok is not None
         bos = tok.token_to_piece(tok.bos_id) if tok.bos_id is not None else ""
         eos = tok.token_to_piece(tok.eos_ids[0]) if tok.eos_ids else ""
         text = self.chat_template.render(messages, add_generation_prompt=add_generation_prompt,
@@ -101,7 +115,7 @@ class Model:
 
     def _single_bos(self, ids: list[int]) -> list[int]:
         """Drop a BOS the text itself spelled out when the tokenizer added one too (llama.cpp warns of the same)."""
-        bos = self.tokenizer.bos_id
+        bos = self.tokenizer.bos_id if self.tokenizer is not None else None
         if bos is not None and ids[:2] == [bos, bos]:
             log.warning("the prompt starts with two BOS tokens (one added, one in the text); keeping one")
             return ids[1:]
@@ -120,9 +134,12 @@ class Model:
                 f"needed to generate); shorten the prompt or load with a larger n_ctx")
         self.lm.check_ids(torch.tensor(ids))
         stops = [stop] if isinstance(stop, str) else list(stop or [])
+        if stops and self.tokenizer is None:
+            raise TokenizerError("stop strings need a tokenizer to decode the generated ids, and this model has none; "
+                                 "leave stop unset or add the model's tokenizer.json to its folder")
         return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
                           max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids)
+                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else ())
 
     def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                  stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Completion:
@@ -155,19 +172,28 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
         from .models.hf import build_from_hf_dir
 
         lm = build_from_hf_dir(resolved.path, chosen, policy.compute_dtype)
-        tokenizer = Tokenizer.from_hf_dir(resolved.path)
+        tokenizer = _hf_tokenizer(resolved.path)
         template, origin = ChatTemplate.from_hf_dir(resolved.path), "tokenizer_config.json / chat_template.jinja"
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
         template, origin = ChatTemplate.from_gguf_metadata(gguf.metadata), "GGUF tokenizer.chat_template"
     if template is None:
-        template = fallback_template(tokenizer.special_tokens)
+        template = fallback_template(tokenizer.special_tokens) if tokenizer is not None else None
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)
     return Model(lm, tokenizer, template, context, info)
+
+
+def _hf_tokenizer(directory: Path) -> Tokenizer | None:
+    """The folder's tokenizer; None, with a warning, when it has no tokenizer.json (weights-only folders)."""
+    if not (directory / "tokenizer.json").exists():
+        log.warning("%s has no tokenizer.json: the model loads without a tokenizer and takes token ids only",
+                    directory)
+        return None
+    return Tokenizer.from_hf_dir(directory)
 
 
 def _context_size(config: ModelConfig, n_ctx: int | None) -> int:

@@ -176,8 +176,10 @@ def _bench(ns: argparse.Namespace) -> int:
         torch.set_num_threads(ns.threads)
     model = _load(ns.model, ns)
     rng = random.Random(0)
-    special = set(model.tokenizer.special_tokens.values())
-    ordinary = [i for i in range(min(model.tokenizer.vocab_size, model.config.vocab_size)) if i not in special]
+    tokenizer = model.tokenizer
+    special = set(tokenizer.special_tokens.values()) if tokenizer is not None else set()
+    vocab = min(tokenizer.vocab_size, model.config.vocab_size) if tokenizer is not None else model.config.vocab_size
+    ordinary = [i for i in range(vocab) if i not in special]
     prompt = [rng.choice(ordinary) for _ in range(prompt_tokens)]
     model.generate(prompt[:8], max_new_tokens=2, sampling=SamplingOptions.greedy())   # warm-up: page faults, the reference's dequantization
     runs = [model.generate(prompt, max_new_tokens=gen_tokens, sampling=SamplingOptions.greedy(),

@@ -8,6 +8,7 @@ differs from the plain Llama block; their defaults live here, and derived values
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -16,6 +17,33 @@ from .errors import ModelFormatError
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "freq_factors")
+
+
+@dataclass(frozen=True)
+class RopeScaling:
+    """How a RoPE stretches past its training context; :mod:`oxide.models.rope` holds one function per type.
+
+    ``rope_type``: ``default`` (none), ``linear`` (positions / ``factor``), ``llama3`` (per-frequency
+    interpolation between ``low_freq_factor`` and ``high_freq_factor`` wavelengths of the original
+    context), ``dynamic`` (NTK: the base grows once the sequence passes ``original_max_position_embeddings``),
+    ``longrope`` (Phi-3 ``su``: ``short_factor`` or ``long_factor`` divides each frequency, cos and sin
+    scaled by ``attention_factor``), ``freq_factors`` (GGUF's ``rope_freqs``: each frequency divided by
+    its entry of ``factors``, the form in which llama.cpp's converter stores ``llama3``).
+    """
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 0
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    factors: tuple[float, ...] = ()
+    attention_factor: float = 1.0
+
+
+NO_SCALING = RopeScaling()
 
 
 @dataclass(frozen=True)
@@ -48,8 +76,8 @@ class ModelConfig:
     attn_logit_softcapping: float = 0.0   # 0: off; else scores = cap * tanh(scores / cap)
     final_logit_softcapping: float = 0.0  # 0: off
     rope_theta: float = 10000.0
-    rope_local_base_freq: float = 0.0     # theta of sliding-window layers; 0: rope_theta
-    rope_scaling_factor: float = 1.0      # linear position interpolation: positions / factor
+    rope_local_base_freq: float = 0.0     # sliding layers' own plain RoPE base (Gemma 3); 0: they share the full layers' RoPE
+    rope_scaling: RopeScaling = NO_SCALING  # of the full layers' (or the only) RoPE
     sliding_window: int = 0               # 0: no sliding-window layers
     layer_types: tuple[str, ...] = field(default=())   # per layer; empty: all full attention
 
@@ -61,8 +89,6 @@ class ModelConfig:
             set_(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
         if self.query_pre_attn_scalar == 0.0:
             set_(self, "query_pre_attn_scalar", float(self.head_dim))
-        if self.rope_local_base_freq == 0.0:
-            set_(self, "rope_local_base_freq", self.rope_theta)
         if not self.layer_types:
             set_(self, "layer_types", (FULL_ATTENTION,) * self.num_hidden_layers)
         set_(self, "layer_types", tuple(self.layer_types))
@@ -88,6 +114,22 @@ class ModelConfig:
             raise bad("sliding_window", "must be positive when some layers use sliding-window attention")
         if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
             raise bad("rms_norm_eps", "must be a positive finite number")
+        self._validate_rope(bad)
+
+    def _validate_rope(self, bad: Callable[[str, str], ModelFormatError]) -> None:
+        s = self.rope_scaling
+        if s.rope_type not in ROPE_TYPES:
+            raise bad("rope_scaling", f"has rope_type {s.rope_type!r}, not one of {ROPE_TYPES}")
+        if not (s.factor > 0 and math.isfinite(s.factor)):
+            raise bad("rope_scaling", "must have a positive finite factor")
+        needs_context = s.rope_type in ("llama3", "dynamic", "longrope")
+        if needs_context and s.original_max_position_embeddings <= 0:
+            raise bad("rope_scaling", f"of type {s.rope_type!r} needs original_max_position_embeddings")
+        half = self.head_dim // 2
+        named = {"longrope": ("short_factor", "long_factor"), "freq_factors": ("factors",)}.get(s.rope_type, ())
+        for name in named:
+            if len(getattr(s, name)) != half:
+                raise bad("rope_scaling", f"{name} must have head_dim / 2 = {half} entries, not {len(getattr(s, name))}")
 
     @property
     def attention_scale(self) -> float:
@@ -96,8 +138,12 @@ class ModelConfig:
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == SLIDING_ATTENTION
 
-    def rope_base(self, layer: int) -> float:
-        return self.rope_local_base_freq if self.is_sliding(layer) else self.rope_theta
+    def rope_for(self, layer: int) -> tuple[float, RopeScaling]:
+        """(base, scaling) of a layer's RoPE: sliding layers with a base of their own use it unscaled, as
+        Gemma 3 does (transformers' per-layer-type ``rope_parameters``, llama.cpp's ``freq_base_swa``)."""
+        if self.is_sliding(layer) and self.rope_local_base_freq:
+            return self.rope_local_base_freq, NO_SCALING
+        return self.rope_theta, self.rope_scaling
 
     def with_updates(self, **changes: Any) -> ModelConfig:
         return replace(self, **changes)

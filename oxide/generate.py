@@ -85,9 +85,12 @@ class _StopMatcher:
 
 
 class Generation:
-    """An iterator of text pieces; after it is exhausted, :attr:`completion` holds the result."""
+    """An iterator of text pieces; after it is exhausted, :attr:`completion` holds the result.
 
-    def __init__(self, model: DecoderLM, tokenizer: Tokenizer, cache: KVCache, prompt_ids: Sequence[int], *,
+    Without a tokenizer (a model folder with weights only) it yields no text: the completion holds the ids.
+    """
+
+    def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None, cache: KVCache, prompt_ids: Sequence[int], *,
                  max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
                  end_ids: Sequence[int]) -> None:
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
@@ -108,7 +111,8 @@ class Generation:
     def _run(self) -> Iterator[str]:
         history = list(self.prompt_ids)
         generated: list[int] = []
-        decoder = StreamDecoder(self.tokenizer, skip_special_tokens=True, continuation=True)
+        decoder = None if self.tokenizer is None else StreamDecoder(self.tokenizer, skip_special_tokens=True,
+                                                                      continuation=True)
         text, emitted = "", 0
         finish, stop_string_hit = "length", False
         start = time.perf_counter()
@@ -122,7 +126,7 @@ class Generation:
                 break
             generated.append(token)
             history.append(token)
-            text += decoder.push(token)
+            text += decoder.push(token) if decoder is not None else ""
             cut = self.stops.find(text, emitted)   # emitted text holds no start of a stop string
             if cut >= 0:
                 text, finish, stop_string_hit = text[:cut], "stop", True
@@ -138,7 +142,7 @@ class Generation:
                 break
             logits = step(token)
         if not stop_string_hit:
-            text += decoder.flush()
+            text += decoder.flush() if decoder is not None else ""
             cut = self.stops.find(text, emitted)
             if cut >= 0:
                 text, finish = text[:cut], "stop"

@@ -38,19 +38,25 @@ class ArchSpec:
 
 
 ARCHITECTURES: tuple[ArchSpec, ...] = (
-    ArchSpec("llama", "oxide.models.arch.llama:LLAMA", ("llama",), ("llama",), ("LlamaForCausalLM",), "Llama 2/3, TinyLlama, SmolLM"),
+    ArchSpec("llama", "oxide.models.arch.llama:LLAMA", ("llama",), ("llama",), ("LlamaForCausalLM",),
+             "Llama 2/3, TinyLlama, SmolLM 1/2, Yi"),
     ArchSpec("mistral", "oxide.models.arch.llama:MISTRAL", ("mistral",), ("mistral",), ("MistralForCausalLM",),
              "Mistral 7B (llama.cpp writes these GGUFs as llama)",
              tensor_tables="llama"),
     ArchSpec("qwen2", "oxide.models.arch.qwen:QWEN2", ("qwen2",), ("qwen2",), ("Qwen2ForCausalLM",), "Qwen 2 / 2.5"),
     ArchSpec("qwen3", "oxide.models.arch.qwen:QWEN3", ("qwen3",), ("qwen3",), ("Qwen3ForCausalLM",), "Qwen 3 (dense)"),
+    ArchSpec("gemma", "oxide.models.arch.gemma:GEMMA", ("gemma",), ("gemma",), ("GemmaForCausalLM",), "Gemma (1)"),
+    ArchSpec("gemma2", "oxide.models.arch.gemma:GEMMA2", ("gemma2",), ("gemma2",), ("Gemma2ForCausalLM",), "Gemma 2"),
     ArchSpec("gemma3", "oxide.models.arch.gemma3:GEMMA3", ("gemma3",), ("gemma3_text",), ("Gemma3ForCausalLM",), "Gemma 3 (text)"),
+    ArchSpec("phi3", "oxide.models.arch.phi3:PHI3", ("phi3",), ("phi3",), ("Phi3ForCausalLM",),
+             "Phi-3 / 3.5-mini, Phi-3-medium"),
+    ArchSpec("pixtral", "oxide.models.arch.llama:PIXTRAL", (), ("llava",), ("LlavaForConditionalGeneration",),
+             "Pixtral's language model (text only)", tensor_tables="llama"),
 )
 
 
 def supported_names() -> list[str]:
     return [spec.name for spec in ARCHITECTURES]
-
 
 
 def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
@@ -80,5 +86,6 @@ def markdown_table() -> str:
     """The README's table of supported architectures."""
     lines = ["| oxide | GGUF `general.architecture` | HF `model_type` | models |", "|---|---|---|---|"]
     for spec in ARCHITECTURES:
-        lines.append(f"| {spec.name} | {', '.join(spec.gguf_names)} | {', '.join(spec.hf_model_types)} | {spec.family} |")
+        gguf_names = ", ".join(spec.gguf_names) or f"(written as {spec.gguf_tables})"
+        lines.append(f"| {spec.name} | {gguf_names} | {', '.join(spec.hf_model_types)} | {spec.family} |")
     return "\n".join(lines)

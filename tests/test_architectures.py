@@ -1,8 +1,10 @@
-"""Every registered architecture, end to end through GGUF, against transformers.
+"""The architectures of ``tests/_tiny_models.py``, end to end through GGUF, against transformers.
 
-For each ``ArchSpec`` in ``oxide.registry.ARCHITECTURES`` a tiny random transformers model
-(``tests/_tiny_models.py``) is converted to GGUF the way llama.cpp's converter does and loaded
-with ``build_from_gguf``. A registered architecture without a tiny model fails here.
+For each of them (llama, mistral, qwen2, qwen3, gemma3: the ones whose GGUF conversion
+``_tiny_models.write_gguf`` reproduces) a tiny random transformers model is converted to GGUF and
+loaded with ``build_from_gguf``. Every registered architecture, these included, is also covered with
+files written by llama.cpp's own converter in ``tests/test_arch_conversions.py``, which fails when an
+entry of the registry has no case.
 
 Tolerances (float32 on CPU):
 * F32 file vs the transformers model: ``max|oxide - hf| <= 1e-4 * max|hf|`` and equal argmax at
@@ -38,7 +40,7 @@ QUANT_VS_ORIGINAL_TOL = 0.1  # quantized file vs the unquantized model: same wei
 PROMPT_LEN = 24
 CPU = torch.device("cpu")
 
-SPEC_PARAMS = [pytest.param(spec, id=spec.name) for spec in ARCHITECTURES]
+SPEC_PARAMS = [pytest.param(spec, id=spec.name) for spec in ARCHITECTURES if spec.name in TINY_MODELS]
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -53,13 +55,6 @@ def quiet_transformers() -> Iterator[None]:
 
 
 def tiny_for(spec: ArchSpec) -> TinyModel:
-    """The tiny model of a registered architecture; a missing one fails the suite with what to do."""
-    if spec.name not in TINY_MODELS:
-        pytest.fail(
-            f"architecture {spec.name!r} is registered in oxide/registry.py but has no tiny test model: "
-            f"add a factory for it to TINY_MODELS in tests/_tiny_models.py (and its conversion to "
-            f"_CONVERSIONS if llama.cpp converts it differently)"
-        )
     return TINY_MODELS[spec.name]
 
 
@@ -124,12 +119,6 @@ def hf_gguf_overrides(model: PreTrainedModel) -> dict[str, object]:
 
 
 # --- the registry and the factories -----------------------------------------------------------
-
-@pytest.mark.parametrize("spec", SPEC_PARAMS)
-def test_registered_architecture_has_tiny_model(spec: ArchSpec) -> None:
-    tiny = tiny_for(spec)
-    assert tiny.name == spec.name
-
 
 def test_every_tiny_model_is_registered() -> None:
     registered = {spec.name for spec in ARCHITECTURES}
@@ -198,7 +187,7 @@ def test_gguf_file_and_config_match_what_was_written(spec: ArchSpec, converted) 
 
 QUANT_PARAMS = [
     pytest.param(spec, qtype, id=f"{spec.name}-{qtype.name}")
-    for spec in ARCHITECTURES
+    for spec in ARCHITECTURES if spec.name in TINY_MODELS
     for qtype in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F16)
 ]
 

@@ -237,3 +237,26 @@ def test_metadata_values_out_of_range(tmp_path: Path, key: str, value: object, w
     path = write_tiny_llama(tmp_path / "range.gguf", metadata={key: value})
     with pytest.raises(ModelFormatError, match=what):
         oxide.load(path)
+
+
+@pytest.mark.parametrize("damage", ["short", "missing"])
+def test_phi3_fused_projection_is_named(tmp_path: Path, damage: str) -> None:
+    """Phi-3's q, k, v come from one fused matrix: a wrong or absent one is named, not its split parts."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    config = Phi3Config(vocab_size=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64, pad_token_id=0,
+                        bos_token_id=1, eos_token_id=2)
+    Phi3ForCausalLM(config).save_pretrained(tmp_path, safe_serialization=True)
+    path, fused = tmp_path / "model.safetensors", "model.layers.0.self_attn.qkv_proj.weight"
+    tensors = load_file(path)
+    if damage == "short":
+        tensors[fused] = tensors[fused][:-4].contiguous()
+        expected = f"{fused}' has 60 rows but the model's config implies 64 \\(32 \\+ 16 \\+ 16, fused\\)"
+    else:
+        del tensors[fused]
+        expected = "blk.0.attn_qkv.weight \\(fused; the rows of attn_q\\)' is missing"
+    save_file(tensors, path, metadata={"format": "pt"})
+    with pytest.raises(ModelFormatError, match=f"{tmp_path}: .*{expected}"):
+        oxide.load(tmp_path, device="cpu")

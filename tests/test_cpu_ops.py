@@ -101,10 +101,11 @@ def test_rope(T, hd, threads):
 def test_rope_cos_sin(T, half, threads):
     positions = torch.randperm(40000, generator=torch.Generator().manual_seed(T))[:T]   # up to large angles
     inv_freq = 1.0 / (10000 ** (torch.arange(half).float() / half)) * (1.0 + randn(half, seed=half).abs())
-    got, want = layers.rope_cos_sin(positions, inv_freq), reference.rope_cos_sin(positions, inv_freq)
     # float32 cos/sin of the same float32 angle: libm's and torch's agree within 2 ulp of 1
-    torch.testing.assert_close(got[0], want[0], rtol=0, atol=3e-7)
-    torch.testing.assert_close(got[1], want[1], rtol=0, atol=3e-7)
+    for scale in (1.0, 1.1902380714238083):          # Phi-3's LongRoPE attention factor
+        got, want = layers.rope_cos_sin(positions, inv_freq, scale), reference.rope_cos_sin(positions, inv_freq, scale)
+        torch.testing.assert_close(got[0], want[0], rtol=0, atol=3e-7 * scale)
+        torch.testing.assert_close(got[1], want[1], rtol=0, atol=3e-7 * scale)
 
 
 def test_rope_large_and_contiguous(threads):

@@ -11,13 +11,16 @@ notice and run the Python forward, with the same results.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
 import numpy as np
 import pytest
 import torch
+from _arch_cases import build_gemma, build_gemma2, build_llama_dynamic, build_phi3
 from _tiny_models import TINY_MODELS, random_ids
+from transformers import PreTrainedModel
 
 from oxide.ops import cpu, reference
 from oxide.ops.cpu.program import NotRecordable, recording
@@ -38,10 +41,12 @@ def _q8(m: QuantTensor) -> QuantTensor:
     return QuantTensor(torch.from_numpy(raw.reshape(-1).view(np.uint8)), GGMLType.Q8_0, tuple(m.shape))
 
 
-def tiny_lm(name: str, folder: Path, *, quantized: bool = True) -> DecoderLM:
-    """The tiny transformers model of ``name``, saved and loaded by oxide; its matrices quantized to Q8_0
-    (which the compiled core serves) unless ``quantized`` is False (then they stay dense float32)."""
-    TINY_MODELS[name].build().save_pretrained(folder, safe_serialization=True)
+def tiny_lm(name: str | Callable[[], PreTrainedModel], folder: Path, *, quantized: bool = True) -> DecoderLM:
+    """A tiny transformers model (``TINY_MODELS[name]`` or a builder), saved and loaded by oxide; its matrices
+    quantized to Q8_0 (which the compiled core serves) unless ``quantized`` is False (then they stay dense
+    float32)."""
+    build = TINY_MODELS[name].build if isinstance(name, str) else name
+    build().save_pretrained(folder, safe_serialization=True)
     lm = build_from_hf_dir(folder, CPU, torch.float32)
     if not quantized:
         return lm
@@ -58,7 +63,8 @@ def tiny_lm(name: str, folder: Path, *, quantized: bool = True) -> DecoderLM:
 def run_both(lm: DecoderLM, steps: int, prompt_len: int = 5, switch_threads_at: int | None = None) -> DecodeStep:
     """Feed the same tokens to ``lm.forward`` on one cache and to a DecodeStep on another, asserting equal logits."""
     ids = random_ids(prompt_len, seed=prompt_len, vocab=lm.config.vocab_size).view(1, -1)
-    reference_cache, step_cache = lm.new_cache(64), lm.new_cache(64)
+    n_ctx = prompt_len + steps + 8
+    reference_cache, step_cache = lm.new_cache(n_ctx), lm.new_cache(n_ctx)
     want = lm.forward(ids, reference_cache, last_only=True)[0, -1]
     lm.forward(ids, step_cache, last_only=True)
     step = DecodeStep(lm, step_cache)
@@ -86,6 +92,18 @@ def test_replayed_steps_equal_the_forward(name: str, tmp_path: Path) -> None:
     """llama: plain; qwen2: q/k/v biases; qwen3: qk-norm; gemma3: embedding scale, sandwich norms and
     sliding layers whose 8-slot ring wraps several times in 30 steps."""
     step = run_both(tiny_lm(name, tmp_path), steps=30)
+    assert step.compiled
+
+
+@pytest.mark.parametrize("build,prompt_len", [(build_llama_dynamic, 5), (build_phi3, 250), (build_gemma, 5),
+                                              (build_gemma2, 5)], ids=["llama-dynamic", "phi3-longrope", "gemma",
+                                                                       "gemma2"])
+def test_replayed_steps_follow_the_rope_scaling_and_caps(build, prompt_len: int, tmp_path: Path) -> None:
+    """Dynamic NTK changes its frequencies at every step past 24 positions, and Phi-3's LongRoPE switches
+    from its short to its long factors past 256 (with its attention factor on cos and sin): the replayed
+    program reads the frequencies from the buffer the step rewrites. Gemma: embedding scale, GeGLU; Gemma 2:
+    attention and final soft-caps, sliding window."""
+    step = run_both(tiny_lm(build, tmp_path), steps=30 if prompt_len < 24 else 12, prompt_len=prompt_len)
     assert step.compiled
 
 

@@ -32,7 +32,7 @@ def _write_tokenizer(directory: Path) -> None:
         {"bos_token": "<s>", "eos_token": "</s>", "tokenizer_class": "PreTrainedTokenizerFast"}))
 
 
-@pytest.fixture(scope="module", params=[spec.name for spec in ARCHITECTURES])
+@pytest.fixture(scope="module", params=[spec.name for spec in ARCHITECTURES if spec.name in TINY_MODELS])
 def model_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
     hf = TINY_MODELS[request.param].build()
     directory = tmp_path_factory.mktemp(request.param)
@@ -86,3 +86,40 @@ def test_info_describes_a_directory(model_dir, capsys: pytest.CaptureFixture[str
     out = capsys.readouterr().out
     assert f"architecture:  {hf.config.model_type.replace('_text', '')}" in out
     assert "F32" in out and f"num_hidden_layers          {hf.config.num_hidden_layers}" in out
+
+
+@pytest.fixture(scope="module")
+def weights_only_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A Llama folder with config.json and safetensors and no tokenizer files."""
+    hf = TINY_MODELS["llama"].build()
+    directory = tmp_path_factory.mktemp("weights-only")
+    hf.save_pretrained(directory, safe_serialization=True)
+    return hf, directory
+
+
+def test_folder_without_tokenizer_loads_for_token_ids(weights_only_dir, caplog: pytest.LogCaptureFixture) -> None:
+    hf, directory = weights_only_dir
+    with caplog.at_level("WARNING", logger="oxide.load"):
+        model = oxide.load(directory, device="cpu")
+    assert model.tokenizer is None and model.chat_template is None
+    assert any("no tokenizer.json" in r.getMessage() and str(directory) in r.getMessage() for r in caplog.records)
+
+    ids = random_ids(12, seed=8)
+    expected = hf_logits(hf, ids)[0]
+    torch.testing.assert_close(model.logits(ids[0].tolist()), expected, rtol=0, atol=1e-4 * expected.abs().max().item())
+    done = model.generate(ids[0].tolist(), max_new_tokens=5, sampling=oxide.SamplingOptions.greedy())
+    with torch.no_grad():
+        greedy = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False,
+                             eos_token_id=None)[0, ids.shape[1]:].tolist()
+    assert done.token_ids == greedy and done.text == "" and done.finish_reason == "length"
+    assert list(model.stream(ids[0].tolist(), max_new_tokens=3)) == []
+
+
+@pytest.mark.parametrize("prompt", ["Hello", [{"role": "user", "content": "Hello"}]], ids=["text", "chat"])
+def test_folder_without_tokenizer_refuses_text(weights_only_dir, prompt) -> None:
+    _, directory = weights_only_dir
+    model = oxide.load(directory, device="cpu")
+    with pytest.raises(oxide.TokenizerError, match=f"{directory}.*no tokenizer.*tokenizer.json.*token ids"):
+        model.generate(prompt, max_new_tokens=2)
+    with pytest.raises(oxide.TokenizerError, match="stop strings need a tokenizer"):
+        model.generate([5, 6], max_new_tokens=2, stop=["x"])

@@ -252,20 +252,24 @@ void scale(std::uintptr_t x, std::uintptr_t out, int64_t n, double factor, int t
 }
 
 // The rotary tables for T positions: angle = float32(positions[t]) * inv_freq[i] in float32, then
-// cos[t, i] = cos(angle), sin[t, i] = sin(angle); (T, half) each, contiguous.
-void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, int64_t half, std::uintptr_t cos,
-                  std::uintptr_t sin, int threads) {
+// cos[t, i] = cos(angle), sin[t, i] = sin(angle), each times float32(scale) unless scale is 1; (T, half)
+// each, contiguous.
+void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, int64_t half, double scale,
+                  std::uintptr_t cos, std::uintptr_t sin, int threads) {
     check(T >= 0 && half >= 1 && threads >= 1, "rope_cos_sin: bad sizes or threads");
     const int64_t* pos = ptr<const int64_t>(positions);
     const float* freq = ptr<const float>(inv_freq);
+    const float factor = static_cast<float>(scale);
+    const bool scaled = scale != 1.0;
     const int nt = threads_for(threads, T * half, T);
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (int64_t t = 0; t < T; ++t) {
         const float p = static_cast<float>(pos[t]);
         for (int64_t i = 0; i < half; ++i) {
             const float angle = p * freq[i];
-            ptr<float>(cos)[t * half + i] = std::cos(angle);
-            ptr<float>(sin)[t * half + i] = std::sin(angle);
+            const float c = std::cos(angle), s = std::sin(angle);
+            ptr<float>(cos)[t * half + i] = scaled ? c * factor : c;
+            ptr<float>(sin)[t * half + i] = scaled ? s * factor : s;
         }
     }
 }
@@ -382,8 +386,8 @@ void bind_layer_ops(py::module_& m) {
     m.def("scale", &scale, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
           py::arg("factor"), py::arg("threads"), "out = x * float32(factor).");
     m.def("rope_cos_sin", &rope_cos_sin, py::call_guard<py::gil_scoped_release>(), py::arg("positions"), py::arg("T"),
-          py::arg("inv_freq"), py::arg("half"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
-          "cos/sin (T, half) of the angles float32(positions[t]) * inv_freq[i].");
+          py::arg("inv_freq"), py::arg("half"), py::arg("scale"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
+          "scale times cos/sin (T, half) of the angles float32(positions[t]) * inv_freq[i].");
     m.def("kv_store", &kv_store, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
           py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("head_dim"), py::arg("positions"),
           py::arg("cache_k"), py::arg("cache_v"), py::arg("cache_pos"), py::arg("slots"), py::arg("threads"),

@@ -45,8 +45,8 @@ void rms_norm(std::uintptr_t x, const Dims3& shape, const Dims3& stride, int64_t
 void add_rms_norm(std::uintptr_t x, const Dims3& x_stride, std::uintptr_t residual, const Dims3& r_stride,
                   const Dims3& shape, int64_t n, std::uintptr_t weight, std::uintptr_t sum, std::uintptr_t normed,
                   double eps, int threads);
-void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, int64_t half, std::uintptr_t cos,
-                  std::uintptr_t sin, int threads);
+void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, int64_t half, double scale,
+                  std::uintptr_t cos, std::uintptr_t sin, int threads);
 void rope(std::uintptr_t x, const Dims3& shape, const Dims3& stride, int64_t hd, std::uintptr_t cos,
           std::uintptr_t sin, std::uintptr_t out, int threads);
 void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,

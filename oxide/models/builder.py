@@ -28,8 +28,24 @@ def gguf_config(gguf: GGUFFile) -> tuple[ArchSpec, ModelConfig]:
         raise ModelFormatError(f"{gguf.path}: tensor 'token_embd.weight' is missing or not 2-D; the file is not a language model")
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in gguf.tensors
     config = spec.load_adapter().config_from_gguf(
-        gguf.metadata, arch_key=gguf.architecture, vocab_size=embed.shape[0], tied=tied, source=str(gguf.path))
+        gguf.metadata, arch_key=gguf.architecture, vocab_size=embed.shape[0], tied=tied,
+        rope_tensors=_rope_tensors(gguf), source=str(gguf.path))
     return spec, config
+
+
+_ROPE_TENSORS = (MODEL_TENSOR.ROPE_FREQS, MODEL_TENSOR.ROPE_FACTORS_LONG, MODEL_TENSOR.ROPE_FACTORS_SHORT)
+
+
+def _rope_tensors(gguf: GGUFFile) -> dict[str, tuple[float, ...]]:
+    """The RoPE factor vectors the file holds (llama.cpp's converter stores Llama 3 and LongRoPE scalings so)."""
+    found = {}
+    for role in _ROPE_TENSORS:
+        name = gguf_tensor_name(role, None, "weight")
+        info = gguf.tensors.get(name)
+        if info is not None:
+            values = QuantTensor(gguf.raw(name), info.qtype, info.shape, name=name).dequantize(torch.float32)
+            found[name.removesuffix(".weight")] = tuple(values.reshape(-1).tolist())
+    return found
 
 
 def build_from_gguf(path: str | Path, device: torch.device, dtype: torch.dtype) -> tuple[GGUFFile, DecoderLM]:
@@ -54,6 +70,8 @@ def build_from_gguf(path: str | Path, device: torch.device, dtype: torch.dtype) 
     def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
         return f"{gguf.path}: {gguf_tensor_name(role, layer, suffix)}"
 
+    for split in adapter.source_transforms:
+        lookup, describe = split(lookup, describe, config)
     weights = collect_weights(config, lookup, describe)
     for transform in adapter.gguf_transforms:
         log.debug("applying %s", transform.__name__)

@@ -26,12 +26,15 @@ class DecoderLM:
         self.blocks = [DecoderBlock(config, i, w, self.ops, device, dtype) for i, w in enumerate(weights.layers)]
         self.embed = ops.bind("embedding", device.type, weights.embed, dtype)
         self.head = ops.Linear(weights.output, None, device, dtype)
-        ropes: dict[float, RotaryEmbedding] = {}
-        for theta in {config.rope_base(i) for i in range(config.num_hidden_layers)}:
-            ropes[theta] = RotaryEmbedding(config.head_dim, theta, device, freq_factors=weights.rope_freqs,
-                                           linear_factor=config.rope_scaling_factor)
-        self._ropes = ropes
-        self._layer_theta = [config.rope_base(i) for i in range(config.num_hidden_layers)]
+        kinds = list(dict.fromkeys(config.rope_for(i) for i in range(config.num_hidden_layers)))  # (base, scaling)
+        self._ropes = [RotaryEmbedding(config.head_dim, theta, scaling, device) for theta, scaling in kinds]
+        self._layer_rope = [kinds.index(config.rope_for(i)) for i in range(config.num_hidden_layers)]
+
+    def prepare_ropes(self, end: int) -> None:
+        """Set every RoPE's frequencies for a sequence of length ``end`` after the next step (what
+        :meth:`run` does itself; a replayed decode step, which does not run it, calls this first)."""
+        for rope in self._ropes:
+            rope.prepare(end)
 
     def new_cache(self, n_ctx: int) -> KVCache:
         """A KV cache in the model's dtype, the one its attention implementation was bound for."""
@@ -65,9 +68,10 @@ class DecoderLM:
         x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
         if self.config.embedding_multiplier != 1.0:
             x = self.ops.scale(x, self.config.embedding_multiplier)
-        cos_sin = {theta: rope.cos_sin(positions) for theta, rope in self._ropes.items()}
-        for block, theta, layer_cache in zip(self.blocks, self._layer_theta, cache.layers):
-            x = block(x, *cos_sin[theta], positions, layer_cache)
+        end = cache.seq_len + ids.shape[1]                # the sequence's length after this pass
+        cos_sin = [rope.cos_sin(positions, end) for rope in self._ropes]
+        for block, rope, layer_cache in zip(self.blocks, self._layer_rope, cache.layers):
+            x = block(x, *cos_sin[rope], positions, layer_cache)
         if last_only:
             x = x[:, -1:]
         x = self.ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from gguf import get_tensor_name_map
@@ -33,19 +34,33 @@ def _as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
     return QuantTensor(raw, qtype, tuple(tensor.shape), name=name)
 
 
+def text_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The language model's settings: a multimodal config.json (Llava, Pixtral) nests them in ``text_config``,
+    which then overrides the outer keys (as llama.cpp's converter reads it)."""
+    inner = raw.get("text_config")
+    return {**raw, **inner} if isinstance(inner, dict) else raw
+
+
+def text_tensor_name(name: str) -> str:
+    """A checkpoint name without the ``language_model.`` segment under which multimodal models keep their
+    language model (``language_model.model.layers.0...`` and ``model.language_model.layers.0...`` alike)."""
+    return name.replace("language_model.", "", 1)
+
+
 def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str]]:
     """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
 
     Checkpoint names are mapped to roles through gguf-py's tables, so both front doors share one naming.
     """
-    raw_config = read_hf_config(directory)
-    spec = detect_hf(raw_config, str(directory / "config.json"))
+    outer = read_hf_config(directory)
+    spec = detect_hf(outer, str(directory / "config.json"))
+    raw_config = text_config(outer)
     reader = SafetensorsReader(directory)
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
     name_map = get_tensor_name_map(MODEL_ARCH(arch), int(raw_config.get("num_hidden_layers", 0)))
     hf_names: dict[str, str] = {}
     for name in reader.names():
-        found = name_map.get_type_and_name(name, try_suffixes=(".weight", ".bias"))
+        found = name_map.get_type_and_name(text_tensor_name(name), try_suffixes=(".weight", ".bias"))
         if found is None:
             log.debug("%s: ignoring tensor %s", directory, name)
             continue
@@ -58,7 +73,7 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
 
 def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype) -> DecoderLM:
     """Build the model of a Hugging Face directory (config.json + safetensors)."""
-    _, config, reader, hf_names = hf_config(directory)
+    spec, config, reader, hf_names = hf_config(directory)
 
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))
@@ -68,6 +83,8 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
         gguf_name = gguf_tensor_name(role, layer, suffix)
         return f"{directory}: {hf_names.get(gguf_name, f'the checkpoint tensor for {gguf_name}')}"
 
+    for split in spec.load_adapter().source_transforms:
+        lookup, describe = split(lookup, describe, config)
     weights = collect_weights(config, lookup, describe)
     fold_norm_offset(weights, config)
     weights.move_matrices(device)

@@ -50,6 +50,7 @@ class DecodeStep:
         self.cache.check_room(1)
         self._ids_view[0] = token
         self._positions_view[0] = self.cache.seq_len
+        self.lm.prepare_ropes(self.cache.seq_len + 1)   # a scaling whose frequencies follow the length
         if self._program is None or self._threads != cpu.threads():
             logits = self._record()
         else:

@@ -3,11 +3,15 @@ never needs to know where the weights came from."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+from gguf.constants import MODEL_TENSOR
 
 from ..config import ModelConfig
+from ..errors import ModelFormatError
 from ..quant import QuantTensor
-from .weights import ModelWeights
+from .weights import ModelWeights, TensorLookup
 
 
 def _unpermute_rows(w: QuantTensor, n_heads: int) -> QuantTensor:
@@ -52,3 +56,57 @@ def cast_vectors(weights: ModelWeights, device: torch.device) -> None:
             if isinstance(value, torch.Tensor):
                 setattr(layer, name, value.to(device))
     weights.output_norm = weights.output_norm.to(device)
+
+
+# --- fused projections, split as the tensors are looked up ----------------------------------------
+
+Describe = Callable[[MODEL_TENSOR, "int | None", str], str]
+# (lookup, describe, config) -> the same source with one storage convention undone.
+SourceTransform = Callable[[TensorLookup, Describe, ModelConfig], tuple[TensorLookup, Describe]]
+
+
+def _row_slice(w: QuantTensor, start: int, stop: int) -> QuantTensor:
+    """Rows ``start:stop`` of a matrix: whole rows of blocks, so a view of the quantized bytes."""
+    return QuantTensor(w.data[start:stop], w.qtype, (stop - start, *w.shape[1:]), name=f"{w.name}[{start}:{stop}]")
+
+
+def _split_rows(fused: MODEL_TENSOR, ranges: dict[MODEL_TENSOR, tuple[int, int]], lookup: TensorLookup,
+                describe: Describe) -> tuple[TensorLookup, Describe]:
+    """The source with each role of ``ranges`` (role -> its row range) served from the rows of one ``fused`` matrix."""
+    rows = max(stop for _, stop in ranges.values())
+
+    def split_lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
+        if role not in ranges or suffix != "weight":
+            return lookup(role, layer, suffix)
+        whole = lookup(fused, layer, suffix)
+        if whole is None:
+            return None         # the collector reports it missing, named by split_describe
+        if whole.shape[0] != rows:
+            raise ModelFormatError(
+                f"tensor {describe(fused, layer, suffix)!r} has {whole.shape[0]} rows but the model's config "
+                f"implies {rows} ({' + '.join(str(b - a) for a, b in ranges.values())}, fused); the file's "
+                f"metadata and tensors disagree")
+        return _row_slice(whole, *ranges[role])
+
+    def split_describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
+        if role in ranges and suffix == "weight":
+            return f"{describe(fused, layer, suffix)} (fused; the rows of {role.name.lower()})"
+        return describe(role, layer, suffix)
+
+    return split_lookup, split_describe
+
+
+def split_qkv(lookup: TensorLookup, describe: Describe, config: ModelConfig) -> tuple[TensorLookup, Describe]:
+    """Phi-3: one ``qkv_proj`` (GGUF ``attn_qkv``) holds the q rows, then k, then v."""
+    nq = config.num_attention_heads * config.head_dim
+    nkv = config.num_key_value_heads * config.head_dim
+    ranges = {MODEL_TENSOR.ATTN_Q: (0, nq), MODEL_TENSOR.ATTN_K: (nq, nq + nkv),
+              MODEL_TENSOR.ATTN_V: (nq + nkv, nq + 2 * nkv)}
+    return _split_rows(MODEL_TENSOR.ATTN_QKV, ranges, lookup, describe)
+
+
+def split_gate_up(lookup: TensorLookup, describe: Describe, config: ModelConfig) -> tuple[TensorLookup, Describe]:
+    """Phi-3: one ``gate_up_proj`` (GGUF ``ffn_up``, 2 x intermediate rows) holds the gate rows, then the up rows."""
+    F = config.intermediate_size
+    ranges = {MODEL_TENSOR.FFN_GATE: (0, F), MODEL_TENSOR.FFN_UP: (F, 2 * F)}
+    return _split_rows(MODEL_TENSOR.FFN_UP, ranges, lookup, describe)

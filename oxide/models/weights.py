@@ -54,7 +54,6 @@ class ModelWeights:
     output: Matrix            # the same object as ``embed`` when embeddings are tied
     output_norm: torch.Tensor
     layers: list[LayerWeights]
-    rope_freqs: torch.Tensor | None = None   # per-frequency divisors (Llama 3.1 style), shape (hd/2,)
 
     def move_matrices(self, device: torch.device) -> None:
         """Put every quantized matrix on ``device`` (tied head and embedding stay one object)."""
@@ -139,5 +138,4 @@ def collect_weights(config: ModelConfig, lookup: TensorLookup,
         output=output,
         output_norm=c.vector(T.OUTPUT_NORM, None, D),
         layers=layers,
-        rope_freqs=c.vector(T.ROPE_FREQS, None, hd // 2, required=False),
     )

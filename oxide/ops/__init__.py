@@ -87,9 +87,11 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return resolve("add_rms_norm", x.device.type, x.dtype, residual.dtype)(x, residual, weight, eps)
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The rotary tables of ``positions`` (T,): cos and sin of ``positions[t] * inv_freq[i]``, (T, hd/2) each."""
-    return resolve("rope_cos_sin", positions.device.type, inv_freq.dtype)(positions, inv_freq)
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rotary tables of ``positions`` (T,): ``scale`` times cos and sin of ``positions[t] * inv_freq[i]``,
+    (T, hd/2) each."""
+    return resolve("rope_cos_sin", positions.device.type, inv_freq.dtype)(positions, inv_freq, scale)
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -55,10 +55,15 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return total, rms_norm(total, weight, eps)
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Angles ``positions[t] * inv_freq[i]`` in float32 -> (cos, sin), each (T, head_dim / 2)."""
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles ``positions[t] * inv_freq[i]`` in float32 -> (cos, sin), each (T, head_dim / 2), times
+    ``scale`` (a RoPE scaling's attention factor) unless it is 1."""
     angles = positions.float()[:, None] * inv_freq.float()[None, :]   # (T, hd/2)
-    return angles.cos(), angles.sin()
+    if scale == 1.0:
+        return angles.cos(), angles.sin()
+    factor = torch.tensor(scale, dtype=torch.float32)
+    return angles.cos() * factor, angles.sin() * factor
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

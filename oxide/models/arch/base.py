@@ -11,7 +11,9 @@ import numpy as np
 
 from ...config import ModelConfig
 from ...errors import ModelFormatError
+from ..transforms import SourceTransform
 from ..weights import ModelWeights
+from .rope_config import gguf_rope_scaling, hf_rope_fields
 
 # A named load-time transform of the weights (un-permute, fold, split...).
 Transform = Callable[[ModelWeights, ModelConfig], None]
@@ -42,24 +44,28 @@ class ArchAdapter:
 
     ``flags``: ModelConfig fields fixed for the architecture. ``gguf_defaults``: a function of the
     fields read so far returning what GGUF never stores (sliding pattern, second RoPE base...).
-    ``gguf_transforms``: named weight transforms applied once at load. ``hf_fields``: a function of
-    the raw config.json and the generic fields returning the architecture's own (renamed keys...).
+    ``gguf_transforms``: named weight transforms applied once at load. ``source_transforms``: named
+    transforms of the tensor source, in both formats (fused projections split as they are looked up).
+    ``hf_fields``: a function of the raw config.json and the generic fields returning the
+    architecture's own (renamed keys...).
     """
 
     name: str
     flags: Mapping[str, Any] = field(default_factory=dict)
     gguf_defaults: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     gguf_transforms: tuple[Transform, ...] = ()
+    source_transforms: tuple[SourceTransform, ...] = ()
     hf_fields: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
     def config_from_gguf(self, metadata: Mapping[str, Any], *, arch_key: str, vocab_size: int,
-                         tied: bool, source: str) -> ModelConfig:
+                         tied: bool, rope_tensors: Mapping[str, tuple[float, ...]], source: str) -> ModelConfig:
+        """``rope_tensors``: the file's RoPE factor vectors by name (``rope_freqs``, ``rope_factors_long``, ...)."""
         fields_ = read_gguf_fields(metadata, arch_key, source)
         fields_.update(vocab_size=vocab_size, tie_word_embeddings=tied, **self.flags)
+        fields_["rope_scaling"] = gguf_rope_scaling(metadata, arch_key, rope_tensors, source)
         if self.gguf_defaults is not None:
             fields_.update(self.gguf_defaults(fields_))
         return ModelConfig(architecture=self.name, **fields_)
-
 
     def config_from_hf(self, raw: Mapping[str, Any], *, tied: bool, source: str) -> ModelConfig:
         fields_ = read_hf_fields(raw, source)
@@ -85,11 +91,6 @@ def read_gguf_fields(metadata: Mapping[str, Any], arch_key: str, source: str) ->
     for name in ("rope_theta", "rope_local_base_freq"):
         if name in out:
             out[name] = float(out[name])
-    scaling = metadata.get(f"{arch_key}.rope.scaling.type")
-    if scaling == "linear":
-        out["rope_scaling_factor"] = float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0))
-    elif scaling not in (None, "none"):
-        raise ModelFormatError(f"{source}: RoPE scaling type {scaling!r} ({arch_key}.rope.scaling.type) is not supported yet")
     return out
 
 
@@ -118,7 +119,7 @@ def read_hf_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     act = raw.get("hidden_activation") or raw.get("hidden_act")
     if act is not None:
         out["hidden_act"] = act
-    out.update(_hf_rope(raw, source))
+    out.update(hf_rope_fields(raw, source))
     layer_types = raw.get("layer_types")
     window = raw.get("sliding_window") or 0
     if layer_types is None and window and raw.get("use_sliding_window", True):
@@ -127,24 +128,4 @@ def read_hf_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
         out["layer_types"] = tuple(layer_types)
         if "sliding_attention" in layer_types:
             out["sliding_window"] = int(window)
-    return out
-
-
-def _hf_rope(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
-    params = raw.get("rope_parameters") or {}
-    by_layer_type = "full_attention" in params or "sliding_attention" in params
-    full = params.get("full_attention", params) if by_layer_type else params
-    out: dict[str, Any] = {}
-    theta = full.get("rope_theta", raw.get("rope_theta"))
-    if theta is not None:
-        out["rope_theta"] = float(theta)
-    local = params.get("sliding_attention", {}).get("rope_theta") if by_layer_type else raw.get("rope_local_base_freq")
-    if local is not None:
-        out["rope_local_base_freq"] = float(local)
-    scaling = full if full.get("rope_type", "default") != "default" else (raw.get("rope_scaling") or {})
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "linear":
-        out["rope_scaling_factor"] = float(scaling["factor"])
-    elif kind != "default":
-        raise ModelFormatError(f"{source}: RoPE scaling {kind!r} in config.json is not supported yet")
     return out

@@ -56,8 +56,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, 
     return total, normed
 
 
-def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Angles ``float32(positions[t]) * inv_freq[i]`` -> (cos, sin), each (T, head_dim / 2)."""
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float = 1.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Angles ``float32(positions[t]) * inv_freq[i]`` -> ``scale`` times (cos, sin), each (T, head_dim / 2)."""
     half = inv_freq.numel()
     if half == 0:
         raise ValueError("rope_cos_sin: inv_freq is empty")
@@ -65,8 +66,8 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch
     positions = _positions(positions, positions.numel(), "positions", "rope_cos_sin")
     table = freq.expand(positions.numel(), half)                          # (T, hd/2), a view
     cos, sin = _empty(table), _empty(table)
-    extension().rope_cos_sin(positions.data_ptr(), positions.numel(), freq.data_ptr(), half, cos.data_ptr(),
-                             sin.data_ptr(), threads())
+    extension().rope_cos_sin(positions.data_ptr(), positions.numel(), freq.data_ptr(), half, float(scale),
+                             cos.data_ptr(), sin.data_ptr(), threads())
     return cos, sin
 
 

@@ -1,0 +1,104 @@
+"""RoPE settings from a config.json or from GGUF metadata and tensors -> ModelConfig fields.
+
+config.json spells them two ways: transformers >= 5 ``rope_parameters`` (flat, or per layer type
+``{"full_attention": {...}, "sliding_attention": {...}}``) and the older ``rope_theta`` with
+``rope_scaling`` (``type`` or ``rope_type``; Phi-3 wrote ``su`` for ``longrope``).
+
+llama.cpp's converter (``convert_hf_to_gguf.py``) stores them as: ``<arch>.rope.scaling.type`` =
+``linear`` with ``rope.scaling.factor``; ``llama3`` as a ``rope_freqs`` tensor of per-frequency
+divisors; LongRoPE as ``rope_factors_long`` / ``rope_factors_short`` tensors with
+``rope.scaling.attn_factor`` and ``rope.scaling.original_context_length``; ``dynamic`` not at all (llama.cpp
+has no dynamic NTK, so such a file runs plain RoPE there and here).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ...config import NO_SCALING, RopeScaling
+from ...errors import ModelFormatError
+
+SUPPORTED_HF = ("default", "linear", "llama3", "dynamic", "longrope")
+_ALIASES = {"su": "longrope"}
+
+
+def hf_rope_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``rope_theta``, ``rope_local_base_freq`` and ``rope_scaling`` from a config.json."""
+    params = raw.get("rope_parameters") or {}
+    by_layer_type = "full_attention" in params or "sliding_attention" in params
+    full = params.get("full_attention", params) if by_layer_type else params
+    out: dict[str, Any] = {}
+    theta = full.get("rope_theta", raw.get("rope_theta"))
+    if theta is not None:
+        out["rope_theta"] = float(theta)
+    local = params.get("sliding_attention", {}).get("rope_theta") if by_layer_type else raw.get("rope_local_base_freq")
+    if local is not None:
+        out["rope_local_base_freq"] = float(local)
+    scaling = full if full.get("rope_type", "default") != "default" else (raw.get("rope_scaling") or {})
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    kind = _ALIASES.get(kind, kind)
+    if kind not in SUPPORTED_HF:
+        raise ModelFormatError(f"{source}: RoPE scaling {kind!r} is not supported yet; supported: "
+                               f"{', '.join(SUPPORTED_HF)}")
+    if float(scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor") or 1.0)) != 1.0:
+        raise ModelFormatError(f"{source}: partial_rotary_factor != 1 (RoPE on part of each head) is not supported yet")
+    if kind != "default":
+        out["rope_scaling"] = _hf_scaling(kind, scaling, raw, source)
+    return out
+
+
+def _hf_scaling(kind: str, p: Mapping[str, Any], raw: Mapping[str, Any], source: str) -> RopeScaling:
+    max_positions = int(raw.get("max_position_embeddings") or 0)
+    context = int(p.get("original_max_position_embeddings") or raw.get("original_max_position_embeddings") or 0)
+    try:
+        if kind == "linear":
+            return RopeScaling("linear", factor=float(p["factor"]))
+        if kind == "llama3":
+            return RopeScaling("llama3", factor=float(p["factor"]), low_freq_factor=float(p["low_freq_factor"]),
+                               high_freq_factor=float(p["high_freq_factor"]),
+                               original_max_position_embeddings=context or max_positions)
+        if kind == "dynamic":   # transformers stretches from max_position_embeddings
+            return RopeScaling("dynamic", factor=float(p["factor"]), original_max_position_embeddings=max_positions)
+        factor = float(p.get("factor") or max_positions / context)
+        attention = p.get("attention_factor")
+        return RopeScaling("longrope", factor=factor, original_max_position_embeddings=context,
+                           short_factor=tuple(map(float, p["short_factor"])),
+                           long_factor=tuple(map(float, p["long_factor"])),
+                           attention_factor=longrope_attention_factor(factor, context) if attention is None
+                           else float(attention))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise ModelFormatError(f"{source}: RoPE scaling {kind!r} is incomplete or malformed ({e!r}); "
+                               f"check rope_scaling / rope_parameters in config.json") from None
+
+
+def longrope_attention_factor(factor: float, context: int) -> float:
+    """LongRoPE's default scale of cos and sin: ``sqrt(1 + ln(factor) / ln(original context))``, 1 when not stretched."""
+    return math.sqrt(1 + math.log(factor) / math.log(context)) if factor > 1.0 else 1.0
+
+
+def gguf_rope_scaling(metadata: Mapping[str, Any], arch_key: str, rope_tensors: Mapping[str, tuple[float, ...]],
+                      source: str) -> RopeScaling:
+    """The scaling of a GGUF file: ``rope.scaling.type`` for linear, else the factor tensors
+    (``rope_freqs``; ``rope_factors_long`` with ``rope_factors_short``) that llama.cpp's converter writes."""
+    kind = metadata.get(f"{arch_key}.rope.scaling.type", "none")
+    kind = _ALIASES.get(kind, kind)
+    if kind == "linear":
+        return RopeScaling("linear", factor=float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0)))
+    if kind not in ("none", "longrope"):
+        raise ModelFormatError(f"{source}: RoPE scaling type {kind!r} ({arch_key}.rope.scaling.type) is not "
+                               f"supported yet")
+    if "rope_freqs" in rope_tensors:
+        return RopeScaling("freq_factors", factors=rope_tensors["rope_freqs"])
+    long, short = rope_tensors.get("rope_factors_long"), rope_tensors.get("rope_factors_short")
+    if (long is None) != (short is None):
+        raise ModelFormatError(f"{source}: has only one of rope_factors_long / rope_factors_short; LongRoPE needs both")
+    if long is None:
+        return NO_SCALING
+    context_key = f"{arch_key}.rope.scaling.original_context_length"
+    if context_key not in metadata:
+        raise ModelFormatError(f"{source}: LongRoPE factor tensors without {context_key!r}; the file is incomplete")
+    return RopeScaling("longrope", original_max_position_embeddings=int(metadata[context_key]), short_factor=short,
+                       long_factor=long,
+                       attention_factor=float(metadata.get(f"{arch_key}.rope.scaling.attn_factor", 1.0)))
