@@ -80,6 +80,15 @@ class ModelConfig:
     rope_scaling: RopeScaling = NO_SCALING  # of the full layers' (or the only) RoPE
     sliding_window: int = 0               # 0: no sliding-window layers
     layer_types: tuple[str, ...] = field(default=())   # per layer; empty: all full attention
+    # Mixture of experts (Mixtral, Qwen2-MoE, Qwen3-MoE): a softmax router picks num_experts_per_tok of
+    # num_experts gated MLPs per token and weighs their outputs by the picked probabilities.
+    num_experts: int = 0                  # 0: every MLP is dense
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0        # each expert's width; 0: intermediate_size
+    norm_topk_prob: bool = False          # the picked probabilities renormalised to sum to 1 (Mixtral, Qwen3-MoE)
+    shared_expert_intermediate_size: int = 0   # an always-on expert scaled by sigmoid(x . w) (Qwen2-MoE); 0: none
+    mlp_only_layers: tuple[int, ...] = ()       # dense layers among the expert ones
+    decoder_sparse_step: int = 1                # layer i has experts when (i + 1) % step == 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -92,6 +101,9 @@ class ModelConfig:
         if not self.layer_types:
             set_(self, "layer_types", (FULL_ATTENTION,) * self.num_hidden_layers)
         set_(self, "layer_types", tuple(self.layer_types))
+        set_(self, "mlp_only_layers", tuple(self.mlp_only_layers))
+        if self.num_experts and self.moe_intermediate_size == 0:
+            set_(self, "moe_intermediate_size", self.intermediate_size)
         self._validate()
 
     def _validate(self) -> None:
@@ -114,6 +126,12 @@ class ModelConfig:
             raise bad("sliding_window", "must be positive when some layers use sliding-window attention")
         if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
             raise bad("rms_norm_eps", "must be a positive finite number")
+        if self.num_experts < 0:
+            raise bad("num_experts", "must be >= 0")
+        if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
+            raise bad("num_experts_per_tok", f"must lie in [1, num_experts={self.num_experts}]")
+        if self.num_experts and self.decoder_sparse_step < 1:
+            raise bad("decoder_sparse_step", "must be >= 1")
         self._validate_rope(bad)
 
     def _validate_rope(self, bad: Callable[[str, str], ModelFormatError]) -> None:
@@ -134,6 +152,11 @@ class ModelConfig:
     @property
     def attention_scale(self) -> float:
         return self.query_pre_attn_scalar ** -0.5
+
+    def is_moe(self, layer: int) -> bool:
+        """Whether layer ``layer``'s MLP is a mixture of experts."""
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+                and (layer + 1) % self.decoder_sparse_step == 0)
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == SLIDING_ATTENTION

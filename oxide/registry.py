@@ -27,6 +27,7 @@ class ArchSpec:
     hf_architectures: tuple[str, ...]     # config.json architectures entries
     family: str
     tensor_tables: str = ""               # gguf-py architecture whose tensor-name tables apply; "": gguf_names[0]
+    gguf_experts: bool = False            # of the specs sharing a GGUF name, the one for files with experts
 
     @property
     def gguf_tables(self) -> str:
@@ -44,7 +45,13 @@ ARCHITECTURES: tuple[ArchSpec, ...] = (
              "Mistral 7B (llama.cpp writes these GGUFs as llama)",
              tensor_tables="llama"),
     ArchSpec("qwen2", "oxide.models.arch.qwen:QWEN2", ("qwen2",), ("qwen2",), ("Qwen2ForCausalLM",), "Qwen 2 / 2.5"),
+    ArchSpec("mixtral", "oxide.models.arch.llama:MIXTRAL", ("llama",), ("mixtral",), ("MixtralForCausalLM",),
+             "Mixtral 8x7B / 8x22B (llama.cpp writes these GGUFs as llama with experts)", gguf_experts=True),
     ArchSpec("qwen3", "oxide.models.arch.qwen:QWEN3", ("qwen3",), ("qwen3",), ("Qwen3ForCausalLM",), "Qwen 3 (dense)"),
+    ArchSpec("qwen2moe", "oxide.models.arch.qwen:QWEN2MOE", ("qwen2moe",), ("qwen2_moe",), ("Qwen2MoeForCausalLM",),
+             "Qwen 1.5 / 2 MoE"),
+    ArchSpec("qwen3moe", "oxide.models.arch.qwen:QWEN3MOE", ("qwen3moe",), ("qwen3_moe",), ("Qwen3MoeForCausalLM",),
+             "Qwen 3 MoE (30B-A3B, 235B-A22B)"),
     ArchSpec("gemma", "oxide.models.arch.gemma:GEMMA", ("gemma",), ("gemma",), ("GemmaForCausalLM",), "Gemma (1)"),
     ArchSpec("gemma2", "oxide.models.arch.gemma:GEMMA2", ("gemma2",), ("gemma2",), ("Gemma2ForCausalLM",), "Gemma 2"),
     ArchSpec("gemma3", "oxide.models.arch.gemma3:GEMMA3", ("gemma3",), ("gemma3_text",), ("Gemma3ForCausalLM",), "Gemma 3 (text)"),
@@ -60,10 +67,13 @@ def supported_names() -> list[str]:
 
 
 def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
-    """The spec for a GGUF file, from ``general.architecture``."""
+    """The spec for a GGUF file, from ``general.architecture`` (and ``<arch>.expert_count`` where one name
+    covers a dense and an expert architecture: Llama and Mixtral)."""
     name = metadata.get("general.architecture")
-    for spec in ARCHITECTURES:
-        if name in spec.gguf_names:
+    experts = bool(metadata.get(f"{name}.expert_count", 0))
+    found = [spec for spec in ARCHITECTURES if name in spec.gguf_names]
+    for spec in found:
+        if len(found) == 1 or spec.gguf_experts == experts:
             return spec
     raise UnsupportedArchitecture(str(name), supported_names(), source)
 

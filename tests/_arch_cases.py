@@ -43,6 +43,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
+    MixtralConfig,
+    MixtralForCausalLM,
     Phi3Config,
     Phi3ForCausalLM,
     PixtralVisionConfig,
@@ -51,6 +53,10 @@ from transformers import (
     Qwen2ForCausalLM,
     Qwen3Config,
     Qwen3ForCausalLM,
+    Qwen2MoeConfig,
+    Qwen2MoeForCausalLM,
+    Qwen3MoeConfig,
+    Qwen3MoeForCausalLM,
 )
 
 VOCAB = 300
@@ -121,6 +127,7 @@ class Case:
     why: str = ""                      # the reason for a limit above
     stateful_rope: bool = False        # transformers' RoPE depends on the sequence so far (dynamic): its own
                                        # decode differs from its full forward
+    no_gguf: str = ""                  # why llama.cpp's converter cannot write this model, if it cannot
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -211,6 +218,35 @@ def build_qwen3() -> PreTrainedModel:
     return randomize(Qwen3ForCausalLM(config), 31, 1.0)
 
 
+# --- mixtures of experts: 5 experts, 2 per token (40 tokens use every one), expert widths of 512 ---------
+
+EXPERTS = 5
+
+
+def build_mixtral() -> PreTrainedModel:
+    config = MixtralConfig(**_common(num_local_experts=EXPERTS, num_experts_per_tok=2, sliding_window=None,
+                                     rope_theta=1e6))
+    return randomize(MixtralForCausalLM(config), 32, 1.0)
+
+
+def build_qwen2moe(mlp_only_layers: tuple[int, ...] = ()) -> PreTrainedModel:
+    # a shared expert (768 wide) beside the routed ones; the router's top-2 is not renormalised
+    config = Qwen2MoeConfig(**_common(
+        drop=("head_dim",), num_hidden_layers=3, num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=512,
+        shared_expert_intermediate_size=HIDDEN, norm_topk_prob=False, use_sliding_window=False,
+        mlp_only_layers=list(mlp_only_layers), rope_theta=1e6, tie_word_embeddings=True))
+    return randomize(Qwen2MoeForCausalLM(config), 33, 1.0)
+
+
+def build_qwen3moe() -> PreTrainedModel:
+    config = Qwen3MoeConfig(**_common(num_attention_heads=4, num_experts=EXPERTS, num_experts_per_tok=2,
+                                      moe_intermediate_size=512, norm_topk_prob=True, use_sliding_window=False,
+                                      rope_theta=1e6))
+    return randomize(Qwen3MoeForCausalLM(config), 34, 1.0)
+
+
+_QWEN_MOE_VOCAB = ("llama.cpp's converter reads Qwen MoE vocabularies only as GPT-2 BPE, whose pre-tokenizer it "
+                   "recognises by the hash of a real tokenizer's output: a tiny model has no such tokenizer")
 _MISTRAL_WINDOW = ("llama.cpp's converter writes Mistral as llama without its sliding window, so the file "
                    "holds the model within the window only")
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -228,6 +264,9 @@ CASES: dict[str, Case] = {c.name: c for c in (
          why="llama.cpp disables Phi-3's sliding window (it logs 'Phi SWA is currently disabled')"),
     Case("qwen2", "qwen2", "qwen2", build_qwen2),
     Case("qwen3", "qwen3", "qwen3", build_qwen3),
+    Case("mixtral", "mixtral", "mixtral", build_mixtral),
+    Case("qwen2moe", "qwen2moe", "qwen2moe", build_qwen2moe, no_gguf=_QWEN_MOE_VOCAB),
+    Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, no_gguf=_QWEN_MOE_VOCAB),
 )}
 
 

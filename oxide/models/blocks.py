@@ -12,7 +12,8 @@ from .. import ops
 from ..cache import LayerCache
 from ..config import ModelConfig
 from ..ops.bound import LayerOps
-from .weights import LayerWeights
+from ..quant import QuantTensor
+from .weights import ExpertWeights, LayerWeights
 
 
 class Attention:
@@ -48,12 +49,14 @@ class Attention:
 
 
 class GatedMLP:
-    def __init__(self, config: ModelConfig, w: LayerWeights, kernels: LayerOps, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    """``down(act(gate(x)) * up(x))``: a layer's MLP, or one expert of a mixture."""
+
+    def __init__(self, gate: QuantTensor, up: QuantTensor, down: QuantTensor, act: str, kernels: LayerOps,
+                 device: torch.device, dtype: torch.dtype) -> None:
         self.ops = kernels
-        self.gate_up = ops.LinearGroup((w.gate, w.up), (None, None), device, dtype)
-        self.down = ops.Linear(w.down, None, device, dtype)
-        self.act = config.hidden_act
+        self.gate_up = ops.LinearGroup((gate, up), (None, None), device, dtype)
+        self.down = ops.Linear(down, None, device, dtype)
+        self.act = act
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         hidden = self.ops.gated_activation(*self.gate_up(x), self.act)       # (B, T, F)
@@ -69,7 +72,10 @@ class DecoderBlock:
         self.ops = kernels
         self.eps = config.rms_norm_eps
         self.attention = Attention(config, layer, w, kernels, device, dtype)
-        self.mlp = GatedMLP(config, w, kernels, device, dtype)
+        if w.experts is not None:
+            self.mlp = MixtureOfExperts(config, w.experts, kernels, device, dtype)
+        else:
+            self.mlp = GatedMLP(w.gate, w.up, w.down, config.hidden_act, kernels, device, dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  cache: LayerCache) -> torch.Tensor:
@@ -82,3 +88,39 @@ class DecoderBlock:
         if w.post_ffn_norm is not None:
             h = norm(h, w.post_ffn_norm, self.eps)
         return self.ops.add(x, h)
+
+
+class MixtureOfExperts:
+    """Mixtral / Qwen-MoE MLP: ``p = softmax(router(x))`` over E experts; each token goes to its k most
+    probable experts (``p`` renormalised over them when ``norm_topk_prob``) and gets
+    ``sum_e p_e * expert_e(x)``, plus ``sigmoid(x . w_s) * shared(x)`` where there is a shared expert.
+
+    Tokens are grouped per expert, so each expert's weights are read once per step whatever the number of
+    tokens routed to it; the experts are 2-D views of the stacked (quantized) tensors, through the same
+    matmul kernels as every other projection.
+    """
+
+    def __init__(self, config: ModelConfig, w: ExpertWeights, kernels: LayerOps, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.router = ops.Linear(w.router, None, device, dtype)
+        self.experts = [GatedMLP(w.gate.part(e), w.up.part(e), w.down.part(e), config.hidden_act, kernels, device,
+                                 dtype) for e in range(config.num_experts)]
+        self.top_k, self.renormalise = config.num_experts_per_tok, config.norm_topk_prob
+        self.shared = None if w.shared_gate is None else GatedMLP(w.shared_gate, w.shared_up, w.shared_down,
+                                                                 config.hidden_act, kernels, device, dtype)
+        self.shared_router = w.shared_router
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])                                        # (N, D)
+        probs = torch.softmax(self.router(tokens).float(), dim=-1)                # (N, E)
+        weights, chosen = probs.topk(self.top_k, dim=-1)                          # (N, k) each
+        if self.renormalise:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        out = torch.zeros_like(tokens)
+        for e in chosen.unique().tolist():
+            rows, slot = (chosen == e).nonzero(as_tuple=True)                     # the tokens routed to e
+            out.index_add_(0, rows, self.experts[e](tokens[rows]) * weights[rows, slot, None].to(out.dtype))
+        if self.shared is not None:
+            gate = torch.sigmoid(tokens @ self.shared_router.to(tokens.dtype))   # (N,)
+            out += gate[:, None] * self.shared(tokens)
+        return out.view_as(x)

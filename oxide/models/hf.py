@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -47,24 +48,45 @@ def text_tensor_name(name: str) -> str:
     return name.replace("language_model.", "", 1)
 
 
-def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str]]:
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")   # a per-expert tensor: ...mlp.experts.7.up_proj.weight
+
+
+def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str | list[str]]]:
     """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
 
     Checkpoint names are mapped to roles through gguf-py's tables, so both front doors share one naming.
+    Experts kept one tensor each (``experts.<e>.<proj>``) map, as gguf-py names their stack, to the list
+    of their names in expert order; the lookup stacks them (GGUF's ``ffn_*_exps`` layout).
     """
     outer = read_hf_config(directory)
     spec = detect_hf(outer, str(directory / "config.json"))
     raw_config = text_config(outer)
     reader = SafetensorsReader(directory)
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
-    name_map = get_tensor_name_map(MODEL_ARCH(arch), int(raw_config.get("num_hidden_layers", 0)))
-    hf_names: dict[str, str] = {}
+    n_layers = int(raw_config.get("num_hidden_layers", 0))
+    # gguf-py maps only the tensors llama.cpp's graph for the architecture has; the plain block's (Llama's)
+    # names come second, for what it lacks: the dense MLPs among Qwen-MoE's expert layers (mlp_only_layers)
+    name_maps = (get_tensor_name_map(MODEL_ARCH(arch), n_layers), get_tensor_name_map(MODEL_ARCH.LLAMA, n_layers))
+    hf_names: dict[str, str | list[str]] = {}
+    experts: dict[str, dict[int, str]] = {}
     for name in reader.names():
-        found = name_map.get_type_and_name(text_tensor_name(name), try_suffixes=(".weight", ".bias"))
+        plain = text_tensor_name(name)
+        expert = _EXPERT.search(plain)
+        key = _EXPERT.sub(".experts.", plain, count=1) if expert else plain
+        found = next(filter(None, (m.get_type_and_name(key, try_suffixes=(".weight", ".bias")) for m in name_maps)),
+                     None)
         if found is None:
             log.debug("%s: ignoring tensor %s", directory, name)
-            continue
-        hf_names[found[1]] = name
+        elif expert:
+            experts.setdefault(found[1], {})[int(expert.group(1))] = name
+        else:
+            hf_names[found[1]] = name
+    for stacked, by_index in experts.items():
+        missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
+        if missing:
+            raise ModelFormatError(f"{directory}: expert {missing[0]} of {stacked!r} is missing from the checkpoint "
+                                   f"(it has experts {sorted(by_index)})")
+        hf_names[stacked] = [by_index[e] for e in range(len(by_index))]
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in hf_names or \
         bool(raw_config.get("tie_word_embeddings"))
     config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
@@ -77,11 +99,14 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
 
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))
+        if isinstance(name, list):          # one tensor per expert: stacked (a copy) as (E, out, in)
+            return _as_quant(torch.stack([reader.get(n) for n in name]), _EXPERT.sub(".experts.", name[0], count=1))
         return None if name is None else _as_quant(reader.get(name), name)
 
     def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
         gguf_name = gguf_tensor_name(role, layer, suffix)
-        return f"{directory}: {hf_names.get(gguf_name, f'the checkpoint tensor for {gguf_name}')}"
+        name = hf_names.get(gguf_name, f"the checkpoint tensor for {gguf_name}")
+        return f"{directory}: {name if isinstance(name, str) else _EXPERT.sub('.experts.*.', name[0], count=1)}"
 
     for split in spec.load_adapter().source_transforms:
         lookup, describe = split(lookup, describe, config)

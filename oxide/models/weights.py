@@ -36,9 +36,9 @@ class LayerWeights:
     v: Matrix
     o: Matrix
     ffn_norm: torch.Tensor
-    gate: Matrix
-    up: Matrix
-    down: Matrix
+    gate: Matrix | None
+    up: Matrix | None                 # None (with gate and down) in a layer of experts
+    down: Matrix | None
     q_bias: torch.Tensor | None = None
     k_bias: torch.Tensor | None = None
     v_bias: torch.Tensor | None = None
@@ -46,6 +46,27 @@ class LayerWeights:
     k_norm: torch.Tensor | None = None
     post_attn_norm: torch.Tensor | None = None
     post_ffn_norm: torch.Tensor | None = None
+    experts: ExpertWeights | None = None
+
+
+@dataclass
+class ExpertWeights:
+    """A mixture-of-experts MLP: the router (E, D) and each projection of all E experts stacked, as
+    GGUF stores them: gate and up (E, F, D), down (E, D, F); optionally a shared expert (gate, up (S, D),
+    down (D, S)) scaled by ``sigmoid(x . shared_router)``, shared_router (D,)."""
+
+    router: Matrix
+    gate: Matrix
+    up: Matrix
+    down: Matrix
+    shared_gate: Matrix | None = None
+    shared_up: Matrix | None = None
+    shared_down: Matrix | None = None
+    shared_router: torch.Tensor | None = None
+
+    def matrices(self) -> list[Matrix]:
+        return [m for m in (self.router, self.gate, self.up, self.down, self.shared_gate, self.shared_up,
+                            self.shared_down) if m is not None]
 
 
 @dataclass
@@ -59,7 +80,12 @@ class ModelWeights:
         """Put every quantized matrix on ``device`` (tied head and embedding stay one object)."""
         for layer in self.layers:
             for name in ("q", "k", "v", "o", "gate", "up", "down"):
-                setattr(layer, name, getattr(layer, name).to(device))
+                if getattr(layer, name) is not None:
+                    setattr(layer, name, getattr(layer, name).to(device))
+            if layer.experts is not None:
+                for name, value in vars(layer.experts).items():
+                    if value is not None:
+                        setattr(layer.experts, name, value.to(device))
         tied = self.output is self.embed
         self.embed = self.embed.to(device)
         self.output = self.embed if tied else self.output.to(device)
@@ -68,6 +94,9 @@ class ModelWeights:
         found = {id(self.embed): self.embed, id(self.output): self.output}
         for layer in self.layers:
             for m in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
+                if m is not None:
+                    found[id(m)] = m
+            for m in layer.experts.matrices() if layer.experts is not None else ():
                 found[id(m)] = m
         return list(found.values())
 
@@ -94,6 +123,11 @@ class _Collector:
             )
         return tensor
 
+    def is_matrix(self, role: MODEL_TENSOR, layer: int | None) -> bool:
+        """Whether the source holds ``role`` as a 2-D tensor."""
+        tensor = self.lookup(role, layer, "weight")
+        return tensor is not None and len(tensor.shape) == 2
+
     def matrix(self, role: MODEL_TENSOR, layer: int | None, shape: tuple[int, int]) -> QuantTensor:
         return self.get(role, layer, shape)
 
@@ -112,7 +146,7 @@ def collect_weights(config: ModelConfig, lookup: TensorLookup,
     nq, nkv = config.num_attention_heads * hd, config.num_key_value_heads * hd
     layers = []
     for i in range(config.num_hidden_layers):
-        bias = config.attention_bias
+        bias, moe = config.attention_bias, config.is_moe(i)
         layers.append(LayerWeights(
             attn_norm=c.vector(T.ATTN_NORM, i, D),
             q=c.matrix(T.ATTN_Q, i, (nq, D)),
@@ -120,9 +154,10 @@ def collect_weights(config: ModelConfig, lookup: TensorLookup,
             v=c.matrix(T.ATTN_V, i, (nkv, D)),
             o=c.matrix(T.ATTN_OUT, i, (D, nq)),
             ffn_norm=c.vector(T.FFN_NORM, i, D),
-            gate=c.matrix(T.FFN_GATE, i, (F, D)),
-            up=c.matrix(T.FFN_UP, i, (F, D)),
-            down=c.matrix(T.FFN_DOWN, i, (D, F)),
+            gate=None if moe else c.matrix(T.FFN_GATE, i, (F, D)),
+            up=None if moe else c.matrix(T.FFN_UP, i, (F, D)),
+            down=None if moe else c.matrix(T.FFN_DOWN, i, (D, F)),
+            experts=_experts(c, config, i) if moe else None,
             q_bias=c.vector(T.ATTN_Q, i, nq, suffix="bias", required=bias),
             k_bias=c.vector(T.ATTN_K, i, nkv, suffix="bias", required=bias),
             v_bias=c.vector(T.ATTN_V, i, nkv, suffix="bias", required=bias),
@@ -138,4 +173,24 @@ def collect_weights(config: ModelConfig, lookup: TensorLookup,
         output=output,
         output_norm=c.vector(T.OUTPUT_NORM, None, D),
         layers=layers,
+    )
+
+
+def _experts(c: _Collector, config: ModelConfig, layer: int) -> ExpertWeights:
+    """Layer ``layer``'s router and stacked experts (and shared expert, where the config has one)."""
+    T = MODEL_TENSOR
+    D, E, F, S = config.hidden_size, config.num_experts, config.moe_intermediate_size, config.shared_expert_intermediate_size
+    shared = S > 0
+    # the shared expert's gate: (D,) in GGUF, a (1, D) matrix in config.json's checkpoints
+    router = c.get(T.FFN_GATE_INP_SHEXP, layer, (1, D) if shared and c.is_matrix(T.FFN_GATE_INP_SHEXP, layer) else (D,),
+                   required=shared) if shared else None
+    return ExpertWeights(
+        router=c.matrix(T.FFN_GATE_INP, layer, (E, D)),
+        gate=c.get(T.FFN_GATE_EXP, layer, (E, F, D)),
+        up=c.get(T.FFN_UP_EXP, layer, (E, F, D)),
+        down=c.get(T.FFN_DOWN_EXP, layer, (E, D, F)),
+        shared_gate=c.matrix(T.FFN_GATE_SHEXP, layer, (S, D)) if shared else None,
+        shared_up=c.matrix(T.FFN_UP_SHEXP, layer, (S, D)) if shared else None,
+        shared_down=c.matrix(T.FFN_DOWN_SHEXP, layer, (D, S)) if shared else None,
+        shared_router=router.dequantize(torch.float32).reshape(D) if shared else None,
     )

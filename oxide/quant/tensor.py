@@ -96,6 +96,12 @@ class QuantTensor:
         picked = self._data.index_select(0, index.to(self._data.device, torch.long))  # (R, ..., row_bytes)
         return QuantTensor(picked, self._qtype, (picked.shape[0], *self._shape[1:]), name=self.name)
 
+    def part(self, index: int) -> QuantTensor:
+        """Entry ``index`` along dim 0, a view of its blocks: one expert's matrix of a stacked (E, N, K) tensor."""
+        if len(self._shape) < 2 or not 0 <= index < self._shape[0]:
+            raise InvalidOptionError(f"QuantTensor.part({index}) is out of range for {self!r}")
+        return QuantTensor(self._data[index], self._qtype, self._shape[1:], name=f"{self.name}[{index}]")
+
     def dense(self, dtype: torch.dtype = torch.float32) -> Tensor:
         """Like ``dequantize`` but cached: later calls with the same dtype return the same tensor.
 

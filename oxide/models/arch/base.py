@@ -35,6 +35,10 @@ _OPTIONAL_KEYS = {
     "attention.sliding_window": "sliding_window",
     "attn_logit_softcapping": "attn_logit_softcapping",
     "final_logit_softcapping": "final_logit_softcapping",
+    "expert_count": "num_experts",
+    "expert_used_count": "num_experts_per_tok",
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
 }
 
 
@@ -106,7 +110,9 @@ def _scalar(value: Any, key: str, source: str) -> Any:
 # config.json keys copied as they are (ModelConfig uses Hugging Face's names).
 _HF_SAME_NAME = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                  "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "attention_bias",
-                 "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping")
+                 "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping",
+                 "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "shared_expert_intermediate_size",
+                 "decoder_sparse_step")
 
 
 def read_hf_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -116,6 +122,14 @@ def read_hf_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
         if key not in out:
             raise ModelFormatError(f"{source}: required key {key!r} is missing from config.json")
+    experts = raw.get("num_experts") or raw.get("num_local_experts")   # Qwen-MoE / Mixtral spellings
+    if experts:
+        out["num_experts"] = int(experts)
+        out["mlp_only_layers"] = tuple(raw.get("mlp_only_layers") or ())
+    else:                          # a dense model: its MoE keys (a router's defaults) mean nothing
+        for key in ("num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "shared_expert_intermediate_size",
+                    "decoder_sparse_step"):
+            out.pop(key, None)
     act = raw.get("hidden_activation") or raw.get("hidden_act")
     if act is not None:
         out["hidden_act"] = act

@@ -14,4 +14,6 @@ from .base import ArchAdapter
 
 LLAMA = ArchAdapter(name="llama", flags={"hidden_act": "silu"}, gguf_transforms=(unpermute_qk,))
 MISTRAL = replace(LLAMA, name="mistral")
+# Mixtral: Mistral blocks whose MLPs are experts; its router always renormalises the top-2 probabilities.
+MIXTRAL = replace(LLAMA, name="mixtral", flags={**LLAMA.flags, "norm_topk_prob": True})
 PIXTRAL = replace(LLAMA, name="pixtral")
