@@ -9,7 +9,8 @@ logits:
 
 * safetensors vs transformers, one forward and incremental decode (a prefill then one token at a time):
   ``max|diff| <= 1e-4 * range`` and the same argmax;
-* F16 GGUF vs transformers: the same bound (the tiny weights are float16 values, so F16 is lossless);
+* F16 GGUF vs transformers, forward and decode: the same bound (the tiny weights are float16 values, so
+  F16 is lossless);
 * every GGUF vs llama.cpp running the same file: top-1 agreement >= 95% and mean KL(llama.cpp || oxide)
   under a per-type bound. llama.cpp also rounds activations (to f16 for F16 weights, to 8 bits for the
   quantized types), which is most of what these measure.
@@ -152,7 +153,10 @@ def test_f16_gguf_matches_transformers(case: Case, built) -> None:
     with GGUFFile(path) as f:
         assert detect_gguf(f.metadata).name == case.gguf_spec
     ids = ids_of(case.gguf_tokens)
-    assert_close(gguf_logits(path, ids), hf_logits(model, ids), f"{case.name} F16 GGUF vs transformers")
+    expected = hf_logits(model, ids)
+    assert_close(gguf_logits(path, ids), expected, f"{case.name} F16 GGUF vs transformers")
+    decoded = oxide_incremental_logits(build_from_gguf(path, CPU, torch.float32)[1], ids)
+    assert_close(decoded, expected, f"{case.name} F16 GGUF decode vs transformers")
 
 
 @pytest.mark.parametrize(("case", "kind"), GGUF_PARAMS)
