@@ -42,6 +42,8 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
     Phi3Config,
@@ -155,13 +157,22 @@ def build_mistral() -> PreTrainedModel:
     return randomize(MistralForCausalLM(_mistral_config(num_hidden_layers=3)), 24, 1.0)
 
 
+def _tiny_vision() -> PixtralVisionConfig:
+    return PixtralVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=16)
+
+
 def build_pixtral() -> PreTrainedModel:
-    vision = PixtralVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                                 image_size=32, patch_size=16)
-    text = _mistral_config()
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=VOCAB - 1)
+    config = LlavaConfig(vision_config=_tiny_vision(), text_config=_mistral_config(), image_token_id=VOCAB - 1)
     config._attn_implementation = "eager"
     return randomize(LlavaForConditionalGeneration(config), 25, 1.0)
+
+
+def build_mistral3() -> PreTrainedModel:
+    """Mistral Small 3.1's wrapper, which the registry does not name: found through its ``text_config``."""
+    config = Mistral3Config(vision_config=_tiny_vision(), text_config=_mistral_config(), image_token_index=VOCAB - 1)
+    config._attn_implementation = "eager"
+    return randomize(Mistral3ForConditionalGeneration(config), 32, 1.0)
 
 
 def build_gemma() -> PreTrainedModel:

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, gguf_files, hf_decode_logits, hf_folder
+from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, build_mistral3, gguf_files, hf_decode_logits, hf_folder
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -139,6 +139,15 @@ def test_safetensors_forward_and_decode_match_transformers(case: Case, built) ->
     assert_close(loaded.logits(ids[0].tolist())[None], expected, f"{case.name} safetensors forward")
     reference = hf_decode_logits(model, ids, _steps(TOKENS)) if case.stateful_rope else expected
     assert_close(oxide_incremental_logits(loaded.lm, ids), reference, f"{case.name} safetensors decode")
+
+
+def test_unregistered_multimodal_wrapper_runs_its_language_model(tmp_path: Path) -> None:
+    """``Mistral3ForConditionalGeneration`` is not in the registry; its ``text_config`` (Mistral) is."""
+    model = build_mistral3()
+    loaded = oxide.load(hf_folder(model, tmp_path), device="cpu")
+    assert loaded.config.architecture == "mistral"
+    ids = ids_of(TOKENS)
+    assert_close(loaded.logits(ids[0].tolist())[None], hf_logits(model, ids), "Mistral 3 language model")
 
 
 # --- GGUF written by llama.cpp -----------------------------------------------------------------
