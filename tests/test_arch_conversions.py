@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, build_mistral3, gguf_files, hf_decode_logits, hf_folder
+from _arch_cases import (CASES, GGUF_KINDS, TOKENS, VOCAB, Case, build_mistral3, gguf_files, hf_decode_logits,
+                         hf_folder)
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -77,7 +78,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Case], Built]:
 
 def ids_of(n: int) -> torch.Tensor:
     """(1, n) token ids in [4, vocab): never a special piece."""
-    return torch.randint(4, 300, (1, n), generator=torch.Generator().manual_seed(7))
+    return torch.randint(4, VOCAB, (1, n), generator=torch.Generator().manual_seed(7))
 
 
 @torch.no_grad()
