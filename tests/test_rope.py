@@ -133,6 +133,8 @@ def test_old_config_spellings() -> None:
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, "'yarn' is not supported yet; supported: default"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8}}, "'llama3' is incomplete.*low_freq_factor"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}},
+     "partial_rotary_factor"),
 ])
 def test_bad_config_rope_names_the_file(raw: dict, match: str) -> None:
     with pytest.raises(ModelFormatError, match=f"^/m/config.json: .*{match}"):
