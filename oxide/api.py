@@ -44,8 +44,9 @@ class Model:
     """A loaded model with its tokenizer and chat template.
 
     A model folder without tokenizer files loads with ``tokenizer`` None: it takes and returns token ids
-    (``logits(ids)``, ``generate(list_of_ids)``, whose completion then has ids and no text), and a text or
-    chat prompt raises :class:`TokenizerError`.
+    (``logits(ids)``, ``generate(list_of_ids)``, whose completion then has ids and no text, and which stops
+    only at ``max_new_tokens``: the end-of-sequence ids come with the tokenizer), and a text or chat prompt
+    raises :class:`TokenizerError`.
     """
 
     def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,

@@ -18,6 +18,13 @@ FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu")
 ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "freq_factors")
+_ROPE_PARAMETERS = {      # the RopeScaling fields each type reads
+    "linear": ("factor",),
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "dynamic": ("factor", "original_max_position_embeddings"),
+    "longrope": ("original_max_position_embeddings", "attention_factor", "short_factor", "long_factor"),
+    "freq_factors": ("factors",),
+}
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,12 @@ class RopeScaling:
     long_factor: tuple[float, ...] = ()
     factors: tuple[float, ...] = ()
     attention_factor: float = 1.0
+
+    def __str__(self) -> str:
+        """One line for ``oxide info``: the type and the parameters it uses (factor lists by their length)."""
+        parts = [f"{name}={len(value)} values" if isinstance(value, tuple) else f"{name}={value:g}"
+                 for name in _ROPE_PARAMETERS.get(self.rope_type, ()) for value in (getattr(self, name),)]
+        return f"{self.rope_type} ({', '.join(parts)})" if parts else self.rope_type
 
 
 NO_SCALING = RopeScaling()

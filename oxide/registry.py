@@ -13,9 +13,12 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .errors import UnsupportedArchitecture
+from .log import get_logger
 
 if TYPE_CHECKING:
     from .models.arch.base import ArchAdapter
+
+log = get_logger("load")
 
 
 @dataclass(frozen=True)
@@ -79,17 +82,29 @@ def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
 
 
 def detect_hf(config: Mapping[str, Any], source: str = "") -> ArchSpec:
-    """The spec for a Hugging Face ``config.json``: by ``architectures`` first, then ``model_type``."""
+    """The spec for a Hugging Face ``config.json``: by ``architectures`` first, then ``model_type``; a
+    multimodal wrapper that is not registered itself is detected by its ``text_config`` (its language
+    model is what oxide runs; ``models/hf.py`` reads the settings and tensors through it)."""
+    spec = _match_hf(config)
+    text = config.get("text_config")
+    if spec is None and isinstance(text, Mapping):
+        spec = _match_hf(text)
+        if spec is not None:
+            log.info("%s: %s is not registered; loading its language model as %s", source,
+                     (config.get("architectures") or [config.get("model_type")])[0], spec.name)
+    if spec is None:
+        named = (config.get("architectures") or [config.get("model_type")])[0]
+        raise UnsupportedArchitecture(str(named), supported_names(), source)
+    return spec
+
+
+def _match_hf(config: Mapping[str, Any]) -> ArchSpec | None:
     for arch in config.get("architectures") or ():
         for spec in ARCHITECTURES:
             if arch in spec.hf_architectures:
                 return spec
     model_type = config.get("model_type")
-    for spec in ARCHITECTURES:
-        if model_type in spec.hf_model_types:
-            return spec
-    named = (config.get("architectures") or [model_type])[0]
-    raise UnsupportedArchitecture(str(named), supported_names(), source)
+    return next((spec for spec in ARCHITECTURES if model_type in spec.hf_model_types), None)
 
 
 def markdown_table() -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -41,6 +42,8 @@ from transformers import (
     LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    Mistral3Config,
+    Mistral3ForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
     MixtralConfig,
@@ -65,8 +68,9 @@ FFN = 1280                # 5 x 256
 TOKENS = 40               # positions compared
 WINDOW = 16               # sliding window of the windowed models: TOKENS crosses it twice
 GAIN = 2.0
-EMBED_GAIN = 32.0
-HEAD_NOISE = 0.5
+EMBED_GAIN = 32.0         # token embeddings over the matrices' scale (see randomize)
+SANDWICH_EMBED_GAIN = 8.0    # sandwich norms bound each layer's share of the residual: less is enough
+HEAD_NOISE = 0.5          # an untied head: the embedding plus this much of a matrix's noise
 VECTOR_STD = 0.2
 GGUF_KINDS = ("F16", "Q8_0", "Q4_K_M")
 
@@ -82,12 +86,13 @@ def _common(drop: tuple[str, ...] = (), **overrides: object) -> dict[str, object
     return {k: v for k, v in kwargs.items() if k not in drop}
 
 
-def randomize(model: PreTrainedModel, seed: int, norm_center: float, embedding_scale: float = 1.0) -> PreTrainedModel:
+def randomize(model: PreTrainedModel, seed: int, norm_center: float, embedding_scale: float = 1.0,
+              embed_gain: float = EMBED_GAIN) -> PreTrainedModel:
     """Redraw every parameter (see the module docstring); returns the float32 model in eval mode.
 
     Like a trained model's, each position's logits have a clear favourite, so that top-1 agreement measures
-    the engines and not near-ties: token embeddings are ``EMBED_GAIN`` times larger than the layers' share
-    of the residual stream (``embedding_scale``: the model's own multiplier, Gemma's sqrt(hidden)) and the
+    the engines and not near-ties: token embeddings are ``embed_gain`` times larger than the matrices' scale
+    (``embedding_scale``: the model's own multiplier, Gemma's sqrt(hidden)) and the
     output head is close to the embedding (tied, the final norm is scaled down by the same gain). Every value
     is then rounded to float16, so the F16 GGUF holds exactly this model.
     """
@@ -102,7 +107,7 @@ def randomize(model: PreTrainedModel, seed: int, norm_center: float, embedding_s
             else:
                 param.copy_(GAIN / param.shape[-1] ** 0.5 * noise)
         embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-        gain = EMBED_GAIN / embedding_scale
+        gain = embed_gain / embedding_scale
         embed.mul_(gain)
         if head is embed:
             final_norm, offset = model.get_decoder().norm.weight, 1.0 - norm_center   # Gemma multiplies by 1 + w
@@ -159,13 +164,22 @@ def build_mistral() -> PreTrainedModel:
     return randomize(MistralForCausalLM(_mistral_config(num_hidden_layers=3)), 24, 1.0)
 
 
+def _tiny_vision() -> PixtralVisionConfig:
+    return PixtralVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                               image_size=32, patch_size=16)
+
+
 def build_pixtral() -> PreTrainedModel:
-    vision = PixtralVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
-                                 image_size=32, patch_size=16)
-    text = _mistral_config()
-    config = LlavaConfig(vision_config=vision, text_config=text, image_token_id=VOCAB - 1)
+    config = LlavaConfig(vision_config=_tiny_vision(), text_config=_mistral_config(), image_token_id=VOCAB - 1)
     config._attn_implementation = "eager"
     return randomize(LlavaForConditionalGeneration(config), 25, 1.0)
+
+
+def build_mistral3() -> PreTrainedModel:
+    """Mistral Small 3.1's wrapper, which the registry does not name: found through its ``text_config``."""
+    config = Mistral3Config(vision_config=_tiny_vision(), text_config=_mistral_config(), image_token_index=VOCAB - 1)
+    config._attn_implementation = "eager"
+    return randomize(Mistral3ForConditionalGeneration(config), 32, 1.0)
 
 
 def build_gemma() -> PreTrainedModel:
@@ -177,7 +191,7 @@ def build_gemma2() -> PreTrainedModel:
     # GGUF stores no query_pre_attn_scalar: llama.cpp (and oxide) use head_dim, so the model does too
     config = Gemma2Config(**_common(num_hidden_layers=3, num_attention_heads=8, head_dim=96, query_pre_attn_scalar=96,
                                     sliding_window=WINDOW, tie_word_embeddings=True))
-    return randomize(Gemma2ForCausalLM(config), 27, 0.0, HIDDEN ** 0.5)
+    return randomize(Gemma2ForCausalLM(config), 27, 0.0, HIDDEN ** 0.5, SANDWICH_EMBED_GAIN)
 
 
 def build_gemma3_linear() -> PreTrainedModel:
@@ -189,7 +203,7 @@ def build_gemma3_linear() -> PreTrainedModel:
         layer_types=["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(6)],
         rope_parameters={"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1_000_000.0},
                          "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0}}))
-    return randomize(Gemma3ForCausalLM(config), 28, 0.0, HIDDEN ** 0.5)
+    return randomize(Gemma3ForCausalLM(config), 28, 0.0, HIDDEN ** 0.5, SANDWICH_EMBED_GAIN)
 
 
 def build_phi3() -> PreTrainedModel:
@@ -309,7 +323,11 @@ def _folder_key(folder: Path) -> str:
 def gguf_files(case: Case, folder: Path) -> dict[str, Path]:
     """kind (``GGUF_KINDS``) -> the GGUF of ``folder`` written by llama.cpp; cached by the folder's bytes."""
     root = cache_dir() / "tiny-gguf" / f"{case.name}-{_folder_key(folder)}"
-    root.mkdir(parents=True, exist_ok=True)
+    if not root.is_dir():                          # the case changed: drop its older files
+        for stale in root.parent.glob(f"{case.name}-*"):
+            if stale.name.rsplit("-", 1)[0] == case.name:
+                shutil.rmtree(stale, ignore_errors=True)
+        root.mkdir(parents=True)
     paths = {kind: root / f"{case.name}-{kind}.gguf" for kind in GGUF_KINDS}
     steps = {"F16": lambda out: convert(folder, out, "f16"), "Q8_0": lambda out: convert(folder, out, "q8_0"),
              "Q4_K_M": lambda out: quantize(paths["F16"], out, "Q4_K_M", nthread=2)}

@@ -1,4 +1,7 @@
-"""Tiny random-weight transformers models, one per registered architecture, and a GGUF writer for them.
+"""Tiny random-weight transformers models of llama, mistral, qwen2, qwen3 and gemma3, and a GGUF writer for them.
+
+Every registered architecture (these included) also has a case in ``tests/_arch_cases.py``, converted by
+llama.cpp's own converter; new architectures get only that (this writer is not extended to them).
 
 ``TINY_MODELS[name].build()`` returns a seeded, float32, eval-mode transformers model with eager
 attention whose weights are re-drawn with a spread large enough that logits are far from uniform.

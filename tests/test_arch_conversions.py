@@ -9,7 +9,8 @@ logits:
 
 * safetensors vs transformers, one forward and incremental decode (a prefill then one token at a time):
   ``max|diff| <= 1e-4 * range`` and the same argmax;
-* F16 GGUF vs transformers: the same bound (the tiny weights are float16 values, so F16 is lossless);
+* F16 GGUF vs transformers, forward and decode: the same bound (the tiny weights are float16 values, so
+  F16 is lossless);
 * every GGUF vs llama.cpp running the same file: top-1 agreement >= 95% and mean KL(llama.cpp || oxide)
   under a per-type bound. llama.cpp also rounds activations (to f16 for F16 weights, to 8 bits for the
   quantized types), which is most of what these measure.
@@ -27,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _arch_cases import CASES, GGUF_KINDS, TOKENS, Case, gguf_files, hf_decode_logits, hf_folder
+from _arch_cases import (CASES, GGUF_KINDS, TOKENS, VOCAB, Case, build_mistral3, gguf_files, hf_decode_logits,
+                         hf_folder)
 from transformers import PreTrainedModel
 from transformers.utils import logging as hf_logging
 
@@ -76,7 +78,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Callable[[Case], Built]:
 
 def ids_of(n: int) -> torch.Tensor:
     """(1, n) token ids in [4, vocab): never a special piece."""
-    return torch.randint(4, 300, (1, n), generator=torch.Generator().manual_seed(7))
+    return torch.randint(4, VOCAB, (1, n), generator=torch.Generator().manual_seed(7))
 
 
 @torch.no_grad()
@@ -140,6 +142,15 @@ def test_safetensors_forward_and_decode_match_transformers(case: Case, built) ->
     assert_close(oxide_incremental_logits(loaded.lm, ids), reference, f"{case.name} safetensors decode")
 
 
+def test_unregistered_multimodal_wrapper_runs_its_language_model(tmp_path: Path) -> None:
+    """``Mistral3ForConditionalGeneration`` is not in the registry; its ``text_config`` (Mistral) is."""
+    model = build_mistral3()
+    loaded = oxide.load(hf_folder(model, tmp_path), device="cpu")
+    assert loaded.config.architecture == "mistral"
+    ids = ids_of(TOKENS)
+    assert_close(loaded.logits(ids[0].tolist())[None], hf_logits(model, ids), "Mistral 3 language model")
+
+
 # --- GGUF written by llama.cpp -----------------------------------------------------------------
 
 @pytest.mark.parametrize("case", CASE_PARAMS)
@@ -154,7 +165,10 @@ def test_f16_gguf_matches_transformers(case: Case, built) -> None:
     with GGUFFile(path) as f:
         assert detect_gguf(f.metadata).name == case.gguf_spec
     ids = ids_of(case.gguf_tokens)
-    assert_close(gguf_logits(path, ids), hf_logits(model, ids), f"{case.name} F16 GGUF vs transformers")
+    expected = hf_logits(model, ids)
+    assert_close(gguf_logits(path, ids), expected, f"{case.name} F16 GGUF vs transformers")
+    decoded = oxide_incremental_logits(build_from_gguf(path, CPU, torch.float32)[1], ids)
+    assert_close(decoded, expected, f"{case.name} F16 GGUF decode vs transformers")
 
 
 @pytest.mark.parametrize(("case", "kind"), GGUF_PARAMS)

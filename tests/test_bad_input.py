@@ -260,3 +260,10 @@ def test_phi3_fused_projection_is_named(tmp_path: Path, damage: str) -> None:
     save_file(tensors, path, metadata={"format": "pt"})
     with pytest.raises(ModelFormatError, match=f"{tmp_path}: .*{expected}"):
         oxide.load(tmp_path, device="cpu")
+
+
+def test_partial_rope_in_gguf_is_refused(tmp_path: Path) -> None:
+    path = write_tiny_llama(tmp_path / "m.gguf", metadata={"llama.rope.dimension_count": 8})
+    with pytest.raises(ModelFormatError, match=f"{path}: llama.rope.dimension_count = 8 rotates only part of each "
+                                               f"head \\(head_dim 16\\)"):
+        oxide.load(path, device="cpu")

@@ -133,6 +133,8 @@ def test_old_config_spellings() -> None:
     ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, "'yarn' is not supported yet; supported: default"),
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8}}, "'llama3' is incomplete.*low_freq_factor"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}},
+     "partial_rotary_factor"),
 ])
 def test_bad_config_rope_names_the_file(raw: dict, match: str) -> None:
     with pytest.raises(ModelFormatError, match=f"^/m/config.json: .*{match}"):
@@ -163,3 +165,11 @@ def test_factor_counts_are_checked() -> None:
         ModelConfig(architecture="phi3", vocab_size=10, hidden_size=64, intermediate_size=64, num_hidden_layers=1,
                     num_attention_heads=2, rope_scaling=RopeScaling("longrope", original_max_position_embeddings=8,
                                                                     short_factor=(1.0,) * 3, long_factor=(1.0,) * 16))
+
+
+def test_scaling_is_shown_in_one_line() -> None:
+    assert str(NO_SCALING) == "default"
+    long = RopeScaling("longrope", original_max_position_embeddings=4096, short_factor=(1.0,) * 48,
+                       long_factor=(2.0,) * 48, attention_factor=1.19)
+    assert str(long) == ("longrope (original_max_position_embeddings=4096, attention_factor=1.19, "
+                         "short_factor=48 values, long_factor=48 values)")

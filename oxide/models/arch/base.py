@@ -69,7 +69,12 @@ class ArchAdapter:
         fields_["rope_scaling"] = gguf_rope_scaling(metadata, arch_key, rope_tensors, source)
         if self.gguf_defaults is not None:
             fields_.update(self.gguf_defaults(fields_))
-        return ModelConfig(architecture=self.name, **fields_)
+        config = ModelConfig(architecture=self.name, **fields_)
+        rotated = metadata.get(f"{arch_key}.rope.dimension_count", config.head_dim)
+        if rotated != config.head_dim:
+            raise ModelFormatError(f"{source}: {arch_key}.rope.dimension_count = {rotated} rotates only part of each "
+                                   f"head (head_dim {config.head_dim}); partial RoPE is not supported yet")
+        return config
 
     def config_from_hf(self, raw: Mapping[str, Any], *, tied: bool, source: str) -> ModelConfig:
         fields_ = read_hf_fields(raw, source)

@@ -42,7 +42,8 @@ def hf_rope_fields(raw: Mapping[str, Any], source: str) -> dict[str, Any]:
     if kind not in SUPPORTED_HF:
         raise ModelFormatError(f"{source}: RoPE scaling {kind!r} is not supported yet; supported: "
                                f"{', '.join(SUPPORTED_HF)}")
-    if float(scaling.get("partial_rotary_factor", raw.get("partial_rotary_factor") or 1.0)) != 1.0:
+    partial = scaling.get("partial_rotary_factor") or full.get("partial_rotary_factor") or raw.get("partial_rotary_factor")
+    if float(partial or 1.0) != 1.0:
         raise ModelFormatError(f"{source}: partial_rotary_factor != 1 (RoPE on part of each head) is not supported yet")
     if kind != "default":
         out["rope_scaling"] = _hf_scaling(kind, scaling, raw, source)
