@@ -132,7 +132,8 @@ class Case:
     why: str = ""                      # the reason for a limit above
     stateful_rope: bool = False        # transformers' RoPE depends on the sequence so far (dynamic): its own
                                        # decode differs from its full forward
-    no_gguf: str = ""                  # why llama.cpp's converter cannot write this model, if it cannot
+    bpe_pre: str | None = None         # a GPT-2 BPE vocabulary (the converter reads no other for this
+                                       # architecture), recorded as this llama.cpp pre-tokenizer
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -248,7 +249,7 @@ def build_qwen2moe(mlp_only_layers: tuple[int, ...] = ()) -> PreTrainedModel:
     config = Qwen2MoeConfig(**_common(
         drop=("head_dim",), num_hidden_layers=3, num_experts=EXPERTS, num_experts_per_tok=2, moe_intermediate_size=512,
         shared_expert_intermediate_size=HIDDEN, norm_topk_prob=False, use_sliding_window=False,
-        mlp_only_layers=list(mlp_only_layers), rope_theta=1e6, tie_word_embeddings=True))
+        mlp_only_layers=list(mlp_only_layers), rope_theta=1e6))
     return randomize(Qwen2MoeForCausalLM(config), 33, 1.0)
 
 
@@ -259,8 +260,6 @@ def build_qwen3moe() -> PreTrainedModel:
     return randomize(Qwen3MoeForCausalLM(config), 34, 1.0)
 
 
-_QWEN_MOE_VOCAB = ("llama.cpp's converter reads Qwen MoE vocabularies only as GPT-2 BPE, whose pre-tokenizer it "
-                   "recognises by the hash of a real tokenizer's output: a tiny model has no such tokenizer")
 _MISTRAL_WINDOW = ("llama.cpp's converter writes Mistral as llama without its sliding window, so the file "
                    "holds the model within the window only")
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -279,8 +278,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("qwen2", "qwen2", "qwen2", build_qwen2),
     Case("qwen3", "qwen3", "qwen3", build_qwen3),
     Case("mixtral", "mixtral", "mixtral", build_mixtral),
-    Case("qwen2moe", "qwen2moe", "qwen2moe", build_qwen2moe, no_gguf=_QWEN_MOE_VOCAB),
-    Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, no_gguf=_QWEN_MOE_VOCAB),
+    Case("qwen2moe", "qwen2moe", "qwen2moe", build_qwen2moe, bpe_pre="qwen2"),
+    Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, bpe_pre="qwen2"),
 )}
 
 
@@ -303,11 +302,30 @@ def write_sentencepiece_vocab(folder: Path, size: int = VOCAB) -> None:
     (folder / "tokenizer.model").write_bytes(proto.SerializeToString())
 
 
-def hf_folder(model: PreTrainedModel, folder: Path) -> Path:
-    """Save ``model`` (safetensors) and a SentencePiece vocabulary into ``folder``."""
+def write_bpe_vocab(folder: Path, size: int = VOCAB) -> None:
+    """A GPT-2 style byte-level BPE ``tokenizer.json`` of exactly ``size`` tokens (the 256 bytes, three
+    specials, merges learnt from a fixed text), with the ``tokenizer_config.json`` that AutoTokenizer reads."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    text = [f"token {i} of the tiny vocabulary, counted {i * 7 % 13} times" for i in range(400)]
+    tokenizer.train_from_iterator(text, trainers.BpeTrainer(
+        vocab_size=size, special_tokens=["<|endoftext|>", "<s>", "</s>"], show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    assert tokenizer.get_vocab_size() == size, tokenizer.get_vocab_size()
+    tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "tokenizer_config.json").write_text(
+        '{"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>"}')
+
+
+def hf_folder(model: PreTrainedModel, folder: Path, *, bpe: bool = False) -> Path:
+    """Save ``model`` (safetensors) and a vocabulary into ``folder``: SentencePiece, or with ``bpe`` a GPT-2
+    style byte-level BPE."""
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder, safe_serialization=True)
-    write_sentencepiece_vocab(folder)
+    (write_bpe_vocab if bpe else write_sentencepiece_vocab)(folder)
     return folder
 
 
@@ -329,7 +347,8 @@ def gguf_files(case: Case, folder: Path) -> dict[str, Path]:
                 shutil.rmtree(stale, ignore_errors=True)
         root.mkdir(parents=True)
     paths = {kind: root / f"{case.name}-{kind}.gguf" for kind in GGUF_KINDS}
-    steps = {"F16": lambda out: convert(folder, out, "f16"), "Q8_0": lambda out: convert(folder, out, "q8_0"),
+    steps = {"F16": lambda out: convert(folder, out, "f16", bpe_pre=case.bpe_pre),
+             "Q8_0": lambda out: convert(folder, out, "q8_0", bpe_pre=case.bpe_pre),
              "Q4_K_M": lambda out: quantize(paths["F16"], out, "Q4_K_M", nthread=2)}
     for kind in GGUF_KINDS:                        # F16 before the quantization that reads it
         if not paths[kind].is_file():

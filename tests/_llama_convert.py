@@ -55,10 +55,27 @@ def converter_dir() -> Path:
     return tools
 
 
-def convert(hf_dir: str | os.PathLike[str], out_gguf: str | os.PathLike[str], outtype: str = "f16") -> Path:
+# Runs convert_hf_to_gguf.py with the converter's pre-tokenizer detection answering argv[2]: llama.cpp
+# recognises a GPT-2 BPE vocabulary by hashing a real tokenizer's output, which a tiny test vocabulary
+# cannot reproduce. Everything else (tensors, metadata, the vocabulary itself) is the converter's own work.
+_NAMED_PRE_TOKENIZER = """
+import runpy, sys
+tools, pre = sys.argv[1], sys.argv[2]
+sys.path.insert(0, tools)
+from conversion import base
+base.TextModel.get_vocab_base_pre = lambda self, tokenizer: pre
+sys.argv = [tools + "/convert_hf_to_gguf.py", *sys.argv[3:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def convert(hf_dir: str | os.PathLike[str], out_gguf: str | os.PathLike[str], outtype: str = "f16", *,
+            bpe_pre: str | None = None) -> Path:
     """Convert the Hugging Face folder ``hf_dir`` to ``out_gguf`` with llama.cpp's converter.
 
-    ``outtype`` is one of ``OUTTYPES``. Raises ``RuntimeError`` with the converter's output when it fails.
+    ``outtype`` is one of ``OUTTYPES``. ``bpe_pre``: the llama.cpp pre-tokenizer name (``qwen2``...) to
+    record for a GPT-2 BPE vocabulary that the converter cannot recognise (a tiny test one). Raises
+    ``RuntimeError`` with the converter's output when it fails.
     """
     if outtype not in OUTTYPES:
         raise ValueError(f"outtype must be one of {OUTTYPES}, not {outtype!r}")
@@ -66,8 +83,11 @@ def convert(hf_dir: str | os.PathLike[str], out_gguf: str | os.PathLike[str], ou
     out = Path(out_gguf)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tools / "gguf-py"), env.get("PYTHONPATH")]))
-    cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), str(hf_dir), "--outfile", str(out),
-           "--outtype", outtype]
+    args = [str(hf_dir), "--outfile", str(out), "--outtype", outtype]
+    if bpe_pre is None:
+        cmd = [sys.executable, str(tools / "convert_hf_to_gguf.py"), *args]
+    else:
+        cmd = [sys.executable, "-c", _NAMED_PRE_TOKENIZER, str(tools), bpe_pre, *args]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if result.returncode != 0 or not out.is_file():
         raise RuntimeError(f"llama.cpp's converter failed (exit {result.returncode}): {' '.join(cmd)}\n"
