@@ -22,12 +22,12 @@ class LayerCache:
     """K/V of one layer. :meth:`update` stores new keys and returns everything a query may attend to."""
 
     def __init__(self, capacity: int, n_kv: int, head_dim: int, dtype: torch.dtype, device: torch.device,
-                 window: int) -> None:
+                 window: int, value_dim: int = 0) -> None:
+        """``value_dim``: the values' width where it differs from the keys' (0: ``head_dim``)."""
         self.window = window
         self.size = window if window > 0 else capacity          # slots
-        shape = (1, n_kv, self.size, head_dim)
-        self.k = torch.empty(shape, dtype=dtype, device=device)
-        self.v = torch.empty(shape, dtype=dtype, device=device)
+        self.k = torch.empty((1, n_kv, self.size, head_dim), dtype=dtype, device=device)
+        self.v = torch.empty((1, n_kv, self.size, value_dim or head_dim), dtype=dtype, device=device)
         self.pos = torch.empty(self.size, dtype=torch.long, device=device)
         self.length = 0                                          # slots holding a position
         self.written = 0                                         # positions ever stored
@@ -64,8 +64,12 @@ class KVCache:
 
     def __init__(self, config: ModelConfig, n_ctx: int, dtype: torch.dtype, device: torch.device) -> None:
         self.n_ctx = n_ctx
+        # Latent attention caches per token its latent (kv_lora_rank) as the "key" and its one shared RoPE
+        # key (head_dim) as the "value", from which every head's keys and values are rebuilt.
+        n_kv, key_dim, value_dim = ((1, config.kv_lora_rank, config.head_dim) if config.latent_attention
+                                    else (config.num_key_value_heads, config.head_dim, config.head_dim))
         self.layers = [
-            LayerCache(n_ctx, config.num_key_value_heads, config.head_dim, dtype, device,
+            LayerCache(n_ctx, n_kv, key_dim, dtype, device, value_dim=value_dim,
                        window=config.sliding_window if config.is_sliding(i) and config.sliding_window < n_ctx else 0)
             for i in range(config.num_hidden_layers)
         ]

@@ -102,6 +102,19 @@ class ModelConfig:
     shared_expert_intermediate_size: int = 0   # an always-on expert scaled by sigmoid(x . w) (Qwen2-MoE); 0: none
     mlp_only_layers: tuple[int, ...] = ()       # dense layers among the expert ones
     decoder_sparse_step: int = 1                # layer i has experts when (i + 1) % step == 0
+    first_k_dense_replace: int = 0              # the first layers keep a dense MLP (DeepSeek)
+    shared_expert_gated: bool = True            # the shared expert is scaled by sigmoid(x . w) (Qwen2-MoE), or not
+    router_scoring: str = "softmax"             # expert scores: softmax over experts, or each one's sigmoid (DeepSeek V3)
+    router_groups: int = 0                      # experts in n groups, of which only router_topk_groups compete (DeepSeek)
+    router_topk_groups: int = 0
+    routed_scaling_factor: float = 1.0          # the picked experts' weights are multiplied by this (DeepSeek)
+    # Multi-head latent attention (DeepSeek V2/V3): keys and values come from a cached latent of
+    # kv_lora_rank per token plus one shared RoPE key of qk_rope_head_dim; queries from a q_lora_rank
+    # latent (0: a plain projection). head_dim is then qk_rope_head_dim, the rotated part of each head.
+    kv_lora_rank: int = 0                       # 0: ordinary attention
+    q_lora_rank: int = 0
+    qk_nope_head_dim: int = 0
+    v_head_dim: int = 0
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -145,6 +158,14 @@ class ModelConfig:
             raise bad("num_experts_per_tok", f"must lie in [1, num_experts={self.num_experts}]")
         if self.num_experts and self.decoder_sparse_step < 1:
             raise bad("decoder_sparse_step", "must be >= 1")
+        if self.router_scoring not in ("softmax", "sigmoid"):
+            raise bad("router_scoring", "must be 'softmax' or 'sigmoid'")
+        if self.router_groups and (self.num_experts % self.router_groups
+                                   or not 1 <= self.router_topk_groups <= self.router_groups):
+            raise bad("router_groups", f"must divide num_experts={self.num_experts} with 1 <= router_topk_groups "
+                                       f"({self.router_topk_groups}) <= router_groups")
+        if self.latent_attention and (self.qk_nope_head_dim <= 0 or self.v_head_dim <= 0):
+            raise bad("kv_lora_rank", "latent attention needs positive qk_nope_head_dim and v_head_dim")
         self._validate_rope(bad)
 
     def _validate_rope(self, bad: Callable[[str, str], ModelFormatError]) -> None:
@@ -164,12 +185,19 @@ class ModelConfig:
 
     @property
     def attention_scale(self) -> float:
+        if self.latent_attention:   # over the whole query/key head: its plain and rotated parts
+            return (self.qk_nope_head_dim + self.head_dim) ** -0.5
         return self.query_pre_attn_scalar ** -0.5
 
     def is_moe(self, layer: int) -> bool:
         """Whether layer ``layer``'s MLP is a mixture of experts."""
-        return (self.num_experts > 0 and layer not in self.mlp_only_layers
+        return (self.num_experts > 0 and layer not in self.mlp_only_layers and layer >= self.first_k_dense_replace
                 and (layer + 1) % self.decoder_sparse_step == 0)
+
+    @property
+    def latent_attention(self) -> bool:
+        """Whether attention is DeepSeek's multi-head latent attention."""
+        return self.kv_lora_rank > 0
 
     def is_sliding(self, layer: int) -> bool:
         return self.layer_types[layer] == SLIDING_ATTENTION

@@ -46,6 +46,10 @@ from transformers import (
     Mistral3ForConditionalGeneration,
     MistralConfig,
     MistralForCausalLM,
+    DeepseekV2Config,
+    DeepseekV2ForCausalLM,
+    DeepseekV3Config,
+    DeepseekV3ForCausalLM,
     MixtralConfig,
     MixtralForCausalLM,
     Phi3Config,
@@ -134,6 +138,7 @@ class Case:
                                        # decode differs from its full forward
     bpe_pre: str | None = None         # a GPT-2 BPE vocabulary (the converter reads no other for this
                                        # architecture), recorded as this llama.cpp pre-tokenizer
+    no_gguf: str = ""                  # why this case has no GGUF files, if it has none
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -260,6 +265,35 @@ def build_qwen3moe() -> PreTrainedModel:
     return randomize(Qwen3MoeForCausalLM(config), 34, 1.0)
 
 
+# --- DeepSeek: latent attention (values narrower than query/key heads), experts in groups, a dense first layer ---
+
+def _deepseek(config_class, model_class, seed: int, **overrides: object) -> PreTrainedModel:
+    config = config_class(**_common(
+        drop=("head_dim",), num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=192,
+        qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=80, n_routed_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1, rope_theta=10000.0, **overrides))
+    model = randomize(model_class(config), seed, 1.0)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():                 # V3's router bias is a buffer, which randomize leaves at zero
+        for name, buffer in model.named_buffers():
+            if name.endswith("e_score_correction_bias"):
+                buffer.copy_((0.1 * torch.randn(buffer.shape, generator=gen)).half().float())
+    return model
+
+
+def build_deepseek_v2() -> PreTrainedModel:
+    # V2 (not Lite): queries from a plain projection, softmax router limited to the best 2 of 4 groups
+    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 35, q_lora_rank=None, topk_method="group_limited_greedy",
+                     n_group=4, topk_group=2, routed_scaling_factor=1.5)
+
+
+def build_deepseek_v3() -> PreTrainedModel:
+    # V3: queries through a latent, sigmoid router with correction bias in groups, renormalised and scaled
+    return _deepseek(DeepseekV3Config, DeepseekV3ForCausalLM, 36, q_lora_rank=256, n_group=4, topk_group=2,
+                     norm_topk_prob=True, routed_scaling_factor=2.5)
+
+
+_DEEPSEEK_GGUF = "oxide does not read DeepSeek GGUF files yet (llama.cpp's deepseek2 layout: attn_k_b/attn_v_b)"
 _MISTRAL_WINDOW = ("llama.cpp's converter writes Mistral as llama without its sliding window, so the file "
                    "holds the model within the window only")
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -280,6 +314,8 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("mixtral", "mixtral", "mixtral", build_mixtral),
     Case("qwen2moe", "qwen2moe", "qwen2moe", build_qwen2moe, bpe_pre="qwen2"),
     Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, bpe_pre="qwen2"),
+    Case("deepseek-v2", "deepseek", "deepseek", build_deepseek_v2, no_gguf=_DEEPSEEK_GGUF),
+    Case("deepseek-v3", "deepseek", "deepseek", build_deepseek_v3, no_gguf=_DEEPSEEK_GGUF),
 )}
 
 

@@ -293,13 +293,13 @@ def test_add_and_scale(shape, threads):
 def test_kv_store(slots, start, T, threads):
     """Keys land at slots position % slots, as (transposed) views of a projection; a chunk longer than the ring
     keeps its last `slots` positions. Unwritten slots stay as they were (poisoned with NaN here)."""
-    n_kv, hd = 3, 20
+    n_kv, hd, v_dim = 3, 20, 20 if slots != 50 else 12                   # (a latent cache: narrower values)
     k = randn(1, T, n_kv, hd, seed=T).transpose(1, 2)                       # (1, Hkv, T, hd) views
-    v = randn(1, T, n_kv, hd, seed=T + 1).transpose(1, 2)
+    v = randn(1, T, n_kv, v_dim, seed=T + 1).transpose(1, 2)
     positions = torch.arange(start, start + T)
     caches = []
     for store in (layers.kv_store, reference.kv_store):
-        cache_k, cache_v = torch.full((1, n_kv, slots, hd), float("nan")), torch.full((1, n_kv, slots, hd), float("nan"))
+        cache_k, cache_v = torch.full((1, n_kv, slots, hd), float("nan")), torch.full((1, n_kv, slots, v_dim), float("nan"))
         cache_pos = torch.full((slots,), -1, dtype=torch.long)
         store(k, v, positions, cache_k, cache_v, cache_pos)
         caches.append((cache_k, cache_v, cache_pos))

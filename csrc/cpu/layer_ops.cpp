@@ -274,26 +274,28 @@ void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, 
     }
 }
 
-// Stores T new keys and values of a (1, n_kv, slots, hd) cache: position p goes to slot p % slots
+// Stores T new keys and values of a cache of (1, n_kv, slots, k_dim) keys and (1, n_kv, slots, v_dim)
+// values (a latent cache stores two widths): position p goes to slot p % slots
 // (a full cache has a slot per position; a sliding window's ring reuses the oldest), its key row
 // (0, h, t) read at k + h*k_stride[1] + t*k_stride[2] (values likewise), and cache_pos[slot] = p.
 // Positions are read from memory, so a recorded call stores each step's token where it belongs.
 // When T > slots the later positions overwrite the earlier ones, keeping the last `slots`.
 void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,
-              int64_t T, int64_t hd, std::uintptr_t positions, std::uintptr_t cache_k, std::uintptr_t cache_v,
-              std::uintptr_t cache_pos, int64_t slots, int threads) {
-    check(n_kv >= 1 && T >= 0 && hd >= 1 && slots >= 1 && threads >= 1, "kv_store: bad sizes or threads");
+              int64_t T, int64_t k_dim, int64_t v_dim, std::uintptr_t positions, std::uintptr_t cache_k,
+              std::uintptr_t cache_v, std::uintptr_t cache_pos, int64_t slots, int threads) {
+    check(n_kv >= 1 && T >= 0 && k_dim >= 1 && v_dim >= 1 && slots >= 1 && threads >= 1,
+          "kv_store: bad sizes or threads");
     const int64_t* pos = ptr<const int64_t>(positions);
     for (int64_t t = 0; t < T; ++t) check(pos[t] >= 0, "kv_store: negative position");
-    const int nt = threads_for(threads, n_kv * T * hd, n_kv);
+    const int nt = threads_for(threads, n_kv * T * (k_dim + v_dim), n_kv);
 #pragma omp parallel for num_threads(nt) if (nt > 1) schedule(static)
     for (int64_t h = 0; h < n_kv; ++h) {
         for (int64_t t = 0; t < T; ++t) {
             const int64_t slot = pos[t] % slots;
-            std::copy_n(ptr<const float>(k) + h * k_stride[1] + t * k_stride[2], hd,
-                        ptr<float>(cache_k) + (h * slots + slot) * hd);
-            std::copy_n(ptr<const float>(v) + h * v_stride[1] + t * v_stride[2], hd,
-                        ptr<float>(cache_v) + (h * slots + slot) * hd);
+            std::copy_n(ptr<const float>(k) + h * k_stride[1] + t * k_stride[2], k_dim,
+                        ptr<float>(cache_k) + (h * slots + slot) * k_dim);
+            std::copy_n(ptr<const float>(v) + h * v_stride[1] + t * v_stride[2], v_dim,
+                        ptr<float>(cache_v) + (h * slots + slot) * v_dim);
         }
     }
     for (int64_t t = 0; t < T; ++t) ptr<int64_t>(cache_pos)[pos[t] % slots] = pos[t];
@@ -389,9 +391,10 @@ void bind_layer_ops(py::module_& m) {
           py::arg("inv_freq"), py::arg("half"), py::arg("scale"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
           "scale times cos/sin (T, half) of the angles float32(positions[t]) * inv_freq[i].");
     m.def("kv_store", &kv_store, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
-          py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("head_dim"), py::arg("positions"),
+          py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("k_dim"), py::arg("v_dim"),
+          py::arg("positions"),
           py::arg("cache_k"), py::arg("cache_v"), py::arg("cache_pos"), py::arg("slots"), py::arg("threads"),
-          "Stores T keys and values at slots positions[t] % slots of a (1, n_kv, slots, hd) cache.");
+          "Stores T keys and values at slots positions[t] % slots of a (1, n_kv, slots, k_dim / v_dim) cache.");
     m.def("softcap", &softcap, py::call_guard<py::gil_scoped_release>(), py::arg("x"), py::arg("out"), py::arg("n"),
           py::arg("cap"), py::arg("threads"), "out = cap * tanh(x / cap).");
 }

@@ -50,8 +50,8 @@ void rope_cos_sin(std::uintptr_t positions, int64_t T, std::uintptr_t inv_freq, 
 void rope(std::uintptr_t x, const Dims3& shape, const Dims3& stride, int64_t hd, std::uintptr_t cos,
           std::uintptr_t sin, std::uintptr_t out, int threads);
 void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,
-              int64_t T, int64_t hd, std::uintptr_t positions, std::uintptr_t cache_k, std::uintptr_t cache_v,
-              std::uintptr_t cache_pos, int64_t slots, int threads);
+              int64_t T, int64_t k_dim, int64_t v_dim, std::uintptr_t positions, std::uintptr_t cache_k,
+              std::uintptr_t cache_v, std::uintptr_t cache_pos, int64_t slots, int threads);
 void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, std::uintptr_t k, const Dims3& k_shape,
                const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, std::uintptr_t q_pos,
                std::uintptr_t k_pos, std::uintptr_t out, double scale, int64_t window, double softcap, int threads);

@@ -13,6 +13,7 @@ from ..cache import LayerCache
 from ..config import ModelConfig
 from ..ops.bound import LayerOps
 from ..quant import QuantTensor
+from .latent import LatentAttention
 from .weights import ExpertWeights, LayerWeights
 
 
@@ -71,7 +72,10 @@ class DecoderBlock:
         self.w = w
         self.ops = kernels
         self.eps = config.rms_norm_eps
-        self.attention = Attention(config, layer, w, kernels, device, dtype)
+        if config.latent_attention:
+            self.attention = LatentAttention(config, w, kernels, device, dtype)
+        else:
+            self.attention = Attention(config, layer, w, kernels, device, dtype)
         if w.experts is not None:
             self.mlp = MixtureOfExperts(config, w.experts, kernels, device, dtype)
         else:
@@ -91,9 +95,12 @@ class DecoderBlock:
 
 
 class MixtureOfExperts:
-    """Mixtral / Qwen-MoE MLP: ``p = softmax(router(x))`` over E experts; each token goes to its k most
-    probable experts (``p`` renormalised over them when ``norm_topk_prob``) and gets
-    ``sum_e p_e * expert_e(x)``, plus ``sigmoid(x . w_s) * shared(x)`` where there is a shared expert.
+    """Mixtral / Qwen-MoE / DeepSeek MLP: scores ``p = softmax(router(x))`` over E experts (DeepSeek V3:
+    each expert's ``sigmoid``); each token goes to its k best-scoring experts and gets
+    ``scale * sum_e p_e * expert_e(x)``, with ``p`` renormalised over the k when ``norm_topk_prob`` and
+    ``scale`` the ``routed_scaling_factor``; plus a shared expert where there is one, scaled by
+    ``sigmoid(x . w_s)`` when it is gated (Qwen2-MoE). See :meth:`route` for DeepSeek's expert groups and
+    V3's correction bias.
 
     Tokens are grouped per expert, so each expert's weights are read once per step whatever the number of
     tokens routed to it; the experts are 2-D views of the stacked (quantized) tensors, through the same
@@ -106,21 +113,44 @@ class MixtureOfExperts:
         self.experts = [GatedMLP(w.gate.part(e), w.up.part(e), w.down.part(e), config.hidden_act, kernels, device,
                                  dtype) for e in range(config.num_experts)]
         self.top_k, self.renormalise = config.num_experts_per_tok, config.norm_topk_prob
+        self.sigmoid, self.scale = config.router_scoring == "sigmoid", config.routed_scaling_factor
+        self.groups, self.topk_groups = config.router_groups, config.router_topk_groups
+        self.bias = w.router_bias
         self.shared = None if w.shared_gate is None else GatedMLP(w.shared_gate, w.shared_up, w.shared_down,
                                                                  config.hidden_act, kernels, device, dtype)
         self.shared_router = w.shared_router
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = x.reshape(-1, x.shape[-1])                                        # (N, D)
-        probs = torch.softmax(self.router(tokens).float(), dim=-1)                # (N, E)
-        weights, chosen = probs.topk(self.top_k, dim=-1)                          # (N, k) each
+    def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weights, experts), each (N, k), from the router's float32 logits (N, E).
+
+        The experts picked are the k best by score (plus V3's correction bias, which picks but does not
+        weigh); with groups, only experts in the ``router_topk_groups`` best groups compete, a group
+        ranked by its best score (softmax routers, DeepSeek V2) or its two best summed (V3).
+        """
+        scores = logits.sigmoid() if self.sigmoid else torch.softmax(logits, dim=-1)    # (N, E)
+        choice = scores if self.bias is None else scores + self.bias
+        if self.groups:
+            grouped = choice.view(choice.shape[0], self.groups, -1)                      # (N, G, E / G)
+            rank = grouped.topk(2, dim=-1).values.sum(-1) if self.sigmoid else grouped.amax(-1)
+            keep = torch.zeros_like(rank, dtype=torch.bool).scatter_(1, rank.topk(self.topk_groups, dim=-1).indices,
+                                                                      True)
+            choice = grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
+        chosen = choice.topk(self.top_k, dim=-1).indices
+        weights = scores.gather(1, chosen)
         if self.renormalise:
             weights = weights / weights.sum(dim=-1, keepdim=True)
+        return weights * self.scale if self.scale != 1.0 else weights, chosen
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = x.reshape(-1, x.shape[-1])                                        # (N, D)
+        weights, chosen = self.route(self.router(tokens).float())                 # (N, k) each
         out = torch.zeros_like(tokens)
         for e in chosen.unique().tolist():
             rows, slot = (chosen == e).nonzero(as_tuple=True)                     # the tokens routed to e
             out.index_add_(0, rows, self.experts[e](tokens[rows]) * weights[rows, slot, None].to(out.dtype))
-        if self.shared is not None:
+        if self.shared is not None and self.shared_router is not None:
             gate = torch.sigmoid(tokens @ self.shared_router.to(tokens.dtype))   # (N,)
             out += gate[:, None] * self.shared(tokens)
+        elif self.shared is not None:
+            out += self.shared(tokens)
         return out.view_as(x)

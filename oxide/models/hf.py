@@ -70,7 +70,8 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
     hf_names: dict[str, str | list[str]] = {}
     experts: dict[str, dict[int, str]] = {}
     for name in reader.names():
-        plain = text_tensor_name(name)
+        # DeepSeek V3's router bias is a buffer named like a weight; gguf-py names it as a bias
+        plain = text_tensor_name(name).replace(".e_score_correction_bias", ".e_score_correction.bias")
         expert = _EXPERT.search(plain)
         key = _EXPERT.sub(".experts.", plain, count=1) if expert else plain
         found = next(filter(None, (m.get_type_and_name(key, try_suffixes=(".weight", ".bias")) for m in name_maps)),

@@ -110,3 +110,33 @@ def split_gate_up(lookup: TensorLookup, describe: Describe, config: ModelConfig)
     F = config.intermediate_size
     ranges = {MODEL_TENSOR.FFN_GATE: (0, F), MODEL_TENSOR.FFN_UP: (F, 2 * F)}
     return _split_rows(MODEL_TENSOR.FFN_UP, ranges, lookup, describe)
+
+
+# --- interleaved RoPE rows (DeepSeek), reordered as they are looked up -----------------------------
+
+def _rope_rows_halved(w: QuantTensor, starts: list[int], rope: int) -> QuantTensor:
+    """``w`` with each run of ``rope`` rows from ``starts`` reordered even rows first, then odd ones."""
+    order = torch.arange(w.shape[0])
+    pairs = torch.cat((torch.arange(0, rope, 2), torch.arange(1, rope, 2)))
+    for start in starts:
+        order[start:start + rope] = start + pairs
+    return QuantTensor(w.data.index_select(0, order), w.qtype, w.shape, name=w.name)
+
+
+def deinterleave_rope(lookup: TensorLookup, describe: Describe, config: ModelConfig) -> tuple[TensorLookup, Describe]:
+    """DeepSeek's checkpoints rotate adjacent pairs (x0, x1), (x2, x3), ... of each head's RoPE part. The rows
+    producing those dimensions (of the queries and of the shared RoPE key) are reordered even dimensions
+    first, so that oxide's half-split RoPE rotates the same pairs; queries and keys move alike, so their
+    dot products are unchanged."""
+    heads, nope, rope = config.num_attention_heads, config.qk_nope_head_dim, config.head_dim
+    query_starts = [h * (nope + rope) + nope for h in range(heads)]
+    rows = {MODEL_TENSOR.ATTN_Q: query_starts, MODEL_TENSOR.ATTN_Q_B: query_starts,
+            MODEL_TENSOR.ATTN_KV_A_MQA: [config.kv_lora_rank]}
+
+    def halved_lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
+        w = lookup(role, layer, suffix)
+        if w is None or role not in rows or suffix != "weight" or w.shape[0] < max(rows[role]) + rope:
+            return w                 # absent or of the wrong size: the collector names it
+        return _rope_rows_halved(w, rows[role], rope)
+
+    return halved_lookup, describe

@@ -31,9 +31,9 @@ def gguf_tensor_name(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
 @dataclass
 class LayerWeights:
     attn_norm: torch.Tensor
-    q: Matrix
-    k: Matrix
-    v: Matrix
+    q: Matrix | None                  # None (with k and v) under latent attention
+    k: Matrix | None
+    v: Matrix | None
     o: Matrix
     ffn_norm: torch.Tensor
     gate: Matrix | None
@@ -47,6 +47,26 @@ class LayerWeights:
     post_attn_norm: torch.Tensor | None = None
     post_ffn_norm: torch.Tensor | None = None
     experts: ExpertWeights | None = None
+    latent: LatentWeights | None = None
+
+
+@dataclass
+class LatentWeights:
+    """Multi-head latent attention (DeepSeek): queries from ``q`` (H * (nope + rope), D), or through a
+    latent: ``q_b`` (H * (nope + rope), Rq) of ``q_a_norm``-normed ``q_a`` (Rq, D); ``kv_a`` (Rkv + rope, D)
+    gives each token's latent (normed by ``kv_a_norm``) and shared RoPE key; ``kv_b`` (H * (nope + v), Rkv)
+    expands latents into each head's plain key part and value."""
+
+    kv_a: Matrix
+    kv_a_norm: torch.Tensor
+    kv_b: Matrix
+    q: Matrix | None = None
+    q_a: Matrix | None = None
+    q_a_norm: torch.Tensor | None = None
+    q_b: Matrix | None = None
+
+    def matrices(self) -> list[Matrix]:
+        return [m for m in (self.kv_a, self.kv_b, self.q, self.q_a, self.q_b) if m is not None]
 
 
 @dataclass
@@ -63,6 +83,7 @@ class ExpertWeights:
     shared_up: Matrix | None = None
     shared_down: Matrix | None = None
     shared_router: torch.Tensor | None = None
+    router_bias: torch.Tensor | None = None   # (E,), added to the scores that pick experts (DeepSeek V3)
 
     def matrices(self) -> list[Matrix]:
         return [m for m in (self.router, self.gate, self.up, self.down, self.shared_gate, self.shared_up,
@@ -82,10 +103,10 @@ class ModelWeights:
             for name in ("q", "k", "v", "o", "gate", "up", "down"):
                 if getattr(layer, name) is not None:
                     setattr(layer, name, getattr(layer, name).to(device))
-            if layer.experts is not None:
-                for name, value in vars(layer.experts).items():
+            for part in (layer.experts, layer.latent):
+                for name, value in vars(part).items() if part is not None else ():
                     if value is not None:
-                        setattr(layer.experts, name, value.to(device))
+                        setattr(part, name, value.to(device))
         tied = self.output is self.embed
         self.embed = self.embed.to(device)
         self.output = self.embed if tied else self.output.to(device)
@@ -96,8 +117,9 @@ class ModelWeights:
             for m in (layer.q, layer.k, layer.v, layer.o, layer.gate, layer.up, layer.down):
                 if m is not None:
                     found[id(m)] = m
-            for m in layer.experts.matrices() if layer.experts is not None else ():
-                found[id(m)] = m
+            for part in (layer.experts, layer.latent):
+                for m in part.matrices() if part is not None else ():
+                    found[id(m)] = m
         return list(found.values())
 
 
@@ -145,14 +167,18 @@ def collect_weights(config: ModelConfig, lookup: TensorLookup,
     D, F, hd = config.hidden_size, config.intermediate_size, config.head_dim
     nq, nkv = config.num_attention_heads * hd, config.num_key_value_heads * hd
     layers = []
+    latent = config.latent_attention
+    if latent:
+        nq = config.num_attention_heads * config.v_head_dim   # the output projection's input
     for i in range(config.num_hidden_layers):
-        bias, moe = config.attention_bias, config.is_moe(i)
+        bias, moe = config.attention_bias and not latent, config.is_moe(i)
         layers.append(LayerWeights(
             attn_norm=c.vector(T.ATTN_NORM, i, D),
-            q=c.matrix(T.ATTN_Q, i, (nq, D)),
-            k=c.matrix(T.ATTN_K, i, (nkv, D)),
-            v=c.matrix(T.ATTN_V, i, (nkv, D)),
+            q=None if latent else c.matrix(T.ATTN_Q, i, (nq, D)),
+            k=None if latent else c.matrix(T.ATTN_K, i, (nkv, D)),
+            v=None if latent else c.matrix(T.ATTN_V, i, (nkv, D)),
             o=c.matrix(T.ATTN_OUT, i, (D, nq)),
+            latent=_latent(c, config, i) if latent else None,
             ffn_norm=c.vector(T.FFN_NORM, i, D),
             gate=None if moe else c.matrix(T.FFN_GATE, i, (F, D)),
             up=None if moe else c.matrix(T.FFN_UP, i, (F, D)),
@@ -182,8 +208,9 @@ def _experts(c: _Collector, config: ModelConfig, layer: int) -> ExpertWeights:
     D, E, F, S = config.hidden_size, config.num_experts, config.moe_intermediate_size, config.shared_expert_intermediate_size
     shared = S > 0
     # the shared expert's gate: (D,) in GGUF, a (1, D) matrix in config.json's checkpoints
-    router = c.get(T.FFN_GATE_INP_SHEXP, layer, (1, D) if shared and c.is_matrix(T.FFN_GATE_INP_SHEXP, layer) else (D,),
-                   required=shared) if shared else None
+    gated = shared and config.shared_expert_gated
+    router = c.get(T.FFN_GATE_INP_SHEXP, layer, (1, D) if c.is_matrix(T.FFN_GATE_INP_SHEXP, layer) else (D,),
+                   required=True) if gated else None
     return ExpertWeights(
         router=c.matrix(T.FFN_GATE_INP, layer, (E, D)),
         gate=c.get(T.FFN_GATE_EXP, layer, (E, F, D)),
@@ -192,5 +219,23 @@ def _experts(c: _Collector, config: ModelConfig, layer: int) -> ExpertWeights:
         shared_gate=c.matrix(T.FFN_GATE_SHEXP, layer, (S, D)) if shared else None,
         shared_up=c.matrix(T.FFN_UP_SHEXP, layer, (S, D)) if shared else None,
         shared_down=c.matrix(T.FFN_DOWN_SHEXP, layer, (D, S)) if shared else None,
-        shared_router=router.dequantize(torch.float32).reshape(D) if shared else None,
+        shared_router=router.dequantize(torch.float32).reshape(D) if router is not None else None,
+        router_bias=c.vector(T.FFN_EXP_PROBS_B, layer, E, suffix="bias", required=False),
+    )
+
+
+def _latent(c: _Collector, config: ModelConfig, layer: int) -> LatentWeights:
+    """Layer ``layer``'s latent-attention projections (see :class:`LatentWeights`)."""
+    T = MODEL_TENSOR
+    D, H, rope, nope = config.hidden_size, config.num_attention_heads, config.head_dim, config.qk_nope_head_dim
+    Rq, Rkv = config.q_lora_rank, config.kv_lora_rank
+    q_rows = H * (nope + rope)
+    return LatentWeights(
+        kv_a=c.matrix(T.ATTN_KV_A_MQA, layer, (Rkv + rope, D)),
+        kv_a_norm=c.vector(T.ATTN_KV_A_NORM, layer, Rkv),
+        kv_b=c.matrix(T.ATTN_KV_B, layer, (H * (nope + config.v_head_dim), Rkv)),
+        q=None if Rq else c.matrix(T.ATTN_Q, layer, (q_rows, D)),
+        q_a=c.matrix(T.ATTN_Q_A, layer, (Rq, D)) if Rq else None,
+        q_a_norm=c.vector(T.ATTN_Q_A_NORM, layer, Rq) if Rq else None,
+        q_b=c.matrix(T.ATTN_Q_B, layer, (q_rows, Rq)) if Rq else None,
     )

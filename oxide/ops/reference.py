@@ -129,8 +129,9 @@ def scale(x: torch.Tensor, factor: float) -> torch.Tensor:
 
 def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
              cache_pos: torch.Tensor) -> None:
-    """Store new keys and values in a cache of ``slots`` slots: k, v (1, Hkv, T, hd) at positions (T,)
-    go to slots ``positions % slots`` of cache_k, cache_v (1, Hkv, slots, hd), and ``cache_pos[slot] =
+    """Store new keys and values in a cache of ``slots`` slots: k (1, Hkv, T, dk), v (1, Hkv, T, dv) at
+    positions (T,) go to slots ``positions % slots`` of cache_k, cache_v (1, Hkv, slots, dk / dv; a latent
+    cache keeps two widths), and ``cache_pos[slot] =
     position``. A full cache has a slot per position; a sliding window's ring reuses its oldest slot.
     When T > slots only the last ``slots`` positions are kept, as writing all of them in order would."""
     slots, T = cache_k.shape[2], k.shape[2]

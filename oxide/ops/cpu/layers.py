@@ -123,19 +123,19 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
 
 def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
              cache_pos: torch.Tensor) -> None:
-    """Keys and values (1, Hkv, T, hd) into slots ``positions % slots`` of the cache (1, Hkv, slots, hd), as
-    :func:`oxide.ops.reference.kv_store`; the positions are read in C++, so a recorded step stores each
-    token where its position says."""
+    """Keys (1, Hkv, T, dk) and values (1, Hkv, T, dv) into slots ``positions % slots`` of the cache
+    (1, Hkv, slots, dk / dv), as :func:`oxide.ops.reference.kv_store`; the positions are read in C++, so a
+    recorded step stores each token where its position says."""
     _check(k, "kv_store", "k", dims=4)
     _check(v, "kv_store", "v", dims=4)
     _check(cache_k, "kv_store", "cache_k", dims=4)
     _check(cache_v, "kv_store", "cache_v", dims=4)
-    _, n_kv, T, hd = k.shape
-    slots = cache_k.shape[2]
-    if (v.shape != k.shape or k.shape[0] != 1 or cache_k.shape != (1, n_kv, slots, hd) or cache_v.shape != cache_k.shape
-            or not (cache_k.is_contiguous() and cache_v.is_contiguous())):
-        raise ValueError(f"kv_store: k, v {tuple(k.shape)} must be (1, Hkv, T, hd) and the cache "
-                         f"{tuple(cache_k.shape)} a contiguous (1, Hkv, slots, hd)")
+    _, n_kv, T, dk = k.shape
+    dv, slots = v.shape[-1], cache_k.shape[2]
+    if (v.shape[:3] != k.shape[:3] or k.shape[0] != 1 or cache_k.shape != (1, n_kv, slots, dk)
+            or cache_v.shape != (1, n_kv, slots, dv) or not (cache_k.is_contiguous() and cache_v.is_contiguous())):
+        raise ValueError(f"kv_store: k {tuple(k.shape)}, v {tuple(v.shape)} must be (1, Hkv, T, dk / dv) and the cache "
+                         f"{tuple(cache_k.shape)}, {tuple(cache_v.shape)} contiguous (1, Hkv, slots, dk / dv)")
     if not (cache_pos.is_cpu and cache_pos.dtype == torch.int64 and cache_pos.shape == (slots,)
             and cache_pos.is_contiguous()):
         raise ValueError(f"kv_store: cache_pos must be a contiguous int64 CPU tensor of shape ({slots},)")
@@ -143,7 +143,7 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k:
     if T:
         k, _, k_stride = _rows(k)
         v, _, v_stride = _rows(v)
-        extension().kv_store(k.data_ptr(), k_stride, v.data_ptr(), v_stride, n_kv, T, hd, positions.data_ptr(),
+        extension().kv_store(k.data_ptr(), k_stride, v.data_ptr(), v_stride, n_kv, T, dk, dv, positions.data_ptr(),
                              cache_k.data_ptr(), cache_v.data_ptr(), cache_pos.data_ptr(), slots, threads())
 
 

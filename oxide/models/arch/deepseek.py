@@ -1,0 +1,45 @@
+"""DeepSeek V2 (Lite) and V3: multi-head latent attention (``models/latent.py``) and mixtures of experts
+with shared experts, a dense MLP in the first ``first_k_dense_replace`` layers and the weights of the
+picked experts scaled by ``routed_scaling_factor``.
+
+V2 scores experts by softmax, picking among the best groups (``group_limited_greedy``) or all
+(``greedy``), without renormalising; V3 by each expert's sigmoid plus a correction bias that only picks,
+in groups ranked by their two best, renormalised per ``norm_topk_prob``. Their RoPE rotates adjacent
+pairs, so the rows of the rotated dimensions are reordered at load (``deinterleave_rope``).
+GGUF files of these models are not read yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ..transforms import deinterleave_rope
+from .base import ArchAdapter
+
+
+def _hf_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    v3 = raw.get("model_type") == "deepseek_v3"
+    experts = int(raw.get("n_routed_experts") or 0)
+    grouped = v3 or raw.get("topk_method") == "group_limited_greedy"
+    out: dict[str, Any] = {
+        "kv_lora_rank": raw["kv_lora_rank"], "q_lora_rank": raw.get("q_lora_rank") or 0,
+        "qk_nope_head_dim": raw["qk_nope_head_dim"], "v_head_dim": raw["v_head_dim"],
+        "head_dim": raw["qk_rope_head_dim"], "num_key_value_heads": fields["num_attention_heads"],
+    }
+    if experts:
+        out.update(
+            num_experts=experts, num_experts_per_tok=raw["num_experts_per_tok"],
+            moe_intermediate_size=raw["moe_intermediate_size"],
+            shared_expert_intermediate_size=raw["moe_intermediate_size"] * (raw.get("n_shared_experts") or 0),
+            shared_expert_gated=False, first_k_dense_replace=raw.get("first_k_dense_replace") or 0,
+            routed_scaling_factor=float(raw.get("routed_scaling_factor") or 1.0),
+            router_scoring="sigmoid" if v3 else "softmax", norm_topk_prob=bool(v3 and raw.get("norm_topk_prob")),
+            router_groups=(raw.get("n_group") or 0) if grouped else 0,
+            router_topk_groups=(raw.get("topk_group") or 0) if grouped else 0,
+        )
+    return out
+
+
+DEEPSEEK = ArchAdapter(name="deepseek", flags={"hidden_act": "silu"}, hf_fields=_hf_fields,
+                       source_transforms=(deinterleave_rope,))
