@@ -17,7 +17,7 @@ from .errors import ModelFormatError
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
 ACTIVATIONS = ("silu", "gelu_pytorch_tanh", "gelu")
-ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "freq_factors")
+ROPE_TYPES = ("default", "linear", "llama3", "dynamic", "longrope", "freq_factors", "yarn")
 _ROPE_PARAMETERS = {      # the RopeScaling fields each type reads
     "linear": ("factor",),
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
@@ -36,7 +36,9 @@ class RopeScaling:
     context), ``dynamic`` (NTK: the base grows once the sequence passes ``original_max_position_embeddings``),
     ``longrope`` (Phi-3 ``su``: ``short_factor`` or ``long_factor`` divides each frequency, cos and sin
     scaled by ``attention_factor``), ``freq_factors`` (GGUF's ``rope_freqs``: each frequency divided by
-    its entry of ``factors``, the form in which llama.cpp's converter stores ``llama3``).
+    its entry of ``factors``, the form in which llama.cpp's converter stores ``llama3``), ``yarn``
+    (frequencies between ``beta_slow`` and ``beta_fast`` rotations over the original context ramped from
+    extrapolated to interpolated by ``factor``, cos and sin scaled by ``attention_factor``).
     """
 
     rope_type: str = "default"
@@ -48,6 +50,9 @@ class RopeScaling:
     long_factor: tuple[float, ...] = ()
     factors: tuple[float, ...] = ()
     attention_factor: float = 1.0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+    truncate: bool = True
 
     def __str__(self) -> str:
         """One line for ``oxide info``: the type and the parameters it uses (factor lists by their length)."""
@@ -115,6 +120,7 @@ class ModelConfig:
     q_lora_rank: int = 0
     qk_nope_head_dim: int = 0
     v_head_dim: int = 0
+    attention_mscale: float = 1.0               # multiplies the softmax scale (DeepSeek's YaRN mscale, squared)
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -174,7 +180,7 @@ class ModelConfig:
             raise bad("rope_scaling", f"has rope_type {s.rope_type!r}, not one of {ROPE_TYPES}")
         if not (s.factor > 0 and math.isfinite(s.factor)):
             raise bad("rope_scaling", "must have a positive finite factor")
-        needs_context = s.rope_type in ("llama3", "dynamic", "longrope")
+        needs_context = s.rope_type in ("llama3", "dynamic", "longrope", "yarn")
         if needs_context and s.original_max_position_embeddings <= 0:
             raise bad("rope_scaling", f"of type {s.rope_type!r} needs original_max_position_embeddings")
         half = self.head_dim // 2
@@ -186,8 +192,8 @@ class ModelConfig:
     @property
     def attention_scale(self) -> float:
         if self.latent_attention:   # over the whole query/key head: its plain and rotated parts
-            return (self.qk_nope_head_dim + self.head_dim) ** -0.5
-        return self.query_pre_attn_scalar ** -0.5
+            return (self.qk_nope_head_dim + self.head_dim) ** -0.5 * self.attention_mscale
+        return self.query_pre_attn_scalar ** -0.5 * self.attention_mscale
 
     def is_moe(self, layer: int) -> bool:
         """Whether layer ``layer``'s MLP is a mixture of experts."""

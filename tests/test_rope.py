@@ -87,6 +87,21 @@ def test_longrope_matches_transformers_with_short_and_long_factors(end: int) -> 
     assert_same((inv_freq, factor), hf_frequencies(config, seq_len=end))
 
 
+@pytest.mark.parametrize("rope", [
+    {"factor": 4.0, "original_max_position_embeddings": 16},                                        # Qwen 2.5 style
+    {"factor": 40.0, "original_max_position_embeddings": 16, "mscale": 0.707, "mscale_all_dim": 0.707,
+     "beta_fast": 32, "beta_slow": 1},                                                              # DeepSeek style
+    {"factor": 8.0, "original_max_position_embeddings": 32, "attention_factor": 1.3, "truncate": False},
+], ids=["plain", "mscales", "given-factor-untruncated"])
+def test_yarn_matches_transformers(rope: dict) -> None:
+    config = llama_config(rope_type="yarn", **rope)
+    assert_same(ours(config, 10), hf_frequencies(config))
+    inv_freq, _ = ours(config, 10)
+    plain = plain_inv_freq(HEAD_DIM, THETA)
+    assert inv_freq[0] == plain[0]                                                       # the fastest pair is kept
+    torch.testing.assert_close(inv_freq[-2:], plain[-2:] / rope["factor"], rtol=1e-6, atol=0)   # slow ones stretched
+
+
 def test_phi3_long_factors_end_to_end(tmp_path: Path) -> None:
     """Past the original context (256) a forward uses the long factors, as transformers does, both at once
     and in decode steps that cross the boundary (where the new positions switch to them)."""
@@ -130,7 +145,9 @@ def test_old_config_spellings() -> None:
 
 
 @pytest.mark.parametrize(("raw", "match"), [
-    ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, "'yarn' is not supported yet; supported: default"),
+    ({"rope_scaling": {"rope_type": "ntk-by-parts", "factor": 4}},
+     "'ntk-by-parts' is not supported yet; supported: default"),
+    ({"rope_scaling": {"rope_type": "yarn", "factor": 4}}, "'yarn' is incomplete"),   # no original context
     ({"rope_scaling": {"rope_type": "llama3", "factor": 8}}, "'llama3' is incomplete.*low_freq_factor"),
     ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
     ({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "partial_rotary_factor": 0.75}},

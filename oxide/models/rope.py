@@ -78,6 +78,30 @@ def longrope(head_dim: int, theta: float, scaling: RopeScaling, end: int) -> Fre
     return plain_inv_freq(head_dim, theta) / divisors, scaling.attention_factor
 
 
+def yarn(head_dim: int, theta: float, scaling: RopeScaling, end: int) -> Frequencies:
+    """YaRN: with ``L`` the original context, dimension pair i turns ``L * inv_freq[i] / 2 pi`` times over it;
+    pairs between ``beta_fast`` and ``beta_slow`` turns (the correction range, as pair indices ``low``,
+    ``high``, rounded outwards when ``truncate``) ramp linearly from the plain frequency (fast pairs) to
+    ``inv_freq / factor`` (slow ones); cos and sin are scaled by ``attention_factor``."""
+    context, factor = scaling.original_max_position_embeddings, scaling.factor
+
+    def pair_of(turns: float) -> float:   # the (fractional) dimension whose pair turns `turns` times over L
+        return head_dim * math.log(context / (turns * 2 * math.pi)) / (2 * math.log(theta))
+
+    low, high = pair_of(scaling.beta_fast), pair_of(scaling.beta_slow)
+    if scaling.truncate:
+        low, high = math.floor(low), math.ceil(high)
+    low, high = max(low, 0), min(high, head_dim - 1)
+    ramp = ((torch.arange(head_dim // 2, dtype=torch.float32) - low) / (high - low if high != low else 0.001)).clamp(0, 1)
+    inv_freq = plain_inv_freq(head_dim, theta)
+    return inv_freq / factor * ramp + inv_freq * (1 - ramp), scaling.attention_factor
+
+
+def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+    """YaRN's magnitude correction ``0.1 * mscale * ln(factor) + 1`` (1 when not stretched)."""
+    return 0.1 * mscale * math.log(factor) + 1.0 if factor > 1.0 else 1.0
+
+
 SCALINGS: dict[str, Callable[[int, float, RopeScaling, int], Frequencies]] = {
     "default": plain,
     "linear": linear,
@@ -85,6 +109,7 @@ SCALINGS: dict[str, Callable[[int, float, RopeScaling, int], Frequencies]] = {
     "freq_factors": freq_factors,
     "dynamic": dynamic,
     "longrope": longrope,
+    "yarn": yarn,
 }
 
 

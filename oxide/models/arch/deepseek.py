@@ -5,8 +5,9 @@ picked experts scaled by ``routed_scaling_factor``.
 V2 scores experts by softmax, picking among the best groups (``group_limited_greedy``) or all
 (``greedy``), without renormalising; V3 by each expert's sigmoid plus a correction bias that only picks,
 in groups ranked by their two best, renormalised per ``norm_topk_prob``. Their RoPE rotates adjacent
-pairs, so the rows of the rotated dimensions are reordered at load (``deinterleave_rope``).
-GGUF files of these models are not read yet.
+pairs, so the rows of the rotated dimensions are reordered at load (``deinterleave_rope``); under YaRN the
+softmax scale is multiplied by ``mscale(factor, mscale_all_dim) ** 2``. GGUF files of these models are not
+read yet.
 """
 
 from __future__ import annotations
@@ -14,8 +15,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..rope import yarn_mscale
 from ..transforms import deinterleave_rope
 from .base import ArchAdapter
+
+
+def _softmax_mscale(raw: Mapping[str, Any], fields: dict[str, Any]) -> float:
+    """DeepSeek multiplies its softmax scale by ``mscale(factor, mscale_all_dim) ** 2`` under a YaRN scaling."""
+    scaling = fields.get("rope_scaling")
+    params = raw.get("rope_parameters") or raw.get("rope_scaling") or {}
+    if scaling is None or scaling.rope_type != "yarn" or not params.get("mscale_all_dim"):
+        return 1.0
+    return yarn_mscale(scaling.factor, params["mscale_all_dim"]) ** 2
 
 
 def _hf_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -23,6 +34,7 @@ def _hf_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]
     experts = int(raw.get("n_routed_experts") or 0)
     grouped = v3 or raw.get("topk_method") == "group_limited_greedy"
     out: dict[str, Any] = {
+        "attention_mscale": _softmax_mscale(raw, fields),
         "kv_lora_rank": raw["kv_lora_rank"], "q_lora_rank": raw.get("q_lora_rank") or 0,
         "qk_nope_head_dim": raw["qk_nope_head_dim"], "v_head_dim": raw["v_head_dim"],
         "head_dim": raw["qk_rope_head_dim"], "num_key_value_heads": fields["num_attention_heads"],

@@ -8,7 +8,8 @@ llama.cpp's converter (``convert_hf_to_gguf.py``) stores them as: ``<arch>.rope.
 ``linear`` with ``rope.scaling.factor``; ``llama3`` as a ``rope_freqs`` tensor of per-frequency
 divisors; LongRoPE as ``rope_factors_long`` / ``rope_factors_short`` tensors with
 ``rope.scaling.attn_factor`` and ``rope.scaling.original_context_length``; ``dynamic`` not at all (llama.cpp
-has no dynamic NTK, so such a file runs plain RoPE there and here).
+has no dynamic NTK, so such a file runs plain RoPE there and here). YaRN is read from config.json; its
+GGUF form is refused for now.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from typing import Any
 
 from ...config import NO_SCALING, RopeScaling
 from ...errors import ModelFormatError
+from ..rope import yarn_mscale
 
-SUPPORTED_HF = ("default", "linear", "llama3", "dynamic", "longrope")
+SUPPORTED_HF = ("default", "linear", "llama3", "dynamic", "longrope", "yarn")
 _ALIASES = {"su": "longrope"}
 
 
@@ -62,6 +64,8 @@ def _hf_scaling(kind: str, p: Mapping[str, Any], raw: Mapping[str, Any], source:
                                original_max_position_embeddings=context or max_positions)
         if kind == "dynamic":   # transformers stretches from max_position_embeddings
             return RopeScaling("dynamic", factor=float(p["factor"]), original_max_position_embeddings=max_positions)
+        if kind == "yarn":
+            return _hf_yarn(p, max_positions, context)
         factor = float(p.get("factor") or max_positions / context)
         attention = p.get("attention_factor")
         return RopeScaling("longrope", factor=factor, original_max_position_embeddings=context,
@@ -72,6 +76,22 @@ def _hf_scaling(kind: str, p: Mapping[str, Any], raw: Mapping[str, Any], source:
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
         raise ModelFormatError(f"{source}: RoPE scaling {kind!r} is incomplete or malformed ({e!r}); "
                                f"check rope_scaling / rope_parameters in config.json") from None
+
+
+def _hf_yarn(p: Mapping[str, Any], max_positions: int, context: int) -> RopeScaling:
+    """transformers' YaRN parameters: ``factor`` (else max / original context), the attention factor given,
+    else ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)`` when both are set, else ``mscale(factor)``."""
+    if not context:
+        raise KeyError("original_max_position_embeddings")
+    factor = float(p.get("factor") or max_positions / context)
+    attention = p.get("attention_factor")
+    if attention is None:
+        mscale, mscale_all_dim = p.get("mscale"), p.get("mscale_all_dim")
+        attention = (yarn_mscale(factor, mscale) / yarn_mscale(factor, mscale_all_dim) if mscale and mscale_all_dim
+                     else yarn_mscale(factor))
+    return RopeScaling("yarn", factor=factor, original_max_position_embeddings=context,
+                       attention_factor=float(attention), beta_fast=float(p.get("beta_fast") or 32),
+                       beta_slow=float(p.get("beta_slow") or 1), truncate=bool(p.get("truncate", True)))
 
 
 def longrope_attention_factor(factor: float, context: int) -> float:
