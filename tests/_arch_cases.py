@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 from _llama_convert import convert, quantize
 from _sdist import VERSION, cache_dir
+from _tiny_models import redraw_parameters
 from transformers import (
     Gemma2Config,
     Gemma2ForCausalLM,
@@ -75,7 +76,6 @@ GAIN = 2.0
 EMBED_GAIN = 32.0         # token embeddings over the matrices' scale (see randomize)
 SANDWICH_EMBED_GAIN = 8.0    # sandwich norms bound each layer's share of the residual: less is enough
 HEAD_NOISE = 0.5          # an untied head: the embedding plus this much of a matrix's noise
-VECTOR_STD = 0.2
 GGUF_KINDS = ("F16", "Q8_0", "Q4_K_M")
 
 
@@ -101,15 +101,8 @@ def randomize(model: PreTrainedModel, seed: int, norm_center: float, embedding_s
     is then rounded to float16, so the F16 GGUF holds exactly this model.
     """
     gen = torch.Generator().manual_seed(seed)
+    redraw_parameters(model, gen, norm_center, lambda fan_in: GAIN / fan_in ** 0.5)
     with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if name.endswith("norm.weight"):
-                param.copy_(norm_center + VECTOR_STD * noise)
-            elif param.ndim == 1:
-                param.copy_(VECTOR_STD * noise)
-            else:
-                param.copy_(GAIN / param.shape[-1] ** 0.5 * noise)
         embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
         gain = embed_gain / embedding_scale
         embed.mul_(gain)

@@ -69,19 +69,24 @@ def _common(**overrides: object) -> dict[str, object]:
     return kwargs
 
 
+@torch.no_grad()
+def redraw_parameters(model: PreTrainedModel, gen: torch.Generator, norm_center: float,
+                      matrix_std: Callable[[int], float]) -> None:
+    """Redraw every parameter from ``gen``: matrices N(0, matrix_std(fan_in)^2), biases N(0, VECTOR_STD^2),
+    norm weights ``norm_center + N(0, VECTOR_STD^2)``."""
+    for name, param in model.named_parameters():
+        noise = torch.randn(param.shape, generator=gen)
+        if name.endswith("norm.weight"):
+            param.copy_(norm_center + VECTOR_STD * noise)
+        elif param.ndim == 1:
+            param.copy_(VECTOR_STD * noise)
+        else:
+            param.copy_(matrix_std(param.shape[-1]) * noise)
+
+
 def _randomize(model: PreTrainedModel, seed: int, norm_center: float) -> PreTrainedModel:
-    """Redraw every parameter from a seeded generator: matrices N(0, MATRIX_STD^2), biases
-    N(0, VECTOR_STD^2), norm weights ``norm_center + N(0, VECTOR_STD^2)``."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=gen)
-            if name.endswith("norm.weight"):
-                param.copy_(norm_center + VECTOR_STD * noise)
-            elif param.ndim == 1:
-                param.copy_(VECTOR_STD * noise)
-            else:
-                param.copy_(MATRIX_STD * noise)
+    """Every parameter redrawn (:func:`redraw_parameters`), matrices N(0, MATRIX_STD^2)."""
+    redraw_parameters(model, torch.Generator().manual_seed(seed), norm_center, lambda fan_in: MATRIX_STD)
     return model.float().eval()
 
 

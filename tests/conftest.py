@@ -37,3 +37,17 @@ def seed(request: pytest.FixtureRequest) -> int:
     value = int.from_bytes(os.urandom(4), "little")
     print(f"{request.module.__name__} seed: {value}")
     return value
+
+
+@pytest.fixture(scope="module")
+def quiet_transformers():
+    """transformers' model and GGUF loaders log progress bars and load reports; silence them for a module
+    (``pytestmark = pytest.mark.usefixtures("quiet_transformers")``)."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    yield
+    hf_logging.enable_progress_bar()
+    hf_logging.set_verbosity(verbosity)

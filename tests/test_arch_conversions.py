@@ -22,7 +22,7 @@ the reason and the positions compared.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +31,6 @@ import torch
 from _arch_cases import (CASES, GGUF_KINDS, TOKENS, VOCAB, Case, build_mistral3, gguf_files, hf_decode_logits,
                          hf_folder)
 from transformers import PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 import oxide
 from oxide.models.builder import build_from_gguf
@@ -49,14 +48,7 @@ CASE_PARAMS = [pytest.param(case, id=case.name) for case in CASES.values()]
 GGUF_PARAMS = [pytest.param(case, kind, id=f"{case.name}-{kind}") for case in CASES.values() for kind in GGUF_KINDS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quiet_transformers() -> Iterator[None]:
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    yield
-    hf_logging.enable_progress_bar()
-    hf_logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 Built = tuple[PreTrainedModel, Path]

@@ -17,7 +17,7 @@ Tolerances (float32 on CPU):
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import gguf
@@ -26,7 +26,6 @@ import pytest
 import torch
 from _tiny_models import TINY_MODELS, TinyModel, hf_logits, random_ids, rope_bases, write_gguf
 from transformers import AutoModelForCausalLM, PreTrainedModel
-from transformers.utils import logging as hf_logging
 
 from oxide.config import FULL_ATTENTION, SLIDING_ATTENTION
 from oxide.models.builder import build_from_gguf
@@ -43,15 +42,7 @@ CPU = torch.device("cpu")
 SPEC_PARAMS = [pytest.param(spec, id=spec.name) for spec in ARCHITECTURES if spec.name in TINY_MODELS]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quiet_transformers() -> Iterator[None]:
-    """transformers' GGUF loader logs a progress bar and load report per file; silence them here only."""
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    yield
-    hf_logging.enable_progress_bar()
-    hf_logging.set_verbosity(verbosity)
+pytestmark = pytest.mark.usefixtures("quiet_transformers")
 
 
 def tiny_for(spec: ArchSpec) -> TinyModel:
