@@ -283,7 +283,7 @@ def build_deepseek_v2() -> PreTrainedModel:
 def build_deepseek_v3() -> PreTrainedModel:
     # V3: queries through a latent, sigmoid router with correction bias in groups, renormalised and scaled;
     # YaRN over an original context of 16 with DeepSeek's mscales (which scale the softmax too)
-    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 16,
+    yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 16,
             "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1}
     return _deepseek(DeepseekV3Config, DeepseekV3ForCausalLM, 36, q_lora_rank=256, n_group=4, topk_group=2,
                      norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters=yarn)
