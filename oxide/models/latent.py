@@ -1,11 +1,15 @@
-"""Multi-head latent attention (MLA), DeepSeek V2/V3's attention.
+"""Multi-head latent attention (MLA), DeepSeek V2/V3's attention, in its absorbed form.
 
 Per token, ``kv_a`` gives a latent ``c`` (``kv_lora_rank`` wide, RMS-normed) and one RoPE key ``k_rot``
 (``head_dim`` wide) shared by every head; the cache keeps only these two, which is the point of MLA:
-``kv_lora_rank + head_dim`` floats per token and layer instead of ``2 * heads * head width``. At each step
-``kv_b`` expands the cached latents into every head's plain key part ``k_nope`` and value ``v``; a head's
-key is ``[k_nope, k_rot]``, its query ``[q_nope, rope(q_rot)]`` from ``q`` (or from a ``q_a``/``q_b``
-latent), and the softmax scale is ``(nope + rope) ** -0.5``.
+``kv_lora_rank + head_dim`` floats per token and layer instead of keys and values for every head.
+
+``kv_b`` would expand a latent into head h's plain key part ``K_h c`` and value ``V_h c``. Instead of
+expanding every cached latent at every step, both matrices are absorbed: the score of a query is
+``q_nope . K_h c + q_rot . k_rot = [K_h^T q_nope, q_rot] . [c, k_rot]`` and its output
+``V_h (sum_s p_s c_s)``, so attention runs over the cached ``[c, k_rot]`` as one key/value head shared by
+all query heads (values: the latents), with the softmax scale of the full head, ``(nope + rope) ** -0.5``.
+``K_h`` and ``V_h`` are kept as float32 (heads, nope / v, kv_lora_rank) tensors.
 """
 
 from __future__ import annotations
@@ -36,7 +40,9 @@ class LatentAttention:
             self.q_a, self.q_b = ops.Linear(lw.q_a, None, device, dtype), ops.Linear(lw.q_b, None, device, dtype)
         self.q_a_norm, self.kv_a_norm = lw.q_a_norm, lw.kv_a_norm
         self.kv_a = ops.Linear(lw.kv_a, None, device, dtype)
-        self.kv_b = ops.Linear(lw.kv_b, None, device, dtype)
+        kv_b = lw.kv_b.dequantize(torch.float32).to(device).view(self.heads, self.nope + self.v_dim, self.rank)
+        self.k_b = kv_b[:, :self.nope].contiguous()                                     # (H, nope, Rkv)
+        self.v_b = kv_b[:, self.nope:].contiguous()                                     # (H, v, Rkv)
         self.o_proj = ops.Linear(w.o, None, device, dtype)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,24 +53,19 @@ class LatentAttention:
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  cache: LayerCache) -> torch.Tensor:
         B, T, _ = x.shape
-        H, nope, rope_dim, v_dim = self.heads, self.nope, self.rope_dim, self.v_dim
+        H, nope, rope_dim, rank = self.heads, self.nope, self.rope_dim, self.rank
         q = self._queries(x).view(B, T, H, nope + rope_dim)
         q_nope, q_rot = q.split((nope, rope_dim), dim=-1)
-        latent, k_rot = self.kv_a(x).split((self.rank, rope_dim), dim=-1)
+        latent, k_rot = self.kv_a(x).split((rank, rope_dim), dim=-1)
         latent = self.ops.rms_norm(latent, self.kv_a_norm, self.eps)                       # (B, T, Rkv)
         q_rot = self.ops.rope(q_rot.transpose(1, 2), cos, sin)                             # (B, H, T, rope)
         k_rot = self.ops.rope(k_rot.reshape(B, T, 1, rope_dim).transpose(1, 2), cos, sin)  # (B, 1, T, rope)
-        latents, rotated, key_pos = cache.update(latent.reshape(B, T, 1, self.rank).transpose(1, 2), k_rot,
+        latents, rotated, key_pos = cache.update(latent.reshape(B, T, 1, rank).transpose(1, 2), k_rot,
                                                  positions)                                # (1, 1, S, Rkv / rope)
-        S = latents.shape[2]
-        expanded = self.kv_b(latents[0, 0]).view(S, H, nope + v_dim).transpose(0, 1)      # (H, S, nope + v)
-        k_nope, values = expanded.split((nope, v_dim), dim=-1)
-        keys = torch.cat((k_nope, rotated[0].expand(H, S, rope_dim)), dim=-1)[None]       # (1, H, S, nope + rope)
-        queries = torch.cat((q_nope.transpose(1, 2), q_rot), dim=-1)                       # (B, H, T, nope + rope)
-        # the attention op takes one head width: the narrower side is padded with zeros, which change neither
-        # the scores (q . k) nor the weighted sums of values
-        width = max(nope + rope_dim, v_dim)
-        queries, keys = (F.pad(t, (0, width - nope - rope_dim)) for t in (queries, keys))
-        values = F.pad(values, (0, width - v_dim))[None]
-        out = self.ops.attention(queries, keys, values, positions, key_pos, scale=self.scale)  # (B, H, T, width)
-        return self.o_proj(out[..., :v_dim].transpose(1, 2).reshape(B, T, H * v_dim))
+        absorbed = torch.einsum("bthn,hnr->bhtr", q_nope.to(self.k_b.dtype), self.k_b).to(q_rot.dtype)
+        queries = torch.cat((absorbed, q_rot), dim=-1)                                     # (B, H, T, Rkv + rope)
+        keys = torch.cat((latents, rotated), dim=-1)                                       # (1, 1, S, Rkv + rope)
+        values = F.pad(latents, (0, rope_dim))        # the latents, widened to the key's width with zeros
+        mixed = self.ops.attention(queries, keys, values, positions, key_pos, scale=self.scale)[..., :rank]
+        out = torch.einsum("bhtr,hvr->bthv", mixed.to(self.v_b.dtype), self.v_b)          # (B, T, H, v)
+        return self.o_proj(out.reshape(B, T, H * self.v_dim).to(x.dtype))
