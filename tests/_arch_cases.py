@@ -132,6 +132,7 @@ class Case:
     bpe_pre: str | None = None         # a GPT-2 BPE vocabulary (the converter reads no other for this
                                        # architecture), recorded as this llama.cpp pre-tokenizer
     no_gguf: str = ""                  # why this case has no GGUF files, if it has none
+    llama_kinds: tuple[str, ...] = GGUF_KINDS   # the files compared with llama.cpp (``why`` says why not all)
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -267,29 +268,43 @@ def _deepseek(config_class, model_class, seed: int, **overrides: object) -> PreT
         moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1, rope_theta=10000.0, **overrides))
     model = randomize(model_class(config), seed, 1.0)
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():                 # V3's router bias is a buffer, which randomize leaves at zero
-        for name, buffer in model.named_buffers():
+    with torch.no_grad():
+        for name, buffer in model.named_buffers():   # V3's router bias: a buffer, which randomize leaves at zero
             if name.endswith("e_score_correction_bias"):
                 buffer.copy_((0.1 * torch.randn(buffer.shape, generator=gen)).half().float())
     return model
 
 
 def build_deepseek_v2() -> PreTrainedModel:
-    # V2 (not Lite): queries from a plain projection, softmax router limited to the best 2 of 4 groups
-    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 35, q_lora_rank=None, topk_method="group_limited_greedy",
-                     n_group=4, topk_group=2, routed_scaling_factor=1.5)
+    # V2: queries through a latent, softmax router over every expert, the picked weights scaled
+    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 35, q_lora_rank=256, topk_method="greedy",
+                     routed_scaling_factor=1.5)
+
+
+def build_deepseek_v2_lite() -> PreTrainedModel:
+    # V2-Lite's plain query projection, with V2's group-limited softmax router (the best 2 of 4 groups, each
+    # ranked by its best expert; llama.cpp ranks every grouped router's groups by their two best, as V3 does)
+    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 37, q_lora_rank=None, topk_method="group_limited_greedy",
+                     n_group=4, topk_group=2)
 
 
 def build_deepseek_v3() -> PreTrainedModel:
     # V3: queries through a latent, sigmoid router with correction bias in groups, renormalised and scaled;
-    # YaRN over an original context of 16 with DeepSeek's mscales (which scale the softmax too)
+    # YaRN (16 x an original context of 16) with DeepSeek's mscales, which scale the softmax too
     yarn = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 16.0, "original_max_position_embeddings": 16,
             "mscale": 0.707, "mscale_all_dim": 0.707, "beta_fast": 32, "beta_slow": 1}
+    # (scoring_func, which transformers implies, is written as DeepSeek's own config.json has it, so that
+    # llama.cpp's converter records the sigmoid gating)
     return _deepseek(DeepseekV3Config, DeepseekV3ForCausalLM, 36, q_lora_rank=256, n_group=4, topk_group=2,
-                     norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters=yarn)
+                     norm_topk_prob=True, routed_scaling_factor=2.5, rope_parameters=yarn, scoring_func="sigmoid",
+                     topk_method="noaux_tc")
 
 
-_DEEPSEEK_GGUF = "oxide does not read DeepSeek GGUF files yet (llama.cpp's deepseek2 layout: attn_k_b/attn_v_b)"
+_DEEPSEEK_ROUNDING = ("the tiny DeepSeek models move under 8-bit rounding far more than the others (transformers "
+                      "itself, its matrices rounded to Q8_0: KL 7e-3 for V2, 0.17 for V3, against 1e-3 for Qwen2-MoE), so "
+                      "llama.cpp's 8-bit activations take its quantized runs past the shared bounds: compared on F16")
+_DEEPSEEK_LITE = ("llama.cpp reads a DeepSeek file without a query latent only when it has V2-Lite's 26 or 27 layers "
+                  "(it asks for attention.q_lora_rank otherwise); a tiny model with that many is too large for CI")
 _MISTRAL_WINDOW = ("llama.cpp's converter writes Mistral as llama without its sliding window, so the file "
                    "holds the model within the window only")
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -310,8 +325,11 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("mixtral", "mixtral", "mixtral", build_mixtral),
     Case("qwen2moe", "qwen2moe", "qwen2moe", build_qwen2moe, bpe_pre="qwen2"),
     Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, bpe_pre="qwen2"),
-    Case("deepseek-v2", "deepseek", "deepseek", build_deepseek_v2, no_gguf=_DEEPSEEK_GGUF),
-    Case("deepseek-v3", "deepseek", "deepseek", build_deepseek_v3, no_gguf=_DEEPSEEK_GGUF),
+    Case("deepseek-v2", "deepseek", "deepseek", build_deepseek_v2, bpe_pre="deepseek-v3", llama_kinds=("F16",),
+         why=_DEEPSEEK_ROUNDING),
+    Case("deepseek-v3", "deepseek", "deepseek", build_deepseek_v3, bpe_pre="deepseek-v3", llama_kinds=("F16",),
+         why=_DEEPSEEK_ROUNDING),
+    Case("deepseek-v2-lite", "deepseek", "deepseek", build_deepseek_v2_lite, no_gguf=_DEEPSEEK_LITE),
 )}
 
 

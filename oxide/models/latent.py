@@ -40,9 +40,13 @@ class LatentAttention:
             self.q_a, self.q_b = ops.Linear(lw.q_a, None, device, dtype), ops.Linear(lw.q_b, None, device, dtype)
         self.q_a_norm, self.kv_a_norm = lw.q_a_norm, lw.kv_a_norm
         self.kv_a = ops.Linear(lw.kv_a, None, device, dtype)
-        kv_b = lw.kv_b.dequantize(torch.float32).to(device).view(self.heads, self.nope + self.v_dim, self.rank)
-        self.k_b = kv_b[:, :self.nope].contiguous()                                     # (H, nope, Rkv)
-        self.v_b = kv_b[:, self.nope:].contiguous()                                     # (H, v, Rkv)
+        if lw.kv_b is not None:
+            kv_b = lw.kv_b.dequantize(torch.float32).to(device).view(self.heads, self.nope + self.v_dim, self.rank)
+            self.k_b = kv_b[:, :self.nope].contiguous()                                 # (H, nope, Rkv)
+            self.v_b = kv_b[:, self.nope:].contiguous()                                 # (H, v, Rkv)
+        else:   # llama.cpp stores k_b transposed, (H, Rkv, nope)
+            self.k_b = lw.k_b.dequantize(torch.float32).to(device).transpose(1, 2).contiguous()
+            self.v_b = lw.v_b.dequantize(torch.float32).to(device)
         self.o_proj = ops.Linear(w.o, None, device, dtype)
 
     def _queries(self, x: torch.Tensor) -> torch.Tensor:

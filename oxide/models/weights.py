@@ -55,18 +55,21 @@ class LatentWeights:
     """Multi-head latent attention (DeepSeek): queries from ``q`` (H * (nope + rope), D), or through a
     latent: ``q_b`` (H * (nope + rope), Rq) of ``q_a_norm``-normed ``q_a`` (Rq, D); ``kv_a`` (Rkv + rope, D)
     gives each token's latent (normed by ``kv_a_norm``) and shared RoPE key; ``kv_b`` (H * (nope + v), Rkv)
-    expands latents into each head's plain key part and value."""
+    expands latents into each head's plain key part and value, or (llama.cpp's files) its two parts:
+    ``k_b`` (H, Rkv, nope), transposed, and ``v_b`` (H, v, Rkv)."""
 
     kv_a: Matrix
     kv_a_norm: torch.Tensor
-    kv_b: Matrix
+    kv_b: Matrix | None = None
+    k_b: Matrix | None = None
+    v_b: Matrix | None = None
     q: Matrix | None = None
     q_a: Matrix | None = None
     q_a_norm: torch.Tensor | None = None
     q_b: Matrix | None = None
 
     def matrices(self) -> list[Matrix]:
-        return [m for m in (self.kv_a, self.kv_b, self.q, self.q_a, self.q_b) if m is not None]
+        return [m for m in (self.kv_a, self.kv_b, self.k_b, self.v_b, self.q, self.q_a, self.q_b) if m is not None]
 
 
 @dataclass
@@ -230,10 +233,13 @@ def _latent(c: _Collector, config: ModelConfig, layer: int) -> LatentWeights:
     D, H, rope, nope = config.hidden_size, config.num_attention_heads, config.head_dim, config.qk_nope_head_dim
     Rq, Rkv = config.q_lora_rank, config.kv_lora_rank
     q_rows = H * (nope + rope)
+    split = c.lookup(T.ATTN_KV_B, layer, "weight") is None      # llama.cpp's two parts instead of kv_b
     return LatentWeights(
         kv_a=c.matrix(T.ATTN_KV_A_MQA, layer, (Rkv + rope, D)),
         kv_a_norm=c.vector(T.ATTN_KV_A_NORM, layer, Rkv),
-        kv_b=c.matrix(T.ATTN_KV_B, layer, (H * (nope + config.v_head_dim), Rkv)),
+        kv_b=None if split else c.matrix(T.ATTN_KV_B, layer, (H * (nope + config.v_head_dim), Rkv)),
+        k_b=c.get(T.ATTN_K_B, layer, (H, Rkv, nope)) if split else None,
+        v_b=c.get(T.ATTN_V_B, layer, (H, config.v_head_dim, Rkv)) if split else None,
         q=None if Rq else c.matrix(T.ATTN_Q, layer, (q_rows, D)),
         q_a=c.matrix(T.ATTN_Q_A, layer, (Rq, D)) if Rq else None,
         q_a_norm=c.vector(T.ATTN_Q_A_NORM, layer, Rq) if Rq else None,

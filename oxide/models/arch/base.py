@@ -51,7 +51,8 @@ class ArchAdapter:
     ``gguf_transforms``: named weight transforms applied once at load. ``source_transforms``: named
     transforms of the tensor source, in both formats (fused projections split as they are looked up).
     ``hf_fields``: a function of the raw config.json and the generic fields returning the
-    architecture's own (renamed keys...).
+    architecture's own (renamed keys...); ``gguf_fields`` the same for the GGUF metadata (with the
+    ``<arch>`` key prefix).
     """
 
     name: str
@@ -60,6 +61,7 @@ class ArchAdapter:
     gguf_transforms: tuple[Transform, ...] = ()
     source_transforms: tuple[SourceTransform, ...] = ()
     hf_fields: Callable[[Mapping[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    gguf_fields: Callable[[Mapping[str, Any], str, dict[str, Any]], dict[str, Any]] | None = None
 
     def config_from_gguf(self, metadata: Mapping[str, Any], *, arch_key: str, vocab_size: int,
                          tied: bool, rope_tensors: Mapping[str, tuple[float, ...]], source: str) -> ModelConfig:
@@ -69,6 +71,8 @@ class ArchAdapter:
         fields_["rope_scaling"] = gguf_rope_scaling(metadata, arch_key, rope_tensors, source)
         if self.gguf_defaults is not None:
             fields_.update(self.gguf_defaults(fields_))
+        if self.gguf_fields is not None:
+            fields_.update(self.gguf_fields(metadata, arch_key, fields_))
         config = ModelConfig(architecture=self.name, **fields_)
         rotated = metadata.get(f"{arch_key}.rope.dimension_count", config.head_dim)
         if rotated != config.head_dim:

@@ -5,9 +5,8 @@ picked experts scaled by ``routed_scaling_factor``.
 V2 scores experts by softmax, picking among the best groups (``group_limited_greedy``) or all
 (``greedy``), without renormalising; V3 by each expert's sigmoid plus a correction bias that only picks,
 in groups ranked by their two best, renormalised per ``norm_topk_prob``. Their RoPE rotates adjacent
-pairs, so the rows of the rotated dimensions are reordered at load (``deinterleave_rope``); under YaRN the
-softmax scale is multiplied by ``mscale(factor, mscale_all_dim) ** 2``. GGUF files of these models are not
-read yet.
+pairs, so the rows of the rotated dimensions are reordered at load (``deinterleave_rope``, both formats:
+llama.cpp keeps them paired); under YaRN the softmax scale is multiplied by ``mscale(factor, mscale_all_dim) ** 2``.
 """
 
 from __future__ import annotations
@@ -53,5 +52,33 @@ def _hf_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]
     return out
 
 
-DEEPSEEK = ArchAdapter(name="deepseek", flags={"hidden_act": "silu"}, hf_fields=_hf_fields,
+def _gguf_fields(metadata: Mapping[str, Any], arch: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """llama.cpp's ``deepseek2`` keys. Its files describe the absorbed attention (one key/value head of
+    ``kv_lora_rank + rope`` / ``kv_lora_rank``): the heads' own sizes are the ``*_mla`` keys."""
+    def get(key: str, default: Any = None) -> Any:
+        return metadata.get(f"{arch}.{key}", default)
+
+    rope = int(get("rope.dimension_count"))
+    out: dict[str, Any] = {
+        "head_dim": rope, "num_key_value_heads": fields["num_attention_heads"],
+        "kv_lora_rank": int(get("attention.kv_lora_rank")), "q_lora_rank": int(get("attention.q_lora_rank", 0)),
+        "qk_nope_head_dim": int(get("attention.key_length_mla")) - rope, "v_head_dim": int(get("attention.value_length_mla")),
+        "first_k_dense_replace": int(get("leading_dense_block_count", 0)),
+        "routed_scaling_factor": float(get("expert_weights_scale", 1.0)),
+        "norm_topk_prob": bool(get("expert_weights_norm", False)),
+        "router_scoring": "sigmoid" if int(get("expert_gating_func", _SOFTMAX)) == _SIGMOID else "softmax",
+        "shared_expert_intermediate_size": int(get("expert_shared_count", 0)) * fields.get("moe_intermediate_size", 0),
+        "shared_expert_gated": False,
+    }
+    if int(get("expert_group_count", 0)) > 1:
+        out.update(router_groups=int(get("expert_group_count")), router_topk_groups=int(get("expert_group_used_count")))
+    log_multiplier = get("rope.scaling.yarn_log_multiplier")
+    if log_multiplier is not None:   # 0.1 * mscale_all_dim
+        out["attention_mscale"] = yarn_mscale(fields["rope_scaling"].factor, 10 * float(log_multiplier)) ** 2
+    return out
+
+
+_SOFTMAX, _SIGMOID = 1, 2   # llama.cpp's expert_gating_func values (absent: softmax, as V2's files)
+
+DEEPSEEK = ArchAdapter(name="deepseek", flags={"hidden_act": "silu"}, hf_fields=_hf_fields, gguf_fields=_gguf_fields,
                        source_transforms=(deinterleave_rope,))

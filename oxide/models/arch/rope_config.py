@@ -107,6 +107,8 @@ def gguf_rope_scaling(metadata: Mapping[str, Any], arch_key: str, rope_tensors: 
     kind = _ALIASES.get(kind, kind)
     if kind == "linear":
         return RopeScaling("linear", factor=float(metadata.get(f"{arch_key}.rope.scaling.factor", 1.0)))
+    if kind == "yarn":
+        return _gguf_yarn(metadata, arch_key, source)
     if kind not in ("none", "longrope"):
         raise ModelFormatError(f"{source}: RoPE scaling type {kind!r} ({arch_key}.rope.scaling.type) is not "
                                f"supported yet")
@@ -123,3 +125,19 @@ def gguf_rope_scaling(metadata: Mapping[str, Any], arch_key: str, rope_tensors: 
     return RopeScaling("longrope", original_max_position_embeddings=int(metadata[context_key]), short_factor=short,
                        long_factor=long,
                        attention_factor=float(metadata.get(f"{arch_key}.rope.scaling.attn_factor", 1.0)))
+
+
+def _gguf_yarn(metadata: Mapping[str, Any], arch_key: str, source: str) -> RopeScaling:
+    """YaRN as llama.cpp stores it: ``rope.scaling.factor``, ``.original_context_length``, ``.yarn_beta_fast`` /
+    ``_slow``. cos and sin are scaled by ``mscale(factor)``, except where the file has a
+    ``yarn_log_multiplier`` (DeepSeek), whose models put their magnitude correction in the softmax instead."""
+    key = f"{arch_key}.rope.scaling"
+    if f"{key}.original_context_length" not in metadata or f"{key}.factor" not in metadata:
+        raise ModelFormatError(f"{source}: YaRN scaling without {key}.factor / .original_context_length; "
+                               f"the file is incomplete")
+    factor = float(metadata[f"{key}.factor"])
+    context = int(metadata[f"{key}.original_context_length"])
+    return RopeScaling("yarn", factor=factor, original_max_position_embeddings=context,
+                       beta_fast=float(metadata.get(f"{key}.yarn_beta_fast", 32.0)),
+                       beta_slow=float(metadata.get(f"{key}.yarn_beta_slow", 1.0)),
+                       attention_factor=1.0 if f"{key}.yarn_log_multiplier" in metadata else yarn_mscale(factor))
