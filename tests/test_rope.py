@@ -9,6 +9,7 @@ which the tiny model's 40 positions never reach, run end to end past the origina
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 
@@ -169,8 +170,16 @@ def test_gguf_spellings() -> None:
     assert (long.rope_type, long.original_max_position_embeddings, long.attention_factor) == ("longrope", 4096, 1.19)
     older = {**phi3, "phi3.rope.scaling.type": "su"}      # the config.json alias is read here too
     assert gguf_rope_scaling(older, "phi3", {"rope_factors_long": (2.0,), "rope_factors_short": (1.0,)}, "f.gguf") == long
-    with pytest.raises(ModelFormatError, match="f.gguf: RoPE scaling type 'yarn'"):
+    with pytest.raises(ModelFormatError, match="f.gguf: RoPE scaling type 'ntk'"):
+        gguf_rope_scaling({"llama.rope.scaling.type": "ntk"}, "llama", {}, "f.gguf")
+    with pytest.raises(ModelFormatError, match="f.gguf: YaRN scaling without llama.rope.scaling.factor"):
         gguf_rope_scaling({"llama.rope.scaling.type": "yarn"}, "llama", {}, "f.gguf")
+    yarn = {"qwen2.rope.scaling.type": "yarn", "qwen2.rope.scaling.factor": 4.0,
+            "qwen2.rope.scaling.original_context_length": 32768}
+    assert gguf_rope_scaling(yarn, "qwen2", {}, "f.gguf") == RopeScaling(
+        "yarn", factor=4.0, original_max_position_embeddings=32768, attention_factor=0.1 * math.log(4.0) + 1.0)
+    deepseek = {**yarn, "qwen2.rope.scaling.yarn_log_multiplier": 0.0707}   # the correction moves to the softmax
+    assert gguf_rope_scaling(deepseek, "qwen2", {}, "f.gguf").attention_factor == 1.0
     with pytest.raises(ModelFormatError, match="f.gguf: has only one of rope_factors_long"):
         gguf_rope_scaling(phi3, "phi3", {"rope_factors_long": (2.0,)}, "f.gguf")
     with pytest.raises(ModelFormatError, match="original_context_length"):
