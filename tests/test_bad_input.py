@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import gguf
@@ -267,3 +269,54 @@ def test_partial_rope_in_gguf_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFormatError, match=f"{path}: llama.rope.dimension_count = 8 rotates only part of each "
                                                f"head \\(head_dim 16\\)"):
         oxide.load(path, device="cpu")
+
+
+# --- Hugging Face checkpoints ------------------------------------------------------------------------
+
+def _tiny_folder(tmp_path: Path) -> Path:
+    from _arch_cases import CASES, hf_folder
+
+    return hf_folder(CASES["qwen3"].build(), tmp_path / "model")
+
+
+def test_a_missing_shard_is_named(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    folder = _tiny_folder(tmp_path)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    with safe_open(str(folder / "model-00001-of-00002.safetensors"), "pt") as f:
+        names = list(f.keys())
+    weight_map = {name: "model-00001-of-00002.safetensors" for name in names}
+    weight_map[names[-1]] = "model-00002-of-00002.safetensors"
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(oxide.ModelFormatError, match="missing: model-00002-of-00002.safetensors"):
+        oxide.load(folder, device="cpu")
+
+
+@pytest.mark.parametrize("lie", ["past-the-end", "size"])
+def test_a_safetensors_header_that_lies_names_the_tensor(tmp_path: Path, lie: str) -> None:
+    folder = _tiny_folder(tmp_path)
+    path = folder / "model.safetensors"
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + length])
+    name = "model.layers.1.mlp.down_proj.weight"
+    start, end = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [start, len(raw) + 64] if lie == "past-the-end" else [start, end - 4]
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length:])
+    with pytest.raises(oxide.ModelFormatError, match=f"{path}: tensor '{name}' claims bytes"):
+        oxide.load(folder, device="cpu")
+
+
+def test_an_extra_layer_in_the_checkpoint_is_named(tmp_path: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    folder = _tiny_folder(tmp_path)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.2.mlp.down_proj.weight"] = tensors["model.layers.1.mlp.down_proj.weight"].clone()
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(oxide.ModelFormatError, match="'model.layers.2.mlp.down_proj.weight' is for layer 2, but "
+                                                    "config.json has 2 layers"):
+        oxide.load(folder, device="cpu")

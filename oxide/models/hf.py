@@ -51,6 +51,19 @@ def text_tensor_name(name: str) -> str:
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")   # a per-expert tensor: ...mlp.experts.7.up_proj.weight
 
 
+_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")   # a decoder layer's tensor (not a vision tower's)
+
+
+def _refuse_extra_layers(names: list[str], layers: int, directory: Path) -> None:
+    """A tensor of a layer past the config's (and its multi-token-prediction layers') means the checkpoint
+    and config.json disagree: named, rather than silently left out."""
+    for name in names:
+        found = _LAYER.match(text_tensor_name(name))
+        if found and int(found.group(1)) >= layers:
+            raise ModelFormatError(f"{directory}: tensor {name!r} is for layer {found.group(1)}, but config.json has "
+                                   f"{layers} layers; the checkpoint and its config.json disagree")
+
+
 def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str | list[str]]]:
     """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
 
@@ -82,6 +95,7 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
             experts.setdefault(found[1], {})[int(expert.group(1))] = name
         else:
             hf_names[found[1]] = name
+    _refuse_extra_layers(reader.names(), n_layers + int(raw_config.get("num_nextn_predict_layers") or 0), directory)
     for stacked, by_index in experts.items():
         missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
         if missing:

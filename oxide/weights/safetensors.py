@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 from pathlib import Path
 
 import torch
@@ -31,6 +32,8 @@ def shard_map(directory: Path) -> dict[str, Path]:
         missing = sorted({f for f in weight_map.values() if not (directory / f).exists()})
         if missing:
             raise ModelFormatError(f"{index}: lists shards that are missing: {', '.join(missing)}; download them")
+        for shard in sorted(set(weight_map.values())):
+            check_header(directory / shard)
         return {name: directory / f for name, f in weight_map.items()}
     single = directory / SINGLE_FILE
     if not single.exists():
@@ -38,7 +41,32 @@ def shard_map(directory: Path) -> dict[str, Path]:
     return {name: single for name in _keys(single)}
 
 
+def check_header(path: Path) -> None:
+    """Each tensor of the file's header must span exactly its shape times its dtype's size, inside the
+    file; the first that does not is named (a header that lies would otherwise read other bytes)."""
+    try:
+        with open(path, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(length))
+            data = f.seek(0, 2) - 8 - length
+    except (OSError, ValueError, struct.error) as e:
+        raise ModelFormatError(f"{path}: not a readable safetensors file ({e}); re-download it") from None
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            start, end = entry["data_offsets"]
+            size = math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
+        except (KeyError, TypeError, ValueError) as e:
+            raise ModelFormatError(f"{path}: tensor {name!r} has a malformed header entry ({e}); re-download it") from None
+        if not (0 <= start <= end <= data and end - start == size):
+            raise ModelFormatError(
+                f"{path}: tensor {name!r} claims bytes {start}..{end} for {entry['dtype']} {entry['shape']} "
+                f"({size} bytes) in {data} bytes of data; the header is corrupt, re-download the file")
+
+
 def _keys(path: Path) -> list[str]:
+    check_header(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return list(f.keys())
