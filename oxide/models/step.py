@@ -38,10 +38,10 @@ class DecodeStep:
         self._ids = torch.zeros((1, 1), dtype=torch.long)          # the token, (1, 1), on the CPU
         self._positions = torch.zeros(1, dtype=torch.long)         # its position, (1,)
         self._ids_view, self._positions_view = self._ids.numpy().reshape(-1), self._positions.numpy()
-        self._program = None
-        self._threads = 0
-        self._kept: list[torch.Tensor] = []
-        self._logits: torch.Tensor | None = None
+        self._program = None                                      # the recorded oxide._cpu.StepProgram
+        self._threads = 0                                         # the thread count it was recorded with
+        self._kept: list[torch.Tensor] = []                       # the step's activations, which it writes
+        self._logits: torch.Tensor | None = None                  # its output buffer, (V,)
 
     def __call__(self, token: int) -> torch.Tensor:
         if not self.compiled:
