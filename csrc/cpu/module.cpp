@@ -94,7 +94,8 @@ GemvPlan::GemvPlan(const std::vector<Matrix>& matrices, int64_t K) : K_(K) {
 void GemvPlan::run(std::uintptr_t x, int64_t M, int64_t x_stride, std::uintptr_t out, int64_t out_stride,
                    int threads) const {
     check(M >= 0 && x_stride >= K_ && out_stride >= width_ && threads >= 1, "GemvPlan.run: bad sizes");
-    std::vector<GemvArgs> mats = mats_;
+    thread_local std::vector<GemvArgs> mats;   // this call's copy, with the output addresses: reused, not reallocated
+    mats.assign(mats_.begin(), mats_.end());
     for (size_t j = 0; j < mats.size(); ++j) {
         mats[j].out = ptr<float>(out) + columns_[j];
         mats[j].out_stride = out_stride;

@@ -134,32 +134,29 @@ class _Collector:
         self.describe = describe
 
     def get(self, role: MODEL_TENSOR, layer: int | None, shape: tuple[int, ...], *, suffix: str = "weight",
-            required: bool = True) -> QuantTensor | None:
+            required: bool = True, or_shape: tuple[int, ...] | None = None) -> QuantTensor | None:
+        """The tensor of ``role``, of ``shape`` (or ``or_shape``, another layout of the same values)."""
         tensor = self.lookup(role, layer, suffix)
         name = self.describe(role, layer, suffix)
         if tensor is None:
             if required:
                 raise ModelFormatError(f"tensor {name!r} is missing; the model file is incomplete or not of this architecture")
             return None
-        if tuple(tensor.shape) != shape:
+        if tuple(tensor.shape) not in (shape, or_shape):
             raise ModelFormatError(
                 f"tensor {name!r} has shape {tuple(tensor.shape)} but the model's metadata implies {shape}; "
                 f"the file's metadata and tensors disagree"
             )
         return tensor
 
-    def is_matrix(self, role: MODEL_TENSOR, layer: int | None) -> bool:
-        """Whether the source holds ``role`` as a 2-D tensor."""
-        tensor = self.lookup(role, layer, "weight")
-        return tensor is not None and len(tensor.shape) == 2
-
     def matrix(self, role: MODEL_TENSOR, layer: int | None, shape: tuple[int, int]) -> QuantTensor:
         return self.get(role, layer, shape)
 
     def vector(self, role: MODEL_TENSOR, layer: int | None, size: int, *, suffix: str = "weight",
-               required: bool = True) -> torch.Tensor | None:
-        tensor = self.get(role, layer, (size,), suffix=suffix, required=required)
-        return None if tensor is None else tensor.dequantize(torch.float32)
+               required: bool = True, row_ok: bool = False) -> torch.Tensor | None:
+        """A dense float32 (size,) vector; ``row_ok``: also stored as a (1, size) matrix."""
+        tensor = self.get(role, layer, (size,), suffix=suffix, required=required, or_shape=(1, size) if row_ok else None)
+        return None if tensor is None else tensor.dequantize(torch.float32).reshape(size)
 
 
 def collect_weights(config: ModelConfig, lookup: TensorLookup,
@@ -212,8 +209,6 @@ def _experts(c: _Collector, config: ModelConfig, layer: int) -> ExpertWeights:
     shared = S > 0
     # the shared expert's gate: (D,) in GGUF, a (1, D) matrix in config.json's checkpoints
     gated = shared and config.shared_expert_gated
-    router = c.get(T.FFN_GATE_INP_SHEXP, layer, (1, D) if c.is_matrix(T.FFN_GATE_INP_SHEXP, layer) else (D,),
-                   required=True) if gated else None
     return ExpertWeights(
         router=c.matrix(T.FFN_GATE_INP, layer, (E, D)),
         gate=c.get(T.FFN_GATE_EXP, layer, (E, F, D)),
@@ -222,7 +217,7 @@ def _experts(c: _Collector, config: ModelConfig, layer: int) -> ExpertWeights:
         shared_gate=c.matrix(T.FFN_GATE_SHEXP, layer, (S, D)) if shared else None,
         shared_up=c.matrix(T.FFN_UP_SHEXP, layer, (S, D)) if shared else None,
         shared_down=c.matrix(T.FFN_DOWN_SHEXP, layer, (D, S)) if shared else None,
-        shared_router=router.dequantize(torch.float32).reshape(D) if router is not None else None,
+        shared_router=c.vector(T.FFN_GATE_INP_SHEXP, layer, D, row_ok=True) if gated else None,
         router_bias=c.vector(T.FFN_EXP_PROBS_B, layer, E, suffix="bias", required=False),
     )
 
@@ -233,11 +228,12 @@ def _latent(c: _Collector, config: ModelConfig, layer: int) -> LatentWeights:
     D, H, rope, nope = config.hidden_size, config.num_attention_heads, config.head_dim, config.qk_nope_head_dim
     Rq, Rkv = config.q_lora_rank, config.kv_lora_rank
     q_rows = H * (nope + rope)
-    split = c.lookup(T.ATTN_KV_B, layer, "weight") is None      # llama.cpp's two parts instead of kv_b
+    kv_b = c.get(T.ATTN_KV_B, layer, (H * (nope + config.v_head_dim), Rkv), required=False)
+    split = kv_b is None                                          # llama.cpp's two parts instead of kv_b
     return LatentWeights(
         kv_a=c.matrix(T.ATTN_KV_A_MQA, layer, (Rkv + rope, D)),
         kv_a_norm=c.vector(T.ATTN_KV_A_NORM, layer, Rkv),
-        kv_b=None if split else c.matrix(T.ATTN_KV_B, layer, (H * (nope + config.v_head_dim), Rkv)),
+        kv_b=kv_b,
         k_b=c.get(T.ATTN_K_B, layer, (H, Rkv, nope)) if split else None,
         v_b=c.get(T.ATTN_V_B, layer, (H, config.v_head_dim, Rkv)) if split else None,
         q=None if Rq else c.matrix(T.ATTN_Q, layer, (q_rows, D)),
