@@ -377,7 +377,8 @@ def test_fallback_detection_and_sane_render(family: str, caplog: pytest.LogCaptu
     assert template is builtin_template(family)
     assert any(family in r.getMessage() and r.name == "oxide.template" for r in caplog.records)
     rng = random.Random(f"{SEED}-{family}")
-    texts = [_text(rng).strip() for _ in range(4)]
+    # numbered, so that no message's text can occur inside another's (random words alone sometimes did)
+    texts = [f"message{i} {_text(rng).strip()}" for i in range(4)]
     messages = [{"role": r, "content": t} for r, t in zip(("system", "user", "assistant", "user"), texts)]
     out = template.render(messages, bos_token="<BOS>", eos_token="<EOS>")
     positions = [out.find(t) for t in texts]
