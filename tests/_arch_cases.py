@@ -76,7 +76,8 @@ GAIN = 2.0
 EMBED_GAIN = 32.0         # token embeddings over the matrices' scale (see randomize)
 SANDWICH_EMBED_GAIN = 8.0    # sandwich norms bound each layer's share of the residual: less is enough
 DEEPSEEK_EMBED_GAIN = 48.0   # latent attention (two projections each for queries and keys) and scaled experts
-                             # write more into the residual than the others' layers: more is needed
+                             # write more into the residual than the others' layers: more is needed, for 3
+                             # layers, and sqrt(layers / 3) times that for more (each layer adds its share)
 HEAD_NOISE = 0.5          # an untied head: the embedding plus this much of a matrix's noise
 GGUF_KINDS = ("F16", "Q8_0", "Q4_K_M")
 
@@ -133,7 +134,7 @@ class Case:
                                        # decode differs from its full forward
     bpe_pre: str | None = None         # a GPT-2 BPE vocabulary (the converter reads no other for this
                                        # architecture), recorded as this llama.cpp pre-tokenizer
-    no_gguf: str = ""                  # why this case has no GGUF files, if it has none
+    llama_differs: str = ""            # why llama.cpp's runtime computes another model from this file, if it does
 
 
 def _llama(seed: int, rope: dict[str, object] | None = None, **overrides: object) -> PreTrainedModel:
@@ -263,11 +264,13 @@ def build_qwen3moe() -> PreTrainedModel:
 # --- DeepSeek: latent attention (values narrower than query/key heads), experts in groups, a dense first layer ---
 
 def _deepseek(config_class, model_class, seed: int, **overrides: object) -> PreTrainedModel:
-    config = config_class(**_common(
-        drop=("head_dim",), num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=192,
-        qk_nope_head_dim=64, qk_rope_head_dim=32, v_head_dim=80, n_routed_experts=8, num_experts_per_tok=2,
-        moe_intermediate_size=256, n_shared_experts=1, first_k_dense_replace=1, rope_theta=10000.0, **overrides))
-    model = randomize(model_class(config), seed, 1.0, embed_gain=DEEPSEEK_EMBED_GAIN)
+    shape: dict[str, object] = dict(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=4, kv_lora_rank=192, qk_nope_head_dim=64,
+        qk_rope_head_dim=32, v_head_dim=80, n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=256,
+        n_shared_experts=1, first_k_dense_replace=1, rope_theta=10000.0)
+    config = config_class(**_common(drop=("head_dim",), **{**shape, **overrides}))
+    depth_gain = (config.num_hidden_layers / 3) ** 0.5
+    model = randomize(model_class(config), seed, 1.0, embed_gain=DEEPSEEK_EMBED_GAIN * depth_gain)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, buffer in model.named_buffers():   # V3's router bias: a buffer, which randomize leaves at zero
@@ -282,11 +285,18 @@ def build_deepseek_v2() -> PreTrainedModel:
                      routed_scaling_factor=1.5)
 
 
-def build_deepseek_v2_lite() -> PreTrainedModel:
-    # V2-Lite's plain query projection, with V2's group-limited softmax router (the best 2 of 4 groups, each
-    # ranked by its best expert; llama.cpp ranks every grouped router's groups by their two best, as V3 does)
-    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 37, q_lora_rank=None, topk_method="group_limited_greedy",
+def build_deepseek_v2_grouped() -> PreTrainedModel:
+    # V2's group-limited softmax router: only experts in the best 2 of 4 groups, each ranked by its best expert
+    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 38, q_lora_rank=256, topk_method="group_limited_greedy",
                      n_group=4, topk_group=2)
+
+
+def build_deepseek_v2_lite() -> PreTrainedModel:
+    # V2-Lite: a plain query projection, a softmax router over every expert. llama.cpp reads a file without a
+    # query latent only as V2-Lite, which it knows by its 26 or 27 layers: 26 narrow ones
+    return _deepseek(DeepseekV2Config, DeepseekV2ForCausalLM, 37, q_lora_rank=None, topk_method="greedy",
+                     num_hidden_layers=26, hidden_size=256, intermediate_size=512, num_attention_heads=2,
+                     num_key_value_heads=2, kv_lora_rank=64, moe_intermediate_size=128)
 
 
 def build_deepseek_v3() -> PreTrainedModel:
@@ -303,8 +313,6 @@ def build_deepseek_v3() -> PreTrainedModel:
                      topk_method="noaux_tc")
 
 
-_DEEPSEEK_LITE = ("llama.cpp reads a DeepSeek file without a query latent only when it has V2-Lite's 26 or 27 layers "
-                  "(it asks for attention.q_lora_rank otherwise); a tiny model with that many is too large for CI")
 _MISTRAL_WINDOW = ("llama.cpp's converter writes Mistral as llama without its sliding window, so the file "
                    "holds the model within the window only")
 CASES: dict[str, Case] = {c.name: c for c in (
@@ -327,7 +335,10 @@ CASES: dict[str, Case] = {c.name: c for c in (
     Case("qwen3moe", "qwen3moe", "qwen3moe", build_qwen3moe, bpe_pre="qwen2"),
     Case("deepseek-v2", "deepseek", "deepseek", build_deepseek_v2, bpe_pre="deepseek-v3"),
     Case("deepseek-v3", "deepseek", "deepseek", build_deepseek_v3, bpe_pre="deepseek-v3"),
-    Case("deepseek-v2-lite", "deepseek", "deepseek", build_deepseek_v2_lite, no_gguf=_DEEPSEEK_LITE),
+    Case("deepseek-v2-grouped", "deepseek", "deepseek", build_deepseek_v2_grouped, bpe_pre="deepseek-v3",
+         llama_differs="llama.cpp ranks the groups of every grouped router by their two best experts (V3's rule), "
+                       "V2's group_limited_greedy by the best one"),
+    Case("deepseek-v2-lite", "deepseek", "deepseek", build_deepseek_v2_lite, bpe_pre="deepseek-v3"),
 )}
 
 
