@@ -90,6 +90,7 @@ def oxide_incremental_logits(model: DecoderLM, ids: torch.Tensor) -> torch.Tenso
 def assert_close(actual: torch.Tensor, expected: torch.Tensor, what: str) -> None:
     span = (expected.max() - expected.min()).item()
     diff = (actual - expected).abs().max().item()
+    print(f"{what}: max|diff| {diff / span:.2e} of the range")
     assert diff <= REL_TOL * span, f"{what}: max |diff| {diff:.3g} > {REL_TOL} x logit range {span:.3g}"
     wrong = (actual.argmax(-1) != expected.argmax(-1)).nonzero()
     assert wrong.numel() == 0, f"{what}: argmax differs at positions {wrong[:, -1].tolist()}"
