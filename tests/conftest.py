@@ -6,6 +6,12 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+# Without a CUDA device the Triton kernels run under Triton's interpreter, on CPU tensors. It is chosen when
+# a kernel is defined, so before any test imports oxide.kernels.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def oxide_test_cache() -> Path:

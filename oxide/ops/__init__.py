@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
-from . import cpu, reference
+from . import cpu, reference, triton_kernels
 from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
@@ -31,6 +31,9 @@ for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "att
             "scale", "softcap", "argmax"):
     register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
              accepts=cpu_layers.serves)
+
+# The Triton kernels (oxide.kernels), imported on first use: see triton_kernels.
+triton_kernels.register_all()
 
 attention_mask = reference.attention_mask
 

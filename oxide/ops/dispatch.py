@@ -9,9 +9,10 @@ priority then takes the call.
 :func:`bind` makes that choice once, where a model is built, and returns the chosen function for
 the hot loop; :func:`resolve` is the per-call path of the functional API (candidates cached per
 op and device type). ``OXIDE_IMPL=name`` asks for one implementation
-explicitly: if it is not available that is an error, not a fallback; calls it declines still go
-to the next implementation (logged at debug level), so that a model whose every tensor type the
-fast path does not cover still runs.
+explicitly: if it is not available that is an error, not a fallback. Calls it declines, and ops it does
+not implement while it implements others on that device (the Triton kernels cover the matmuls, RoPE,
+attention and sampling, not the residual add), go to the reference (logged at debug level), so that a
+model still runs; a name that implements nothing on the device is an error.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def _candidates(op: str, device_type: str, requested: str | None) -> list[Implem
         if not usable:
             raise KernelUnavailableError(f"no implementation of {op!r} for device type {device_type!r}")
         return usable
+    if requested != REFERENCE and not any(i.name == requested for i in serving) and _serves_device(requested, device_type):
+        log.debug("op %s on %s: %s has no implementation of it, using the reference", op, device_type, requested)
+        requested = REFERENCE
     for impl in serving:
         if impl.name == requested:
             if not impl.available():
@@ -115,6 +119,11 @@ def _candidates(op: str, device_type: str, requested: str | None) -> list[Implem
         f"OXIDE_IMPL={requested!r}: no {requested} implementation of {op!r} for {device_type}; "
         f"available: {', '.join(i.name for i in serving) or 'none'}"
     )
+
+
+def _serves_device(name: str, device_type: str) -> bool:
+    """Whether implementation ``name`` implements any op on ``device_type``."""
+    return any(i.name == name and device_type in i.device_types for impls in _IMPLS.values() for i in impls)
 
 
 def _first_accepting(op: str, device_type: str, candidates: list[Implementation], probe: tuple) -> Implementation:
