@@ -15,7 +15,7 @@ from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
-_OPS = ("qmatmul", "qmatmul_group", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
+_OPS = ("qmatmul", "qmatmul_group", "qmatmul_gated", "qmatmul_experts", "qmatmul_experts_gated", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
         "attention", "gated_activation", "add", "scale", "softcap", "argmax")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
@@ -41,6 +41,21 @@ attention_mask = reference.attention_mask
 def qmatmul(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``x @ dequantize(w).T (+ bias)``: (..., K) x (N, K) -> (..., N)."""
     return resolve("qmatmul", x.device.type, w, x.dtype)(x, w, bias)
+
+
+def qmatmul_gated(x: torch.Tensor, w_gate, w_up, act: str) -> torch.Tensor:
+    """``act(x @ W_gate^T) * (x @ W_up^T)``: (..., K) -> (..., F)."""
+    return resolve("qmatmul_gated", x.device.type, (w_gate, w_up), x.dtype)(x, w_gate, w_up, act)
+
+
+def qmatmul_experts(x: torch.Tensor, w, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows ``offsets[e]:offsets[e + 1]`` of x (M, K) through expert e of the stacked w (E, N, K): (M, N)."""
+    return resolve("qmatmul_experts", x.device.type, w, x.dtype)(x, w, offsets)
+
+
+def qmatmul_experts_gated(x: torch.Tensor, w_gate, w_up, offsets: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x W_gate,e^T) * (x W_up,e^T)`` for the rows of each expert e: (M, K) -> (M, F)."""
+    return resolve("qmatmul_experts_gated", x.device.type, (w_gate, w_up), x.dtype)(x, w_gate, w_up, offsets, act)
 
 
 def embedding(ids: torch.Tensor, w, dtype: torch.dtype) -> torch.Tensor:

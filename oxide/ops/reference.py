@@ -33,6 +33,35 @@ def qmatmul_group(x: torch.Tensor, weights: Sequence[Weight], biases: Sequence[t
     return tuple(qmatmul(x, w, b) for w, b in zip(weights, biases))
 
 
+def qmatmul_gated(x: torch.Tensor, w_gate: Weight, w_up: Weight, act: str) -> torch.Tensor:
+    """The gated MLP's first half in one op: ``act(x @ W_gate^T) * (x @ W_up^T)``, (..., K) -> (..., F)
+    (:func:`gated_activation` of two :func:`qmatmul`)."""
+    return gated_activation(qmatmul(x, w_gate), qmatmul(x, w_up), act)
+
+
+def qmatmul_experts(x: torch.Tensor, w: Weight, offsets: torch.Tensor) -> torch.Tensor:
+    """Rows of ``x`` grouped by expert through their expert's matrix: x (M, K), w stacked (E, N, K),
+    ``offsets`` (E + 1,) ascending with ``offsets[0] = 0`` and ``offsets[E] = M``; rows
+    ``offsets[e]:offsets[e + 1]`` give ``x[rows] @ W_e^T``. Returns (M, N)."""
+    out = x.new_empty(x.shape[0], w.shape[1])
+    bounds = offsets.tolist()
+    for e in range(w.shape[0]):
+        start, stop = bounds[e], bounds[e + 1]
+        if stop > start:
+            out[start:stop] = qmatmul(x[start:stop], _expert(w, e))
+    return out
+
+
+def qmatmul_experts_gated(x: torch.Tensor, w_gate: Weight, w_up: Weight, offsets: torch.Tensor, act: str
+                          ) -> torch.Tensor:
+    """:func:`qmatmul_experts` of the gated MLP's first half: ``act(x W_gate,e^T) * (x W_up,e^T)`` per row."""
+    return gated_activation(qmatmul_experts(x, w_gate, offsets), qmatmul_experts(x, w_up, offsets), act)
+
+
+def _expert(w: Weight, e: int) -> Weight:
+    return w.part(e) if isinstance(w, QuantTensor) else w[e]
+
+
 def embedding(ids: torch.Tensor, w: Weight, dtype: torch.dtype) -> torch.Tensor:
     """Rows ``w[ids]`` as ``dtype``: (...) -> (..., K). A quantized table dequantizes only the rows it needs
     unless a dense copy is already cached (a tied output head caches one)."""
