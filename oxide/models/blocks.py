@@ -50,18 +50,15 @@ class Attention:
 
 
 class GatedMLP:
-    """``down(act(gate(x)) * up(x))``: a layer's MLP, or one expert of a mixture."""
+    """``down(act(gate(x)) * up(x))``: a layer's MLP, or a mixture's shared expert."""
 
-    def __init__(self, gate: QuantTensor, up: QuantTensor, down: QuantTensor, act: str, kernels: LayerOps,
-                 device: torch.device, dtype: torch.dtype) -> None:
-        self.ops = kernels
-        self.gate_up = ops.LinearGroup((gate, up), (None, None), device, dtype)
+    def __init__(self, gate: QuantTensor, up: QuantTensor, down: QuantTensor, act: str, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.gate_up = ops.GatedLinear(gate, up, act, device, dtype)
         self.down = ops.Linear(down, None, device, dtype)
-        self.act = act
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        hidden = self.ops.gated_activation(*self.gate_up(x), self.act)       # (B, T, F)
-        return self.down(hidden)                                              # (B, T, D)
+        return self.down(self.gate_up(x))                                     # (B, T, F) -> (B, T, D)
 
 
 class DecoderBlock:
@@ -77,9 +74,9 @@ class DecoderBlock:
         else:
             self.attention = Attention(config, layer, w, kernels, device, dtype)
         if w.experts is not None:
-            self.mlp = MixtureOfExperts(config, w.experts, kernels, device, dtype)
+            self.mlp = MixtureOfExperts(config, w.experts, device, dtype)
         else:
-            self.mlp = GatedMLP(w.gate, w.up, w.down, config.hidden_act, kernels, device, dtype)
+            self.mlp = GatedMLP(w.gate, w.up, w.down, config.hidden_act, device, dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
                  cache: LayerCache) -> torch.Tensor:
@@ -102,22 +99,22 @@ class MixtureOfExperts:
     ``sigmoid(x . w_s)`` when it is gated (Qwen2-MoE). See :meth:`route` for DeepSeek's expert groups and
     V3's correction bias.
 
-    Tokens are grouped per expert, so each expert's weights are read once per step whatever the number of
-    tokens routed to it; the experts are 2-D views of the stacked (quantized) tensors, through the same
-    matmul kernels as every other projection.
+    The (token, expert) pairs are sorted by expert, so each expert's weights are read once per step whatever
+    the number of tokens routed to it, by the expert ops over the stacked (quantized) tensors: one launch
+    for every expert on a GPU, each expert's GEMV on the CPU.
     """
 
-    def __init__(self, config: ModelConfig, w: ExpertWeights, kernels: LayerOps, device: torch.device,
-                 dtype: torch.dtype) -> None:
+    def __init__(self, config: ModelConfig, w: ExpertWeights, device: torch.device, dtype: torch.dtype) -> None:
         self.router = ops.Linear(w.router, None, device, dtype)
-        self.experts = [GatedMLP(w.gate.part(e), w.up.part(e), w.down.part(e), config.hidden_act, kernels, device,
-                                 dtype) for e in range(config.num_experts)]
+        self.experts_gate_up = ops.GatedExpertsLinear(w.gate, w.up, config.hidden_act, device, dtype)
+        self.experts_down = ops.ExpertsLinear(w.down, device, dtype)
+        self.num_experts = config.num_experts
         self.top_k, self.renormalise = config.num_experts_per_tok, config.norm_topk_prob
         self.sigmoid, self.scale = config.router_scoring == "sigmoid", config.routed_scaling_factor
         self.groups, self.topk_groups = config.router_groups, config.router_topk_groups
         self.bias = w.router_bias
         self.shared = None if w.shared_gate is None else GatedMLP(w.shared_gate, w.shared_up, w.shared_down,
-                                                                 config.hidden_act, kernels, device, dtype)
+                                                                 config.hidden_act, device, dtype)
         self.shared_router = w.shared_router
 
     def route(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -144,10 +141,14 @@ class MixtureOfExperts:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         tokens = x.reshape(-1, x.shape[-1])                                        # (N, D)
         weights, chosen = self.route(self.router(tokens).float())                 # (N, k) each
-        out = torch.zeros_like(tokens)
-        for e in chosen.unique().tolist():
-            rows, slot = (chosen == e).nonzero(as_tuple=True)                     # the tokens routed to e
-            out.index_add_(0, rows, self.experts[e](tokens[rows]) * weights[rows, slot, None].to(out.dtype))
+        order = chosen.reshape(-1).argsort(stable=True)                           # (N k,) pairs by expert
+        per_expert = torch.bincount(chosen.reshape(-1), minlength=self.num_experts)
+        offsets = torch.cat((per_expert.new_zeros(1), per_expert.cumsum(0)))      # (E + 1,)
+        rows = order // self.top_k                                                # each pair's token
+        hidden = self.experts_gate_up(tokens[rows], offsets)                      # (N k, F)
+        routed = self.experts_down(hidden, offsets)                               # (N k, D)
+        pair_weights = weights.reshape(-1)[order, None].to(routed.dtype)          # (N k, 1)
+        out = torch.zeros_like(tokens).index_add_(0, rows, routed * pair_weights)
         if self.shared is not None and self.shared_router is not None:
             gate = torch.sigmoid(tokens @ self.shared_router.to(tokens.dtype))   # (N,)
             out += gate[:, None] * self.shared(tokens)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from . import cpu, reference, triton_kernels
+from .cpu import composed as cpu_composed
 from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
@@ -24,6 +25,12 @@ register("qmatmul", "cpp", cpu_quant.qmatmul, device_types=("cpu",), priority=10
          accepts=cpu_quant.serves, prepare=cpu_quant.LinearKernel)
 register("qmatmul_group", "cpp", cpu_quant.qmatmul_group, device_types=("cpu",), priority=10,
          available=cpu.available, accepts=cpu_quant.serves_group, prepare=cpu_quant.GroupKernel)
+register("qmatmul_gated", "cpp", cpu_composed.qmatmul_gated, device_types=("cpu",), priority=10,
+         available=cpu.available, accepts=cpu_quant.serves_group, prepare=cpu_composed.GatedKernel)
+register("qmatmul_experts", "cpp", cpu_composed.qmatmul_experts, device_types=("cpu",), priority=10,
+         available=cpu.available, accepts=cpu_composed.serves_experts, prepare=cpu_composed.ExpertsKernel)
+register("qmatmul_experts_gated", "cpp", cpu_composed.qmatmul_experts_gated, device_types=("cpu",), priority=10,
+         available=cpu.available, accepts=cpu_composed.serves_experts_pair, prepare=cpu_composed.GatedExpertsKernel)
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
@@ -92,6 +99,46 @@ class LinearGroup:
 
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return self.impl(x, self.weights, self.biases)
+
+
+class GatedLinear:
+    """``qmatmul_gated`` bound once to a (gate, up) pair: ``GatedLinear(gate, up, act, device, dtype)(x)`` equals
+    ``act(x @ gate^T) * (x @ up^T)``, one fused kernel where the implementation has one."""
+
+    __slots__ = ("gate", "up", "act", "impl")
+
+    def __init__(self, gate, up, act: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.gate, self.up, self.act = gate, up, act
+        self.impl = bind("qmatmul_gated", device.type, (gate, up), dtype)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.impl(x, self.gate, self.up, self.act)
+
+
+class ExpertsLinear:
+    """``qmatmul_experts`` bound once to a stacked (E, N, K) weight: ``(x, offsets) -> (M, N)``."""
+
+    __slots__ = ("weight", "impl")
+
+    def __init__(self, weight, device: torch.device, dtype: torch.dtype) -> None:
+        self.weight = weight
+        self.impl = bind("qmatmul_experts", device.type, weight, dtype)
+
+    def __call__(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.impl(x, self.weight, offsets)
+
+
+class GatedExpertsLinear:
+    """``qmatmul_experts_gated`` bound once to stacked gate and up weights: ``(x, offsets) -> (M, F)``."""
+
+    __slots__ = ("gate", "up", "act", "impl")
+
+    def __init__(self, gate, up, act: str, device: torch.device, dtype: torch.dtype) -> None:
+        self.gate, self.up, self.act = gate, up, act
+        self.impl = bind("qmatmul_experts_gated", device.type, (gate, up), dtype)
+
+    def __call__(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        return self.impl(x, self.gate, self.up, offsets, self.act)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

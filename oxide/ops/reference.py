@@ -44,11 +44,12 @@ def qmatmul_experts(x: torch.Tensor, w: Weight, offsets: torch.Tensor) -> torch.
     ``offsets`` (E + 1,) ascending with ``offsets[0] = 0`` and ``offsets[E] = M``; rows
     ``offsets[e]:offsets[e + 1]`` give ``x[rows] @ W_e^T``. Returns (M, N)."""
     out = x.new_empty(x.shape[0], w.shape[1])
+    stacked = dense_weight(w, x.dtype)                                   # (E, N, K), cached on w
     bounds = offsets.tolist()
     for e in range(w.shape[0]):
         start, stop = bounds[e], bounds[e + 1]
         if stop > start:
-            out[start:stop] = qmatmul(x[start:stop], _expert(w, e))
+            out[start:stop] = F.linear(x[start:stop], stacked[e])
     return out
 
 
@@ -56,10 +57,6 @@ def qmatmul_experts_gated(x: torch.Tensor, w_gate: Weight, w_up: Weight, offsets
                           ) -> torch.Tensor:
     """:func:`qmatmul_experts` of the gated MLP's first half: ``act(x W_gate,e^T) * (x W_up,e^T)`` per row."""
     return gated_activation(qmatmul_experts(x, w_gate, offsets), qmatmul_experts(x, w_up, offsets), act)
-
-
-def _expert(w: Weight, e: int) -> Weight:
-    return w.part(e) if isinstance(w, QuantTensor) else w[e]
 
 
 def embedding(ids: torch.Tensor, w: Weight, dtype: torch.dtype) -> torch.Tensor:
