@@ -7,6 +7,10 @@ order, which attention does not mind since every key carries its absolute positi
 shared by all layers and start at 0, so position p lives in slot ``p % slots`` (the ``kv_store`` op);
 the cache refuses to grow past ``n_ctx``. A forward stores each layer's new keys as it goes and
 :meth:`KVCache.advance` then counts them in for every layer.
+
+An empty slot holds the position :data:`EMPTY_POSITION`, later than any query, so attention masks it
+as a future key. That lets a decode step see every slot (``static_views``): the shapes it computes on
+then never change, as a captured CUDA graph needs, where by default it sees only the slots in use.
 """
 
 from __future__ import annotations
@@ -16,6 +20,9 @@ import torch
 from .config import ModelConfig
 from .errors import ContextOverflowError
 from .ops.dispatch import bind
+
+
+EMPTY_POSITION = 2**62   # an empty slot's position: after every query, so causal attention masks it
 
 
 class LayerCache:
@@ -28,9 +35,10 @@ class LayerCache:
         self.size = window if window > 0 else capacity          # slots
         self.k = torch.empty((1, n_kv, self.size, head_dim), dtype=dtype, device=device)
         self.v = torch.empty((1, n_kv, self.size, value_dim or head_dim), dtype=dtype, device=device)
-        self.pos = torch.empty(self.size, dtype=torch.long, device=device)
+        self.pos = torch.full((self.size,), EMPTY_POSITION, dtype=torch.long, device=device)
         self.length = 0                                          # slots holding a position
         self.written = 0                                         # positions ever stored
+        self.static_views = False                                # a decode step sees every slot
         self._store = bind("kv_store", device.type, dtype, dtype)
 
     def update(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
@@ -45,9 +53,18 @@ class LayerCache:
             self._store(k, v, positions, self.k, self.v, self.pos)
             return keys, values, key_pos
         self._store(k, v, positions, self.k, self.v, self.pos)
+        if self.static_views and T == 1:
+            return self.k, self.v, self.pos
         length = min(self.written + T, self.size)
         # narrow() rather than indexing: each cache view costs ~1 us instead of ~3 in a decode step
         return self.k.narrow(2, 0, length), self.v.narrow(2, 0, length), self.pos.narrow(0, 0, length)
+
+    def use_static_views(self) -> None:
+        """Decode steps attend over every slot from now on; the empty ones get finite keys and values (a
+        masked key's weight is 0, and 0 times an uninitialised NaN would not be)."""
+        self.static_views = True
+        self.k[:, :, self.length:].zero_()
+        self.v[:, :, self.length:].zero_()
 
     def advance(self, n_new: int) -> None:
         """Count in the ``n_new`` positions the last :meth:`update` stored."""
@@ -57,6 +74,7 @@ class LayerCache:
     def reset(self) -> None:
         self.length = 0
         self.written = 0
+        self.pos.fill_(EMPTY_POSITION)
 
 
 class KVCache:
@@ -87,6 +105,12 @@ class KVCache:
                 f"{self.seq_len + n_new} tokens (cached {self.seq_len} + new {n_new}) exceed the context of "
                 f"{self.n_ctx} tokens; shorten the prompt or max_new_tokens, or load with a larger n_ctx"
             )
+
+    def use_static_views(self) -> None:
+        """From now on a decode step (one token) attends over every slot of each layer, the empty ones
+        masked by their position: fixed shapes, for a captured CUDA graph."""
+        for layer in self.layers:
+            layer.use_static_views()
 
     def advance(self, n_new: int) -> None:
         """Count in the ``n_new`` positions that a forward has just stored in every layer."""

@@ -178,3 +178,30 @@ def test_views_and_allocations_are_recorded_as_they_are() -> None:
     x.copy_(torch.randn(8, 8))
     program.run()
     assert torch.equal(out, x.view(-1) * 2.0)
+
+
+@pytest.mark.parametrize(("name", "impl"), [("llama", "cpp"), ("llama", "torch"), ("gemma3", "cpp"),
+                                            ("gemma3", "torch"), ("deepseek-v3", "torch")])
+def test_static_cache_views_give_the_same_logits(name: str, impl: str, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA graph's decode step attends over every slot of the cache, the empty ones masked by their
+    position (``KVCache.use_static_views``): the same logits as over the slots in use, for full layers,
+    Gemma 3's wrapping rings and DeepSeek's latent cache, with the compiled and the reference attention."""
+    from _arch_cases import CASES
+
+    from oxide.ops import dispatch
+
+    monkeypatch.setenv("OXIDE_IMPL", impl)
+    dispatch._RESOLVED.clear()
+    latent = name in CASES                       # its matrices stay dense: tiny_lm quantizes those of plain attention
+    lm = tiny_lm(CASES[name].build if latent else name, tmp_path, quantized=not latent)
+    ids = random_ids(5, seed=3, vocab=lm.config.vocab_size).view(1, -1)
+    plain, static = lm.new_cache(24), lm.new_cache(24)
+    static.use_static_views()
+    for cache in (plain, static):
+        lm.forward(ids, cache)
+    for token in random_ids(12, seed=4, vocab=lm.config.vocab_size).view(-1).tolist():   # gemma3: a ring of 8
+        want = lm.forward(torch.tensor([[token]]), plain, last_only=True)[0, -1]
+        got = lm.forward(torch.tensor([[token]]), static, last_only=True)[0, -1]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    dispatch._RESOLVED.clear()

@@ -98,14 +98,15 @@ def test_half_precision_policy_runs_close_to_f32(gemma_path: Path, our_logits: l
 def test_the_compiled_core_runs_the_real_model(gemma) -> None:
     """Where the extension is built, every quantized matrix of the model goes through it (no f32 copies)."""
     from oxide.ops import cpu
+    from oxide.ops.cpu import composed as cpu_composed
     from oxide.ops.cpu import quant as cpu_quant
 
     if not cpu.available():
         pytest.skip("the compiled CPU core is not built; the reference path is tested above")
     linears = [gemma.lm.head] + [lin for block in gemma.lm.blocks for lin in (block.attention.o_proj, block.mlp.down)]
-    groups = [group for block in gemma.lm.blocks for group in (block.attention.qkv_proj, block.mlp.gate_up)]
     assert all(isinstance(lin.impl, cpu_quant.LinearKernel) for lin in linears)
-    assert all(isinstance(group.impl, cpu_quant.GroupKernel) for group in groups)
+    assert all(isinstance(block.attention.qkv_proj.impl, cpu_quant.GroupKernel) for block in gemma.lm.blocks)
+    assert all(isinstance(block.mlp.gate_up.impl, cpu_composed.GatedKernel) for block in gemma.lm.blocks)
     assert not any(m.has_dense() for m in gemma.lm.weights.matrices())
 
 

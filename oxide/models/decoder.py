@@ -36,6 +36,10 @@ class DecoderLM:
         for rope in self._ropes:
             rope.prepare(end)
 
+    def rope_regimes(self) -> tuple:
+        """Which regime each RoPE's frequencies are in (they change where a scaling follows the length)."""
+        return tuple(rope.regime for rope in self._ropes)
+
     def new_cache(self, n_ctx: int) -> KVCache:
         """A KV cache in the model's dtype, the one its attention implementation was bound for."""
         return KVCache(self.config, n_ctx, self.dtype, self.device)

@@ -148,6 +148,11 @@ class RotaryEmbedding:
             self._inv_freq.copy_(inv_freq)
             self._key = key
 
+    @property
+    def regime(self) -> int | None:
+        """The scaling's regime the frequencies were computed for (see :meth:`prepare`)."""
+        return self._key
+
     def cos_sin(self, positions: torch.Tensor, end: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(cos, sin), each (T, head_dim / 2), for absolute ``positions`` (T,) of a sequence whose length after
         this step is ``end``, both times the scaling's attention factor."""

@@ -1,12 +1,21 @@
-"""Decode steps: one token in, the next position's logits out, replayed by the compiled core where it can.
+"""Decode steps: one token in, the next position's logits out, replayed where the device allows.
 
-A decode step of a small model is ~300 op calls, and on the CPU each costs 3-5 µs of Python around
-its C++ kernel. :class:`DecodeStep` records the model's own forward for one step into a C++ program
-(:mod:`oxide.ops.cpu.program`) and replays it for every later step: one call per token. The forward
-stays the model's one definition; the program is a trace of it, bound to one KV cache.
+A decode step of a small model is ~300 op calls, and each costs a few µs of Python (and, on a GPU, a
+kernel launch) around a kernel that may itself take less. :class:`DecodeStep` runs the model's own
+forward once and replays it for every later step:
+
+- on the CPU with the compiled core, recorded into a C++ program (:mod:`oxide.ops.cpu.program`): one
+  call per token;
+- on a CUDA device, captured into a CUDA graph (:class:`CudaGraphStep`): one graph launch per token,
+  over the KV cache's static views (every slot, the empty ones masked).
+
+The forward stays the model's one definition; the program or graph is a trace of it, bound to one KV
+cache.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -34,6 +43,7 @@ class DecodeStep:
 
     def __init__(self, lm: DecoderLM, cache: KVCache) -> None:
         self.lm, self.cache = lm, cache
+        self.graph = CudaGraphStep(lm, cache) if CudaGraphStep.wanted(lm) else None
         self.compiled = lm.device.type == "cpu" and cpu.available()
         self._ids = torch.zeros((1, 1), dtype=torch.long)          # the token, (1, 1), on the CPU
         self._positions = torch.zeros(1, dtype=torch.long)         # its position, (1,)
@@ -44,6 +54,8 @@ class DecodeStep:
         self._logits: torch.Tensor | None = None                  # its output buffer, (V,)
 
     def __call__(self, token: int) -> torch.Tensor:
+        if self.graph is not None:
+            return self.graph(token)
         if not self.compiled:
             return self.lm.forward(torch.tensor([[token]], device=self.lm.device), self.cache, last_only=True)[0, -1]
         self.lm.check_token(token)
@@ -80,3 +92,59 @@ class DecodeStep:
         log.info("decode steps run the Python forward: %s", why)
         self.compiled, self._program, self._kept = False, None, []
         return self.lm.run(self._ids, self._positions, self.cache, last_only=True)[0, -1]
+
+
+class CudaGraphStep:
+    """A decode step on a CUDA device, captured into a CUDA graph and replayed per token.
+
+    The token and its position live in device buffers the graph reads; the KV cache gives every layer's
+    full buffers (:meth:`KVCache.use_static_views`), so no shape depends on the position. The first step
+    runs the forward eagerly (compiling any Triton kernel and warming the allocator), then captures it;
+    later steps fill the buffers and replay. The graph is captured again when a RoPE scaling changes its
+    regime (its frequencies are constants of the graph). A forward that cannot be captured (an op that
+    reads a value back to the host, as the reference expert op does) is run eagerly from then on, with a
+    log line. ``OXIDE_CUDA_GRAPHS=0`` turns graphs off.
+    """
+
+    def __init__(self, lm: DecoderLM, cache: KVCache) -> None:
+        self.lm, self.cache = lm, cache
+        cache.use_static_views()
+        self._ids = torch.zeros((1, 1), dtype=torch.long, device=lm.device)
+        self._positions = torch.zeros(1, dtype=torch.long, device=lm.device)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._logits: torch.Tensor | None = None              # the graph's output buffer, (V,)
+        self._regimes: tuple | None = None                    # the RoPE regimes it was captured with
+        self.failed = False
+
+    @staticmethod
+    def wanted(lm: DecoderLM) -> bool:
+        return lm.device.type == "cuda" and os.environ.get("OXIDE_CUDA_GRAPHS", "1") != "0"
+
+    def __call__(self, token: int) -> torch.Tensor:
+        self.lm.check_token(token)
+        self.cache.check_room(1)
+        self._ids.fill_(token)
+        self._positions.fill_(self.cache.seq_len)
+        self.lm.prepare_ropes(self.cache.seq_len + 1)
+        if self._graph is not None and self._regimes == self.lm.rope_regimes():
+            self._graph.replay()
+            logits = self._logits
+        else:
+            logits = self.lm.run(self._ids, self._positions, self.cache, last_only=True)[0, -1]
+            if not self.failed:
+                self._capture()
+        self.cache.advance(1)
+        return logits
+
+    def _capture(self) -> None:
+        """Capture this step's forward (its kernels are recorded, not run: the cache is left as the eager
+        run wrote it)."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                out = self.lm.run(self._ids, self._positions, self.cache, last_only=True)
+        except RuntimeError as e:
+            log.info("decode steps run without a CUDA graph: the forward cannot be captured (%s)", e)
+            self.failed, self._graph = True, None
+            return
+        self._graph, self._logits, self._regimes = graph, out[0, -1], self.lm.rope_regimes()
