@@ -1,4 +1,4 @@
-"""Next-token sampling: validated options, composable logit processors and the sampler.
+"""Sampling options and the logit processors of llama.cpp's chain: the specification of the ``sample`` op.
 
 The chain follows llama.cpp's default sampler chain (``src/llama-sampling.cpp``,
 ``common/sampling.cpp``): penalties, then top-k, top-p and min-p truncation, then
@@ -19,11 +19,7 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
-from oxide import ops
-from oxide.errors import InvalidOptionError, OxideError
-from oxide.log import get_logger
-
-log = get_logger("sampling")
+from oxide.errors import InvalidOptionError
 
 History = Sequence[int] | torch.Tensor
 """Token ids seen so far (prompt and generated), oldest first: a list of ints or a 1-D tensor."""
@@ -139,11 +135,12 @@ class LogitProcessor(Protocol):
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor: ...
 
 
-def _window_counts(history: History, last_n: int, vocab_size: int, device: torch.device) -> torch.Tensor:
+def window_counts(history: History, last_n: int, vocab_size: int, device: torch.device) -> torch.Tensor:
     """Occurrences of each token id in the last ``last_n`` ids of ``history`` (all if -1).
 
     Ids outside ``[0, vocab_size)`` are not counted (llama.cpp only looks up ids that are
-    candidates). Returns an int64 tensor of shape ``(vocab_size,)``.
+    candidates). Returns an int32 tensor of shape ``(vocab_size,)`` on ``device``: the ``counts``
+    of the ``sample`` op.
     """
     if isinstance(history, torch.Tensor):
         flat = history.reshape(-1)  # (N,)
@@ -154,8 +151,8 @@ def _window_counts(history: History, last_n: int, vocab_size: int, device: torch
         ids = torch.as_tensor(list(window), dtype=torch.long, device=device)  # (n,)
     valid = (ids >= 0) & (ids < vocab_size)  # (n,)
     ids = torch.where(valid, ids, vocab_size)  # (n,) out-of-range ids go to a spare bin
-    counts = torch.zeros(vocab_size + 1, dtype=torch.long, device=device)  # (V+1,)
-    counts.scatter_add_(0, ids, torch.ones_like(ids))
+    counts = torch.zeros(vocab_size + 1, dtype=torch.int32, device=device)  # (V+1,)
+    counts.scatter_add_(0, ids, torch.ones_like(ids, dtype=torch.int32))
     return counts[:vocab_size]  # (V,)
 
 
@@ -182,7 +179,10 @@ class Penalties:
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor:
         if self.last_n == 0:
             return logits
-        counts = _window_counts(history, self.last_n, logits.shape[-1], logits.device)  # (V,)
+        return self.apply(logits, window_counts(history, self.last_n, logits.shape[-1], logits.device))
+
+    def apply(self, logits: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """The penalties given the window's ``counts`` (V,) of each id (see :func:`window_counts`)."""
         seen = counts > 0  # (V,)
         rp = self.repeat_penalty
         scaled = torch.where(logits <= 0, logits * rp, logits / rp)  # (V,)
@@ -316,88 +316,3 @@ def build_processors(options: SamplingOptions) -> list[LogitProcessor]:
             chain.append(MinP(options.min_p))
     chain.append(Temperature(options.temperature))
     return chain
-
-
-# --------------------------------------------------------------------------- sampler
-
-
-class Sampler:
-    """Choose next tokens according to :class:`SamplingOptions`.
-
-    ``sample(logits, history)`` runs the :func:`build_processors` chain, then returns the
-    argmax (temperature 0; ties go to the lowest id) or a draw from ``softmax`` of the
-    processed logits (inverse CDF over the tokens still in play). Draws use this sampler's own
-    ``torch.Generator``, created on the device of the first logits it sees and seeded with
-    ``options.seed`` (a fresh random seed if None), so equal seeds give equal token sequences
-    on the same device and the global RNG is never touched.
-    """
-
-    def __init__(self, options: SamplingOptions | None = None) -> None:
-        self.options = options if options is not None else SamplingOptions()
-        self.processors = build_processors(self.options)
-        # where the chain's top-k stage is (None: it has none): the stages after it see only its tokens
-        self._top_k_at = next((i for i, p in enumerate(self.processors) if isinstance(p, TopK)), None)
-        self._generator: torch.Generator | None = None
-        log.debug("sampler chain: %s", self.processors)
-
-    def process(self, logits: torch.Tensor, history: History = ()) -> torch.Tensor:
-        """Apply the processor chain to 1-D ``logits`` (converted to float32)."""
-        return self._apply(self.processors, logits, history)
-
-    def sample(self, logits: torch.Tensor, history: History = ()) -> int:
-        """Return the next token id for ``logits`` (shape ``(V,)``, any device)."""
-        if self.options.temperature == 0.0:
-            # The chain ends with Temperature(0), which keeps only the first maximum of what it is given:
-            # the argmax before it is the same token, without a pass that masks the whole vocabulary.
-            return ops.argmax(self._apply(self.processors[:-1], logits, history))
-        if torch.isnan(logits).any():
-            raise OxideError("sampling: the logits contain NaN; the model's forward pass failed")
-        processed, ids = self._process_kept(logits, history)  # (n,) logits of the tokens ids (n,) (None: all)
-        # A draw by inverse CDF over the tokens still in play: torch.multinomial over the whole of a
-        # 262,144-token vocabulary took ~6 ms on a CPU; the same distribution.
-        alive = torch.nonzero(processed > _NEG_INF).squeeze(1)  # (m,) positions, ascending
-        if alive.numel() == 0:
-            raise OxideError("sampling: no token has a finite logit (the model gave -inf everywhere)")
-        cdf = torch.cumsum(torch.softmax(processed[alive], dim=-1), dim=0)  # (m,)
-        generator = self._generator_for(cdf.device)
-        u = torch.rand((), generator=generator, device=generator.device).to(cdf.device)
-        pick = torch.searchsorted(cdf, u * cdf[-1], right=True).clamp_(max=alive.numel() - 1)  # first cdf > u
-        position = alive[pick]
-        return int(position if ids is None else ids[position])
-
-    def _process_kept(self, logits: torch.Tensor, history: History) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The processed logits of the tokens top-k keeps, and their ids (None: every token, in id order).
-
-        The stages after top-k (top-p, min-p, temperature) see only the ``k`` kept tokens, listed by
-        ascending id, which is what they see of the masked vocabulary: the same result, without passes
-        over the whole vocabulary.
-        """
-        cut = self._top_k_at
-        if cut is None:
-            return self.process(logits, history), None
-        before = self._apply(self.processors[:cut], logits, history)  # (V,)
-        ids = self.processors[cut].kept_ids(before)
-        rest = self.processors[cut + 1:]
-        return self._apply(rest, before if ids is None else before[ids], history), ids
-
-    @staticmethod
-    def _apply(processors: Sequence[LogitProcessor], logits: torch.Tensor, history: History) -> torch.Tensor:
-        if logits.dim() != 1:
-            raise ValueError(
-                f"Sampler expects 1-D logits of shape (vocab_size,), got shape {tuple(logits.shape)}; "
-                f"select the last position first (logits[-1])."
-            )
-        out = logits.float()  # (V,)
-        for processor in processors:
-            out = processor(out, history)  # (V,)
-        return out
-
-    def _generator_for(self, device: torch.device) -> torch.Generator:
-        if self._generator is None:
-            generator = torch.Generator(device=device)
-            if self.options.seed is None:
-                generator.seed()
-            else:
-                generator.manual_seed(self.options.seed)
-            self._generator = generator
-        return self._generator
