@@ -240,6 +240,8 @@ class TopP:
         # Only tokens still in play are sorted (after top-k, a few dozen rather than the vocabulary);
         # they are listed in id order, so the stable sort still breaks ties by lowest id.
         alive = torch.nonzero(logits > _NEG_INF).squeeze(1)  # (n,)
+        if alive.numel() == 0:
+            return logits
         sorted_logits, order = torch.sort(logits[alive], descending=True, stable=True)  # (n,), (n,)
         cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)  # (n,)
         mass_before = F.pad(cum[:-1], (1, 0))  # (n,) S_{j-1}, with S_0 = 0

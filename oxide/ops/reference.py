@@ -191,7 +191,7 @@ SAMPLE_NO_FINITE = -2
 
 
 @lru_cache(maxsize=64)
-def _chain(options: SamplingOptions) -> tuple[Penalties | None, TopK | None, tuple[LogitProcessor, ...]]:
+def sample_stages(options: SamplingOptions) -> tuple[Penalties | None, TopK | None, tuple[LogitProcessor, ...]]:
     """:func:`~oxide.processors.build_processors` of ``options`` split as (penalties, top-k, the stages after)."""
     stages = build_processors(options)
     penalties = stages.pop(0) if isinstance(stages[0], Penalties) else None
@@ -202,7 +202,7 @@ def _chain(options: SamplingOptions) -> tuple[Penalties | None, TopK | None, tup
 def penalise(logits: torch.Tensor, counts: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
     """The chain's :class:`~oxide.processors.Penalties` of ``logits`` (V,) given the window's ``counts`` (V,);
     ``logits`` itself when the options or ``counts=None`` leave penalties off."""
-    penalties = _chain(options)[0]
+    penalties = sample_stages(options)[0]
     return logits if penalties is None or counts is None else penalties.apply(logits, counts)
 
 
@@ -210,7 +210,7 @@ def sample_filter(logits: torch.Tensor, counts: torch.Tensor | None, options: Sa
     """The logits (V,) float32 the draw of :func:`sample` sees: the processors of
     :func:`~oxide.processors.build_processors` in order (penalties from ``counts``; none if None); removed
     tokens are ``-inf``."""
-    _, top_k, rest = _chain(options)
+    _, top_k, rest = sample_stages(options)
     out = penalise(logits, counts, options)  # (V,)
     for stage in rest if top_k is None else (top_k, *rest):
         out = stage(out, ())  # (V,)
@@ -236,7 +236,7 @@ def sample(logits: torch.Tensor, counts: torch.Tensor | None, u: torch.Tensor, o
         return torch.argmax(x)
     if torch.isnan(x).any():
         return torch.tensor(SAMPLE_NAN, device=x.device)
-    _, top_k, rest = _chain(options)
+    _, top_k, rest = sample_stages(options)
     ids = None if top_k is None else top_k.kept_ids(x)  # (k,) ascending (None: every id)
     processed = x if ids is None else x[ids]  # (n,)
     for stage in rest:
