@@ -175,7 +175,8 @@ def test_sample_matches_reference(case: str, vocab: int, draws: int) -> None:
 def test_greedy_is_the_first_maximum() -> None:
     greedy = SamplingOptions(temperature=0.0, repeat_penalty=1.3, frequency_penalty=0.2)
     x, counts = logits_with_ties(7, 5000), random_counts(8, 5000)
-    assert int(kernel.sample(x, counts, torch.tensor(0.5), greedy)) == int(reference.sample(x, counts, torch.tensor(0.5), greedy))
+    u = torch.tensor(0.5)
+    assert int(kernel.sample(x, counts, u, greedy)) == int(reference.sample(x, counts, u, greedy))
     tied = torch.tensor([0.1, 2.0, -1.0, 2.0] * 300)
     assert int(kernel.sample(tied, None, torch.tensor(0.5), SamplingOptions.greedy())) == 1
     tied[1100] = 3.0   # in the second block

@@ -17,7 +17,8 @@ from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
 _OPS = ("qmatmul", "qmatmul_group", "qmatmul_gated", "qmatmul_experts", "qmatmul_experts_gated", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
-        "attention", "gated_activation", "add", "scale", "softcap", "argmax", "sample", "sample_filter")
+        "attention", "gated_activation", "add", "scale", "softcap", "argmax",
+        "sample", "sample_filter")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
