@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(not cpu.available(),
 F32 = dict(rtol=1e-5, atol=1e-6)
 ATTN = dict(rtol=1e-5, atol=2e-6)
 LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "gated_activation", "add",
-             "scale", "softcap", "argmax")
+             "scale", "softcap", "argmax", "sample")
 
 
 @pytest.fixture(autouse=True)
@@ -339,6 +339,20 @@ def test_argmax_refuses_what_it_cannot_answer():
         layers.argmax(torch.zeros(0))
     with pytest.raises(ValueError, match="argmax: x has shape"):
         layers.argmax(torch.zeros(2, 3))
+
+
+def test_sample_greedy_through_the_compiled_argmax():
+    """``sample`` is the reference's, with the first maximum of the penalised logits found by the compiled argmax."""
+    from oxide.processors import SamplingOptions
+
+    x, counts, u = randn(1001, seed=3), torch.randint(0, 3, (1001,), dtype=torch.int32), torch.tensor(0.25)
+    for options in (SamplingOptions.greedy(), SamplingOptions(temperature=0.0, repeat_penalty=1.5),
+                    SamplingOptions(seed=1, repeat_penalty=1.5)):
+        got = layers.sample(x, counts, u, options)
+        assert got.dtype == torch.int64 and got.shape == ()
+        assert int(got) == int(reference.sample(x, counts, u, options))
+    x[[17, 900]] = x.max() + 1
+    assert int(layers.sample(x, None, u, SamplingOptions.greedy())) == 17
 
 
 # --- dispatch and bad input ------------------------------------------------------------------------------

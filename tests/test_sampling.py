@@ -416,6 +416,8 @@ def test_nan_or_no_finite_logits_are_a_clear_error() -> None:
         sampler.sample(logits)
     with pytest.raises(OxideError, match="no token has a finite logit"):
         Sampler(SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)).sample(torch.full((10,), -math.inf))
+    with pytest.raises(OxideError, match="no token has a finite logit"):   # through top-k and top-p too
+        Sampler(SamplingOptions(top_k=3, top_p=0.9)).sample(torch.full((10,), -math.inf))
 
 
 def test_unseeded_samplers_differ_and_global_rng_untouched() -> None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from ..processors import SamplingOptions
 from . import cpu, reference, triton_kernels
 from .cpu import composed as cpu_composed
 from .cpu import layers as cpu_layers
@@ -17,7 +18,8 @@ from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
 _OPS = ("qmatmul", "qmatmul_group", "qmatmul_gated", "qmatmul_experts", "qmatmul_experts_gated", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
-        "attention", "gated_activation", "add", "scale", "softcap", "argmax")
+        "attention", "gated_activation", "add", "scale", "softcap", "argmax",
+        "sample", "sample_filter")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
 # The compiled CPU core; each declines calls it does not serve. Probe: (weight, activation dtype).
@@ -35,7 +37,7 @@ register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priorit
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
 for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "gated_activation", "add",
-            "scale", "softcap", "argmax"):
+            "scale", "softcap", "argmax", "sample"):
     register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
              accepts=cpu_layers.serves)
 
@@ -200,3 +202,15 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 def argmax(x: torch.Tensor) -> int:
     """The index of the first largest value of the 1-D ``x``; a NaN counts as the largest."""
     return resolve("argmax", x.device.type, x.dtype)(x)
+
+
+def sample(logits: torch.Tensor, counts: torch.Tensor | None, u: torch.Tensor, options: SamplingOptions
+           ) -> torch.Tensor:
+    """The next token id (0-d int64 on the logits' device) for logits (V,), penalty-window counts (V,) or
+    None, and a uniform ``u`` (0-d), through the chain of ``options``."""
+    return resolve("sample", logits.device.type, logits.dtype)(logits, counts, u, options)
+
+
+def sample_filter(logits: torch.Tensor, counts: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
+    """The processed logits (V,) that :func:`sample` draws from; removed tokens are ``-inf``."""
+    return resolve("sample_filter", logits.device.type, logits.dtype)(logits, counts, options)

@@ -8,10 +8,12 @@ softmax) are computed in float32 whatever the input dtype.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 
+from ..processors import LogitProcessor, Penalties, SamplingOptions, TopK, build_processors
 from ..quant import QuantTensor
 
 Weight = QuantTensor | torch.Tensor
@@ -177,3 +179,69 @@ def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
 def argmax(x: torch.Tensor) -> int:
     """The index of the first largest value of the 1-D ``x`` (a NaN counts as the largest): greedy sampling."""
     return int(torch.argmax(x))
+
+
+SAMPLE_NAN = -1
+"""What :func:`sample` returns (temperature > 0) when the logits contain NaN: kernels cannot raise."""
+SAMPLE_NO_FINITE = -2
+"""What :func:`sample` returns (temperature > 0) when no token has a finite logit."""
+
+
+@lru_cache(maxsize=64)
+def sample_stages(options: SamplingOptions) -> tuple[Penalties | None, TopK | None, tuple[LogitProcessor, ...]]:
+    """:func:`~oxide.processors.build_processors` of ``options`` split as (penalties, top-k, the stages after)."""
+    stages = build_processors(options)
+    penalties = stages.pop(0) if isinstance(stages[0], Penalties) else None
+    top_k = stages.pop(0) if isinstance(stages[0], TopK) else None
+    return penalties, top_k, tuple(stages)
+
+
+def penalise(logits: torch.Tensor, counts: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
+    """The chain's :class:`~oxide.processors.Penalties` of ``logits`` (V,) given the window's ``counts`` (V,);
+    ``logits`` itself when the options or ``counts=None`` leave penalties off."""
+    penalties = sample_stages(options)[0]
+    return logits if penalties is None or counts is None else penalties.apply(logits, counts)
+
+
+def sample_filter(logits: torch.Tensor, counts: torch.Tensor | None, options: SamplingOptions) -> torch.Tensor:
+    """The logits (V,) float32 the draw of :func:`sample` sees: the processors of
+    :func:`~oxide.processors.build_processors` in order (penalties from ``counts``; none if None); removed
+    tokens are ``-inf``."""
+    _, top_k, rest = sample_stages(options)
+    out = penalise(logits, counts, options)  # (V,)
+    for stage in rest if top_k is None else (top_k, *rest):
+        out = stage(out, ())  # (V,)
+    return out
+
+
+def sample(logits: torch.Tensor, counts: torch.Tensor | None, u: torch.Tensor, options: SamplingOptions
+           ) -> torch.Tensor:
+    """The next token id, a 0-d int64 tensor on the logits' device, as llama.cpp's sampler chain picks it.
+
+    ``logits`` (V,) float32; ``counts`` (V,) int32 occurrences of each id in the penalty window, or None (no
+    penalties); ``u`` a 0-d float32 tensor uniform in [0, 1). Temperature 0: the first maximum of the
+    penalised logits (a NaN counts as the largest). Otherwise, over the tokens :func:`sample_filter` leaves in
+    play in ascending id order, with ``cdf = cumsum(softmax(processed))``: the first with ``cdf > u * cdf[-1]``
+    (the last if rounding finds none). Returns :data:`SAMPLE_NAN` or :data:`SAMPLE_NO_FINITE` for logits that
+    allow no draw.
+
+    The stages after top-k see only its ``k`` tokens, listed by ascending id, which is what they see of the
+    masked vocabulary: the same result as :func:`sample_filter`, without passes over the whole vocabulary.
+    """
+    x = penalise(logits, counts, options)  # (V,)
+    if options.temperature == 0.0:
+        return torch.argmax(x)
+    if torch.isnan(x).any():
+        return torch.tensor(SAMPLE_NAN, device=x.device)
+    _, top_k, rest = sample_stages(options)
+    ids = None if top_k is None else top_k.kept_ids(x)  # (k,) ascending (None: every id)
+    processed = x if ids is None else x[ids]  # (n,)
+    for stage in rest:
+        processed = stage(processed, ())  # (n,)
+    alive = torch.nonzero(processed > float("-inf")).squeeze(1)  # (m,) positions, ascending
+    if alive.numel() == 0:
+        return torch.tensor(SAMPLE_NO_FINITE, device=x.device)
+    cdf = torch.cumsum(torch.softmax(processed[alive], dim=-1), dim=0)  # (m,)
+    pick = torch.searchsorted(cdf, u.to(cdf.device) * cdf[-1], right=True).clamp_(max=alive.numel() - 1)  # ()
+    position = alive[pick]  # ()
+    return position if ids is None else ids[position]

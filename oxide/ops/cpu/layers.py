@@ -1,6 +1,6 @@
 """The float32 layer ops on the CPU through ``oxide._cpu``: RMS norm (plain and fused with the residual add),
 rotary embedding (its tables and its rotation), KV-cache stores, attention, gated activations, the residual
-add, scaling, soft-capping and the argmax of greedy sampling.
+add, scaling, soft-capping, the argmax of greedy sampling and the sampler built on it.
 
 Each function has the signature and the semantics of its reference in :mod:`oxide.ops.reference` and
 serves float32 CPU tensors (:func:`serves` is the dispatch predicate; other dtypes go to the reference).
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from ...processors import SamplingOptions
+from .. import reference
 from . import extension, threads
 
 ACTIVATIONS = {"silu": 0, "gelu_pytorch_tanh": 1, "gelu": 2}   # the C++ activation codes
@@ -204,6 +206,14 @@ def argmax(x: torch.Tensor) -> int:
         raise ValueError("argmax: x is empty")
     x = x.contiguous()
     return extension().argmax(x.data_ptr(), x.numel())
+
+
+def sample(logits: torch.Tensor, counts: torch.Tensor | None, u: torch.Tensor, options: SamplingOptions
+           ) -> torch.Tensor:
+    """:func:`oxide.ops.reference.sample`, with greedy decoding (temperature 0) through :func:`argmax`."""
+    if options.temperature == 0.0:
+        return torch.tensor(argmax(reference.penalise(logits, counts, options)))
+    return reference.sample(logits, counts, u, options)
 
 
 # --- checks and layout ------------------------------------------------------------------------------
