@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 
 from ..processors import SamplingOptions
-from . import cpu, reference, triton_kernels
+from . import cpu, cuda_kernels, reference, triton_kernels
 from .cpu import composed as cpu_composed
 from .cpu import layers as cpu_layers
 from .cpu import quant as cpu_quant
@@ -43,6 +43,8 @@ for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "att
 
 # The Triton kernels (oxide.kernels), imported on first use: see triton_kernels.
 triton_kernels.register_all()
+# The CUDA C++ kernels (oxide._cuda), loaded on first use: see cuda_kernels.
+cuda_kernels.register_all()
 
 attention_mask = reference.attention_mask
 

@@ -83,6 +83,13 @@ def bind(op: str, device_type: str, *probe: Any) -> Callable:
     return impl.prepare(*probe) if impl.prepare is not None else impl.fn
 
 
+def resolve_after(op: str, name: str, device_type: str, *probe: Any) -> Callable:
+    """The function that runs ``op`` when implementation ``name`` passes on a call it accepted by its probe
+    but does not serve (the CUDA GEMV past its row limit): the next candidate that accepts the probe."""
+    candidates = [i for i in _candidates(op, device_type, _requested()) if i.name != name]
+    return _first_accepting(op, device_type, candidates, probe).fn
+
+
 def chosen_name(op: str, device_type: str, *probe: Any) -> str:
     """Name of the implementation :func:`bind` would choose (for ``oxide info``, logs and tests)."""
     return _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe).name
