@@ -162,3 +162,16 @@ def test_sample_matches_the_reference(options: SamplingOptions, ties: bool, V: i
         assert int(got) == want, f"u={u}"
         checked += 1
     assert checked > 0
+
+
+@needs_gpu
+def test_sample_returns_the_references_codes_when_no_draw_is_possible() -> None:
+    """NaN logits, or no finite one, with temperature > 0: the codes the Sampler raises its errors on."""
+    from oxide.ops import reference
+
+    options = SamplingOptions(temperature=0.8)
+    for logits, code in ((torch.tensor([0.0, float("nan"), 1.0]), reference.SAMPLE_NAN),
+                         (torch.full((5,), float("-inf")), reference.SAMPLE_NO_FINITE)):
+        u = torch.tensor(0.5)
+        assert int(reference.sample(logits, None, u, options)) == code
+        assert int(cuda_kernels.sample(logits.cuda(), None, u.cuda(), options)) == code

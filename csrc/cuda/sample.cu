@@ -270,19 +270,28 @@ __device__ int64_t nth_tie(const Vocab& v, Cut cut, uint32_t key, u64 n, Shared&
         [=](u64) { return n; }, sh);
 }
 
+// What the kernel writes when the logits allow no draw (oxide.ops.reference.SAMPLE_NAN / SAMPLE_NO_FINITE).
+constexpr int64_t kSampleNaN = -1;
+constexpr int64_t kSampleNoFinite = -2;
+
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(Vocab v, Options o, const float* u_ptr, int64_t* out) {
     __shared__ Shared sh;
 
-    // The first maximum: the largest (key, -id).
-    u64 best = 0;
-    for_each_id(v, [&](bool in, int64_t i, float, uint32_t key) {
-        if (in) best = max(best, (u64(key) << 32) | (0xffffffffu - uint32_t(i)));
+    // The first maximum: the largest (key, -id); and whether any logit is NaN.
+    u64 best = 0, any_nan = 0;
+    for_each_id(v, [&](bool in, int64_t i, float l, uint32_t key) {
+        if (in) {
+            best = max(best, (u64(key) << 32) | (0xffffffffu - uint32_t(i)));
+            any_nan |= isnan(l) ? 1 : 0;
+        }
     });
     best = block_reduce<false>(best, sh);
+    any_nan = block_reduce<false>(any_nan, sh);
     const int64_t first_max = int64_t(0xffffffffu - uint32_t(best & 0xffffffffu));
     const float l_max = value_of(uint32_t(best >> 32));
-    if (!(o.temperature > 0.0f) || !isfinite(l_max)) {   // greedy; or no finite maximum to sample around
-        if (threadIdx.x == 0) *out = first_max;
+    if (!(o.temperature > 0.0f) || any_nan || !isfinite(l_max)) {
+        // greedy (a NaN counts as the largest); or no draw: the reference's codes, which the Sampler raises on
+        if (threadIdx.x == 0) *out = !(o.temperature > 0.0f) ? first_max : any_nan ? kSampleNaN : kSampleNoFinite;
         return;
     }
 
