@@ -90,6 +90,19 @@ def resolve_after(op: str, name: str, device_type: str, *probe: Any) -> Callable
     return _first_accepting(op, device_type, candidates, probe).fn
 
 
+def named(op: str, name: str, device_type: str, *probe: Any) -> Callable:
+    """Implementation ``name`` of ``op`` for calls like ``probe``, whatever the ranking (benchmarks set
+    implementations side by side); :class:`KernelUnavailableError` if it is missing, unavailable or declines."""
+    for impl in _IMPLS.get(op, []):
+        if impl.name == name and device_type in impl.device_types:
+            if not impl.available():
+                raise KernelUnavailableError(f"the {name} implementation of {op!r} is not available on {device_type}")
+            if impl.accepts is not None and not impl.accepts(*probe):
+                raise KernelUnavailableError(f"the {name} implementation of {op!r} declines {_describe(probe)}")
+            return impl.prepare(*probe) if impl.prepare is not None else impl.fn
+    raise KernelUnavailableError(f"no {name} implementation of {op!r} for {device_type}")
+
+
 def chosen_name(op: str, device_type: str, *probe: Any) -> str:
     """Name of the implementation :func:`bind` would choose (for ``oxide info``, logs and tests)."""
     return _first_accepting(op, device_type, _candidates(op, device_type, _requested()), probe).name
