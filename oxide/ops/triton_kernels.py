@@ -30,7 +30,10 @@ NAME = "triton"
 MIN_CAPABILITY = (7, 5)   # the oldest NVIDIA architecture (Turing) that Triton 3 compiles for
 
 # op -> module of oxide.kernels that implements it
-KERNELS: dict[str, str] = {}
+KERNELS: dict[str, str] = {
+    "rope": "rope",
+    "attention": "attention",
+}
 
 
 @cache
