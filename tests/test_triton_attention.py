@@ -52,7 +52,7 @@ def check(q, k, v, q_pos, k_pos, **kwargs) -> torch.Tensor:
 
 def splits(q: torch.Tensor, k: torch.Tensor) -> int:
     (B, H, T, hd), (_, Hkv, S, _) = q.shape, k.shape
-    return kernel.plan(B, H, Hkv, T, S, hd, q.device).splits
+    return kernel.plan(B, H, Hkv, T, S, hd, q.dtype, q.device).splits
 
 
 # --- prefill -------------------------------------------------------------------------------------------
@@ -85,7 +85,7 @@ def test_prefill_skips_masked_key_tiles(q_first, T, window):
     S, hd = 150, 64
     q, k, v = inputs(1, 6, 2, T, S, hd, seed=T)
     q_pos, k_pos = torch.arange(q_first, q_first + T), torch.arange(S)
-    tile = kernel.plan(1, 6, 2, T, S, hd, q.device).block_n
+    tile = kernel.plan(1, 6, 2, T, S, hd, q.dtype, q.device).block_n
     seen_lo = max(q_first - window + 1, 0) if window else 0      # the keys some query sees: seen_lo..seen_hi
     seen_hi = q_first + T - 1
     poisoned = v.clone()
@@ -168,6 +168,13 @@ def test_no_keys_give_zeros_like_the_reference():
     q, k, v = inputs(1, 4, 2, 3, 0, 32, seed=1)
     got = kernel.attention(q, k, v, torch.arange(3), torch.zeros(0, dtype=torch.long), scale=0.2)
     assert torch.equal(got, reference.attention(q, k, v, torch.arange(3), torch.zeros(0, dtype=torch.long), scale=0.2))
+
+
+def test_heads_wider_than_served_go_to_the_reference():
+    q, k, v = inputs(1, 2, 1, 2, 3, kernel.MAX_HEAD_DIM + 8, seed=4)
+    torch.testing.assert_close(kernel.attention(q, k, v, torch.arange(1, 3), torch.arange(3), scale=0.03),
+                               reference.attention(q, k, v, torch.arange(1, 3), torch.arange(3), scale=0.03),
+                               rtol=0, atol=0)
 
 
 def test_bad_input():
