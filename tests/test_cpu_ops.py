@@ -114,6 +114,15 @@ def test_rope_large_and_contiguous(threads):
     torch.testing.assert_close(layers.rope(x, cos, sin), reference.rope(x, cos, sin), **F32)
 
 
+@pytest.mark.parametrize("pairs, rotated", [("adjacent", 32), ("half", 20), ("adjacent", 20)])
+def test_rope_hands_other_pairings_to_the_reference(pairs, rotated):
+    """The C++ kernel rotates whole heads in half-split pairs; adjacent pairs and partial rotation still work."""
+    x = randn(1, 5, 2, 32, seed=7).transpose(1, 2)
+    cos, sin = randn(5, rotated // 2, seed=8), randn(5, rotated // 2, seed=9)
+    torch.testing.assert_close(layers.rope(x, cos, sin, pairs=pairs), reference.rope(x, cos, sin, pairs=pairs),
+                               rtol=0, atol=0)
+
+
 # --- attention ------------------------------------------------------------------------------------------
 
 def _cache_views(B: int, Hkv: int, S: int, hd: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,9 +404,9 @@ def test_bad_inputs_raise_instead_of_crashing():
     with pytest.raises(ValueError):
         layers.add_rms_norm(x, randn(3, 8), w, 1e-6)
     with pytest.raises(ValueError):
-        layers.rope(randn(1, 2, 3, 8), randn(3, 3), randn(3, 3))              # cos/sin must be (T, hd/2)
+        layers.rope(randn(1, 2, 3, 8), randn(4, 4), randn(4, 4))              # cos/sin must be (T, r/2)
     with pytest.raises(ValueError):
-        layers.rope(randn(1, 2, 3, 7), randn(3, 3), randn(3, 3))              # odd head_dim
+        layers.rope(randn(1, 2, 3, 7), randn(3, 4), randn(3, 4))              # rotating 8 dims of 7
     q, k = randn(1, 3, 1, 8), randn(1, 2, 5, 8)
     with pytest.raises(ValueError):
         layers.attention(q, k, k, torch.tensor([4]), torch.arange(5), scale=1.0)   # 3 heads over 2 kv heads

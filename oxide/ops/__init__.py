@@ -163,9 +163,10 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float =
     return resolve("rope_cos_sin", positions.device.type, inv_freq.dtype)(positions, inv_freq, scale)
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split rotary embedding of x: (B, H, T, hd) with cos/sin: (T, hd/2)."""
-    return resolve("rope", x.device.type, x.dtype)(x, cos, sin)
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pairs: str = "half") -> torch.Tensor:
+    """Rotary embedding of x: (B, H, T, hd) with cos/sin: (T, r/2), rotating its first r <= hd dims in
+    ``"half"``-split (i, i + r/2) or ``"adjacent"`` (2i, 2i + 1) pairs."""
+    return resolve("rope", x.device.type, x.dtype)(x, cos, sin, pairs=pairs)
 
 
 def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,

@@ -13,6 +13,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
+from ..errors import InvalidOptionError
 from ..processors import LogitProcessor, Penalties, SamplingOptions, TopK, build_processors
 from ..quant import QuantTensor
 
@@ -94,14 +95,31 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float =
     return angles.cos() * factor, angles.sin() * factor
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding, half-split pairing (dim i pairs with i + hd/2), x: (B, H, T, hd), cos/sin: (T, hd/2).
+ROPE_PAIRS = ("half", "adjacent")
 
-    ``out[:h] = x1 cos - x2 sin``, ``out[h:] = x2 cos + x1 sin`` with ``x1, x2 = x[:h], x[h:]``.
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pairs: str = "half") -> torch.Tensor:
+    """Rotary embedding of the first ``r = 2 * cos.shape[-1]`` dims of each head; x: (B, H, T, hd), cos/sin:
+    (T, r/2) with ``r <= hd``; dims ``r..hd`` pass through unchanged.
+
+    Pair i (of r/2) is ``(x1, x2) = (x[i], x[i + r/2])`` for ``pairs="half"`` (NeoX, HF) or
+    ``(x[2i], x[2i + 1])`` for ``pairs="adjacent"`` (GGUF's NORM rope, DeepSeek); it becomes
+    ``(x1 cos_i - x2 sin_i, x2 cos_i + x1 sin_i)`` in the same two dims.
     """
-    x1, x2 = x.chunk(2, dim=-1)                       # (B, H, T, hd/2) each
+    if pairs not in ROPE_PAIRS:
+        raise InvalidOptionError(f"rope: pairs={pairs!r} is not one of {', '.join(ROPE_PAIRS)}")
+    r = 2 * cos.shape[-1]
+    if r > x.shape[-1]:
+        raise InvalidOptionError(f"rope: cos/sin {tuple(cos.shape)} rotate {r} dims, more than head_dim {x.shape[-1]}")
+    rot, rest = x[..., :r], x[..., r:]
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    if pairs == "half":
+        x1, x2 = rot.chunk(2, dim=-1)                                       # (B, H, T, r/2) each
+        rotated = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    else:
+        x1, x2 = rot[..., 0::2], rot[..., 1::2]                             # (B, H, T, r/2) each
+        rotated = torch.stack((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).flatten(-2)
+    return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
 def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:

@@ -30,7 +30,12 @@ NAME = "triton"
 MIN_CAPABILITY = (7, 5)   # the oldest NVIDIA architecture (Turing) that Triton 3 compiles for
 
 # op -> module of oxide.kernels that implements it
-KERNELS: dict[str, str] = {"sample": "sampling", "sample_filter": "sampling"}
+KERNELS: dict[str, str] = {
+    "rope": "rope",
+    "attention": "attention",
+    "sample": "sampling",
+    "sample_filter": "sampling",
+}
 
 
 @cache

@@ -73,15 +73,17 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, scale: float =
     return cos, sin
 
 
-def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Half-split rotary embedding: x (B, H, T, hd), cos/sin (T, hd/2) -> (B, H, T, hd).
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pairs: str = "half") -> torch.Tensor:
+    """Half-split rotary embedding of every dim: x (B, H, T, hd), cos/sin (T, hd/2) -> (B, H, T, hd).
 
-    ``out[:h] = x1 cos - x2 sin``, ``out[h:] = x2 cos + x1 sin`` with ``x1, x2 = x[:h], x[h:]``.
+    ``out[:h] = x1 cos - x2 sin``, ``out[h:] = x2 cos + x1 sin`` with ``x1, x2 = x[:h], x[h:]``. The C++
+    kernel rotates whole heads in half-split pairs; adjacent pairs and partial rotation (cos narrower than
+    hd / 2) go to :func:`oxide.ops.reference.rope`.
     """
     _check(x, "rope", "x", dims=4)
     B, H, T, hd = x.shape
-    if hd % 2:
-        raise ValueError(f"rope: head_dim {hd} must be even")
+    if pairs != "half" or 2 * cos.shape[-1] != hd:
+        return reference.rope(x, cos, sin, pairs=pairs)
     cos = _table(cos, (T, hd // 2), "rope", "cos")
     sin = _table(sin, (T, hd // 2), "rope", "sin")
     out = _empty(x)                                                       # (B, H, T, hd)
