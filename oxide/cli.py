@@ -261,11 +261,14 @@ def _kernels(device) -> str:
     """Which op implementations run on ``device``, and why."""
     import os
 
-    from .ops import cpu
+    from .ops import cpu, cuda_kernels, triton_kernels
 
     requested = os.environ.get("OXIDE_IMPL")
     if requested:
         return f"{requested}, as OXIDE_IMPL asks"
+    if device.type == "cuda":
+        triton = "Triton" if triton_kernels.available_on_cuda() else "no Triton (not installed, or the GPU is too old)"
+        return f"CUDA C++ {cuda_kernels.status()}; {triton}; PyTorch reference for the rest"
     if device.type != "cpu":
         return f"PyTorch reference (no compiled kernels for {device.type} yet)"
     return cpu.status()
