@@ -30,7 +30,13 @@ NAME = "triton"
 MIN_CAPABILITY = (7, 5)   # the oldest NVIDIA architecture (Turing) that Triton 3 compiles for
 
 # op -> module of oxide.kernels that implements it
-KERNELS: dict[str, str] = {}
+KERNELS: dict[str, str] = {
+    "qmatmul": "quant_ops",
+    "qmatmul_group": "quant_ops",
+    "qmatmul_gated": "quant_ops",
+    "qmatmul_experts": "quant_ops",
+    "qmatmul_experts_gated": "quant_ops",
+}
 
 
 @cache
