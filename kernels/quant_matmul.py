@@ -87,7 +87,8 @@ def _store(ptr, y, rows, mask_m, offs_n, mask_n, N):
 
 
 @triton.jit
-def _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, EXPERTS: tl.constexpr, GATED: tl.constexpr):
+def _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, expert_stride_up, EXPERTS: tl.constexpr,
+                 GATED: tl.constexpr):
     """The program's rows of x (first, count) and its matrices: expert ``program_id(2)``'s when EXPERTS."""
     if EXPERTS:
         e = tl.program_id(2)
@@ -95,7 +96,7 @@ def _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, EXPERTS: tl.con
         count = tl.load(offsets_ptr + e + 1).to(tl.int32) - first
         w_ptr += e.to(tl.int64) * expert_stride
         if GATED:
-            w_up_ptr += e.to(tl.int64) * expert_stride
+            w_up_ptr += e.to(tl.int64) * expert_stride_up
     else:
         first = tl.full((), 0, tl.int32)
         count = M + tl.full((), 0, tl.int32)   # a tensor even where M is specialised to a constant
@@ -104,7 +105,7 @@ def _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, EXPERTS: tl.con
 
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr, part_ptr,
-                 M, N, K, stride_x, row_stride, expert_stride, steps_per_split,
+                 M, N, K, stride_x, row_stride, expert_stride, row_stride_up, expert_stride_up, steps_per_split,
                  QTYPE: tl.constexpr, QTYPE_UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, GATED: tl.constexpr, EXPERTS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ACT: tl.constexpr, SPLIT: tl.constexpr):
@@ -113,7 +114,8 @@ def _gemv_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr, part_pt
     result goes to ``out`` (SPLIT == 1) or, unreduced, to ``part`` (SPLIT, 1 + GATED, M, N)."""
     pid_n = tl.program_id(0)
     split = tl.program_id(1)
-    first, count, w_ptr, w_up_ptr = _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, EXPERTS, GATED)
+    first, count, w_ptr, w_up_ptr = _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, expert_stride_up,
+                                                 EXPERTS, GATED)
     offs_m = tl.arange(0, BLOCK_M)
     mask_m = offs_m < count
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -127,7 +129,7 @@ def _gemv_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr, part_pt
     for k0 in range(k_begin, k_end, BLOCK_K):
         w = dequant_tile(w_ptr, row_stride, offs_n, mask_n, k0, K, QTYPE, BLOCK_N, BLOCK_K)     # (BN, BK)
         if GATED:
-            w_up = dequant_tile(w_up_ptr, row_stride, offs_n, mask_n, k0, K, QTYPE_UP, BLOCK_N, BLOCK_K)
+            w_up = dequant_tile(w_up_ptr, row_stride_up, offs_n, mask_n, k0, K, QTYPE_UP, BLOCK_N, BLOCK_K)
         mask_k = k0 + offs_k < K
         for m in tl.static_range(BLOCK_M):
             # rows past count (padding up to BLOCK_M) re-read the last row; their sums are never stored
@@ -177,7 +179,7 @@ def _dot(x, w, acc):
 
 @triton.jit
 def _gemm_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr,
-                 M, N, K, stride_x, row_stride, expert_stride,
+                 M, N, K, stride_x, row_stride, expert_stride, row_stride_up, expert_stride_up,
                  QTYPE: tl.constexpr, QTYPE_UP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  BLOCK_K: tl.constexpr, GATED: tl.constexpr, EXPERTS: tl.constexpr, HAS_BIAS: tl.constexpr,
                  ACT: tl.constexpr):
@@ -185,7 +187,8 @@ def _gemm_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr,
     rows of x; tiles past an expert's rows return without reading."""
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
-    first, count, w_ptr, w_up_ptr = _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, EXPERTS, GATED)
+    first, count, w_ptr, w_up_ptr = _expert_rows(offsets_ptr, M, w_ptr, w_up_ptr, expert_stride, expert_stride_up,
+                                                 EXPERTS, GATED)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mask_m = offs_m < count
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -201,7 +204,7 @@ def _gemm_kernel(x_ptr, w_ptr, w_up_ptr, bias_ptr, offsets_ptr, out_ptr,
         x = tl.load(x_rows + k0 + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :], other=0)   # (BM, BK)
         acc = _dot(x, dequant_tile(w_ptr, row_stride, offs_n, mask_n, k0, K, QTYPE, BLOCK_N, BLOCK_K), acc)
         if GATED:
-            w_up = dequant_tile(w_up_ptr, row_stride, offs_n, mask_n, k0, K, QTYPE_UP, BLOCK_N, BLOCK_K)
+            w_up = dequant_tile(w_up_ptr, row_stride_up, offs_n, mask_n, k0, K, QTYPE_UP, BLOCK_N, BLOCK_K)
             acc_up = _dot(x, w_up, acc_up)
     y = _finish(acc, acc_up, bias_ptr, offs_n, mask_n, GATED, HAS_BIAS, ACT)
     _store(out_ptr, y, rows, mask_m, offs_n, mask_n, N)
@@ -256,7 +259,7 @@ def project(x: torch.Tensor, w: QuantTensor, *, bias: torch.Tensor | None = None
     up = w if w_up is None else w_up
     common = dict(QTYPE=int(w.qtype), QTYPE_UP=int(up.qtype), GATED=w_up is not None, EXPERTS=experts,
                   HAS_BIAS=bias is not None, ACT=ACTIVATIONS[act])
-    strides = (x2.stride(0), data.stride(-2), data.stride(0) if experts else 0)
+    strides = (x2.stride(0), *_strides(w, experts), *_strides(up, experts))
     if M > GEMV_MAX_ROWS:
         block_m = min(64, max(16, triton.next_power_of_2(M)))
         grid = (triton.cdiv(N, GEMM_BLOCK_N), triton.cdiv(M, block_m), E)
@@ -282,6 +285,11 @@ def project(x: torch.Tensor, w: QuantTensor, *, bias: torch.Tensor | None = None
     return out.view(*lead, N)
 
 
+def _strides(w: QuantTensor, experts: bool) -> tuple[int, int]:
+    """Bytes from one row of w's blocks to the next, and from one expert's matrix to the next (0 without)."""
+    return w.data.stride(-2), w.data.stride(0) if experts else 0
+
+
 def _gemv_block_k(w: QuantTensor, w_up: QuantTensor | None, K: int) -> int:
     """GEMV_BLOCK_K, or K rounded up to a power of two when smaller (never below the types' scale group)."""
     group = max(GROUP[w.qtype], GROUP[w.qtype if w_up is None else w_up.qtype])
@@ -300,8 +308,8 @@ def _check(x: torch.Tensor, w: QuantTensor, w_up: QuantTensor | None, act: str, 
                                      f"{', '.join(t.name for t in sorted(TYPES))}; got {m!r}")
         if m.device != x.device or m.data.stride(-1) != 1:
             raise InvalidOptionError(f"qmatmul: {name} {m!r} must be on x's device ({x.device}), its rows contiguous")
-    if w_up is not None and (w_up.shape != w.shape or w_up.data.stride() != w.data.stride()):
-        raise InvalidOptionError(f"qmatmul_gated: w_up {w_up!r} does not match w_gate {w!r} in shape or layout")
+    if w_up is not None and w_up.shape != w.shape:
+        raise InvalidOptionError(f"qmatmul_gated: w_up {w_up!r} does not match w_gate {w!r} in shape")
     if x.dtype not in DTYPES:
         raise InvalidOptionError(f"qmatmul: x has dtype {x.dtype}; the Triton kernels take {DTYPES}")
     if x.shape[-1] != w.shape[-1]:
