@@ -42,10 +42,11 @@ ACTIVATIONS = {"silu": 0, "gelu": 1, "gelu_pytorch_tanh": 2}
 SILU = tl.constexpr(ACTIVATIONS["silu"])
 GELU = tl.constexpr(ACTIVATIONS["gelu"])
 
-# Tiles. GEMV: a band of rows, the whole super-block of a K-quant per step.
-GEMV_BLOCK_N, GEMV_BLOCK_K, GEMV_WARPS = 16, 256, 4
-# GEMM: (BLOCK_M <= 64, 64) output tiles, K in steps of 64 (a multiple of every type's scale group).
-GEMM_BLOCK_N, GEMM_BLOCK_K, GEMM_WARPS = 64, 64, 4
+# Tiles, sized so that no variant spills registers on sm_90 (gated, BLOCK_M = 8 GEMV: 152 registers a thread;
+# gated (64, 64) GEMM: 180). GEMV: a band of 16 rows, half a K-quant super-block per step.
+GEMV_BLOCK_N, GEMV_BLOCK_K, GEMV_WARPS = 16, 128, 8
+# GEMM: (BLOCK_M <= 64, 64) output tiles, K in steps of 32 (a multiple of every type's scale group).
+GEMM_BLOCK_N, GEMM_BLOCK_K, GEMM_WARPS = 64, 32, 8
 REDUCE_BLOCK_N = 256
 # Split-K: aim for this many programs per SM; never split K finer than this many BLOCK_K steps.
 PROGRAMS_PER_SM = 2
