@@ -241,7 +241,10 @@ def project(x: torch.Tensor, w: QuantTensor, *, bias: torch.Tensor | None = None
     x (..., K) of a dtype in :data:`DTYPES`; w (N, K), or stacked (E, N, K) with ``offsets`` (E + 1,)
     giving each expert's rows of x (M, K). Returns (..., N) in x's dtype. ``split_k`` forces the GEMV's
     K split (1: none); None chooses by :func:`split_for`. Bad arguments raise
-    :class:`~oxide.errors.InvalidOptionError`.
+    :class:`~oxide.errors.InvalidOptionError`; the values of ``offsets`` are trusted (ascending from 0 to M,
+    as the reference requires): reading them here would cost a device synchronisation per call.
+    The expert GEMM's grid has cdiv(M, BLOCK_M) row tiles for every expert, an upper bound; tiles past an
+    expert's rows return at once.
     """
     experts = offsets is not None
     _check(x, w, w_up, act, bias, offsets)
