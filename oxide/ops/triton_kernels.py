@@ -31,6 +31,11 @@ MIN_CAPABILITY = (7, 5)   # the oldest NVIDIA architecture (Turing) that Triton 
 
 # op -> module of oxide.kernels that implements it
 KERNELS: dict[str, str] = {
+    "qmatmul": "quant_ops",
+    "qmatmul_group": "quant_ops",
+    "qmatmul_gated": "quant_ops",
+    "qmatmul_experts": "quant_ops",
+    "qmatmul_experts_gated": "quant_ops",
     "rope": "rope",
     "attention": "attention",
     "sample": "sampling",
