@@ -167,3 +167,26 @@ def test_a_declined_call_goes_to_the_next_implementation(monkeypatch: pytest.Mon
     finally:
         dispatch._IMPLS.pop(name)
         dispatch._RESOLVED.clear()
+
+
+def test_import_oxide_imports_no_gpu_kernels() -> None:
+    """``import oxide`` neither imports Triton nor loads a kernel module: they come when an op is first bound."""
+    import subprocess
+    import sys
+
+    code = ("import sys, oxide; loaded = [m for m in ('triton', 'oxide.kernels', 'oxide._cuda') if m in sys.modules]; "
+            "print(loaded); sys.exit(1 if loaded else 0)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_triton_on_the_cpu_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off a GPU, the Triton kernels run only under ``TRITON_INTERPRET=1``; asking for them otherwise raises."""
+    monkeypatch.setenv("OXIDE_IMPL", "triton")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    dispatch._RESOLVED.clear()
+    try:
+        with pytest.raises(KernelUnavailableError, match="triton"):
+            dispatch.resolve("rope", "cpu", torch.float32)
+    finally:
+        dispatch._RESOLVED.clear()
