@@ -20,6 +20,7 @@ from .errors import (
     ContextOverflowError,
     InvalidOptionError,
     KernelUnavailableError,
+    MediaError,
     ModelFormatError,
     ModelNotFoundError,
     OxideError,
@@ -43,10 +44,11 @@ _LAZY = {
     "select_device": "oxide.device",
     "ops": "oxide.ops",
     "quant": "oxide.quant",
+    "multimodal": "oxide.multimodal",
 }
 
 __all__ = [
-    "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "ModelFormatError",
+    "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelFormatError",
     "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]
@@ -63,7 +65,7 @@ def __getattr__(name: str) -> Any:
 
 
 if TYPE_CHECKING:
-    from . import ops, quant
+    from . import multimodal, ops, quant
     from .api import Model, load
     from .chat import ChatTemplate
     from .config import ModelConfig

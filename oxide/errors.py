@@ -58,3 +58,8 @@ class InvalidOptionError(OxideError, ValueError):
 
 class KernelUnavailableError(OxideError):
     """An explicitly requested op implementation cannot be used on this machine."""
+
+
+class MediaError(OxideError, ValueError):
+    """An image or audio input cannot be used: a corrupt or unsupported file, an empty waveform, a sampling
+    rate or a size the model does not take."""
