@@ -171,11 +171,11 @@ class AudioPreprocessor:
         return self.mel
 
 
-_WHISPER = AudioPreprocessor(16000, MelSpec(n_mels=80, f_max=8000.0, drop_last_frame=True), length=30 * 16000)
+_WHISPER_MEL = MelSpec(n_mels=80, f_max=8000.0, drop_last_frame=True)
 
 PRESETS: dict[str, AudioPreprocessor] = {
-    "whisper": _WHISPER,
-    "whisper-128": dataclasses.replace(_WHISPER, mel=dataclasses.replace(_WHISPER.mel, n_mels=128)),
+    "whisper": AudioPreprocessor(16000, _WHISPER_MEL, length=30 * 16000),
+    "whisper-128": AudioPreprocessor(16000, dataclasses.replace(_WHISPER_MEL, n_mels=128), length=30 * 16000),
     "encodec": AudioPreprocessor(24000),
     "speech": AudioPreprocessor(16000, MelSpec(n_mels=80, n_fft=512, win_length=400, hop_length=160,
                                                window="hamming", f_min=20.0, scale="htk", norm=None, log="ln"),

@@ -114,9 +114,9 @@ def integrated_loudness(wave: torch.Tensor, sampling_rate: int,
     kept = block_loudness > ABSOLUTE_GATE
     if not kept.any():
         return -math.inf
-    relative = OFFSET + 10.0 * math.log10(power[kept].mean()) + RELATIVE_GATE
+    relative = OFFSET + 10.0 * math.log10(float(power[kept].mean())) + RELATIVE_GATE
     kept &= block_loudness > relative
-    return OFFSET + 10.0 * math.log10(power[kept].mean())
+    return OFFSET + 10.0 * math.log10(float(power[kept].mean()))
 
 
 def normalize_loudness(wave: torch.Tensor, sampling_rate: int, target_lufs: float,
