@@ -158,6 +158,7 @@ def test_batch_pads_like_pixtral_with_masks(rng, references) -> None:
     assert np.abs(pixels.numpy() - np.asarray(reference["pixel_values"])).max() == 0.0
     for i, (h, w) in enumerate(reference["image_sizes"]):
         assert mask[i, :h, :w].all() and mask[i].sum() == h * w
+        assert pre.patch_grid(mask[i]) == (h // 16, w // 16)
         assert torch.equal(pixels[i, :, :h, :w], pre(images[i]))
         assert pixels[i][:, ~mask[i]].abs().sum() == 0
     same_size, full = ImagePreprocessor.preset("siglip").batch(images)
@@ -203,6 +204,13 @@ def test_hflip_is_an_exact_mirror(rng) -> None:
     pre = ImagePreprocessor.preset("siglip")
     flipped = ImagePreprocessor.preset("siglip", augment=Augmentation(hflip=1.0))(image, seed=0)
     assert torch.equal(flipped, pre(image).flip(-1))
+
+
+def test_random_resized_crop_falls_back_to_the_central_region(rng) -> None:
+    # No region of the whole area fits a 400 x 100 image at aspect <= 4/3: the central 133 x 100 one is taken.
+    image = random_image(rng, 100, 400)
+    cropped = ImagePreprocessor(augment=Augmentation(crop_scale=(1.0, 1.0)))(image, seed=0)
+    assert torch.equal(cropped, ImagePreprocessor()(image)[:, :, 133:266])
 
 
 def png_header_only(width: int, height: int) -> bytes:

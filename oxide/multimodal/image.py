@@ -170,11 +170,15 @@ class ImagePreprocessor:
         return self._crop() or self.resized_size(height, width)
 
     def patch_grid(self, pixels: torch.Tensor) -> tuple[int, int]:
-        """(rows, columns) of ``patch_size`` patches in a tensor this preprocessor made, (..., H, W):
-        (H / patch_size, W / patch_size), e.g. Pixtral's grid of image tokens."""
+        """(rows, columns) of ``patch_size`` patches, (H / patch_size, W / patch_size), e.g. Pixtral's grid of image
+        tokens. ``pixels``: a (3, H, W) tensor this preprocessor made, or one image's bool (H, W) mask from
+        ``batch`` (its True extent is the image's own size)."""
         if self.patch_size is None:
             raise InvalidOptionError("patch_grid needs patch_size; this preprocessor has none")
-        height, width = pixels.shape[-2:]
+        if pixels.dtype == torch.bool:
+            height, width = int(pixels.any(-1).sum()), int(pixels.any(-2).sum())
+        else:
+            height, width = pixels.shape[-2:]
         if height % self.patch_size or width % self.patch_size:
             raise MediaError(f"a {height} x {width} image is not a whole number of {self.patch_size}-pixel patches; "
                              f"pass a tensor made with resize='patches'")

@@ -76,7 +76,7 @@ class Augmentation:
                 left, top = _randint(width - w + 1, generator), _randint(height - h + 1, generator)
                 return left, top, left + w, top + h
         ratio = min(max(width / height, self.crop_ratio[0]), self.crop_ratio[1])
-        w, h = (width, round(width / ratio)) if width / height > ratio else (round(height * ratio), height)
+        w, h = (round(height * ratio), height) if width / height > ratio else (width, round(width / ratio))
         w, h = max(1, min(w, width)), max(1, min(h, height))
         left, top = (width - w) // 2, (height - h) // 2
         return left, top, left + w, top + h
