@@ -62,7 +62,7 @@ def to_pixels(image: Any, vision: VisionModel, index: int) -> torch.Tensor:
         from .multimodal import ImagePreprocessor
 
         c = vision.config
-        image = ImagePreprocessor.preset("pixtral", patch_size=c.patch_size, longest_edge=c.image_size)(image)
+        image = ImagePreprocessor.preset("pixtral", patch_size=c.patch_size, size=c.image_size)(image)
     return vision.check_pixels(image, index)
 
 

@@ -217,17 +217,37 @@ def test_chat_image_parts(folder, model) -> None:
         model.generate(messages, images=per_image, max_new_tokens=1)
 
 
+def test_images_through_the_pixtral_preset(folder, model, tmp_path: Path) -> None:
+    """A PIL image, its file and its bytes go through ``ImagePreprocessor.preset("pixtral")`` with the model's patch
+    size and limit: the same logits as transformers' processor's pixels."""
+    image = random_image(70, 45, 11)
+    path = tmp_path / "image.png"
+    image.save(path)
+    per_image, _, _ = pixels(image)
+    ids = model.encode_prompt("[INST][IMG]describe[/INST]")
+    want = model.logits(ids, images=per_image)
+    for given in (image, path, str(path), path.read_bytes()):
+        assert_close_to_range(model.logits(ids, images=[given]), want)
+
+
 def test_cli_image(folder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     _, directory = folder
     path = tmp_path / "cat.png"
     random_image(40, 52, 9).save(path)
-    code = cli.main(["run", str(directory), "--image", str(path), "--image", str(path), "-n", "3",
-                     "--temperature", "0", "--ignore-eos", "--device", "cpu", "--dtype", "f32", "describe"])
+    flags = ["-n", "3", "--temperature", "0", "--ignore-eos", "--device", "cpu", "--dtype", "f32"]
+    code = cli.main(["run", str(directory), "--image", str(path), "--image", str(path), *flags, "describe"])
     assert code == 0, capsys.readouterr().err
+    plain = capsys.readouterr().out
+    api = oxide.load(directory, device="cpu", dtype="f32").generate(
+        "describe", images=[path, path], max_new_tokens=3, sampling=oxide.SamplingOptions.greedy(), ignore_eos=True)
+    assert plain == api.text + "\n"
+    assert cli.main(["run", str(directory), "--chat", "--image", str(path), *flags, "describe"]) == 0
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     assert cli.main(["run", str(directory), "--image", str(corrupt), "-n", "1", "--device", "cpu", "hi"]) == 2
-    assert "oxide: error:" in capsys.readouterr().err
+    assert f"oxide: error: image file {str(corrupt)!r} is not an image" in capsys.readouterr().err
+    with pytest.raises(MediaError, match="corrupt.png"):
+        oxide.load(directory, device="cpu").generate("hi", images=[corrupt], max_new_tokens=1)
 
 
 def test_bad_pixels_are_media_errors(model) -> None:
@@ -235,7 +255,7 @@ def test_bad_pixels_are_media_errors(model) -> None:
     cases = {
         "must be a multiple of the patch size": torch.zeros(3, 30, 32),
         "model's limit of 64 pixels": torch.zeros(3, 80, 32),
-        "3 channels": torch.zeros(1, 32, 32),
+        "1 channels, but the vision tower takes 3": torch.zeros(1, 32, 32),
         "float tensor": torch.zeros(32, 32, dtype=torch.uint8),
         "NaN or infinity": torch.full((3, 32, 32), float("nan")),
     }
@@ -248,7 +268,7 @@ def test_bad_pixels_are_media_errors(model) -> None:
         model.generate([{"role": "user", "content": [{"type": "image", "url": "https://x.org/a.png"}]}])
 
 
-def test_a_text_only_model_refuses_images(tmp_path: Path) -> None:
+def test_a_text_only_model_refuses_images(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from _arch_cases import build_mistral
 
     build_mistral().save_pretrained(tmp_path, safe_serialization=True)
@@ -257,6 +277,10 @@ def test_a_text_only_model_refuses_images(tmp_path: Path) -> None:
     assert text_only.vision is None
     with pytest.raises(MediaError, match="takes no images: config.json has no vision_config"):
         text_only.generate("hi", images=[torch.zeros(3, 16, 16)], max_new_tokens=1)
+    path = tmp_path / "a.png"
+    random_image(16, 16, 12).save(path)
+    assert cli.main(["run", str(tmp_path), "--image", str(path), "--device", "cpu", "hi"]) == 2
+    assert "takes no images" in capsys.readouterr().err
 
 
 def test_default_strategy_loads_text_only_and_says_why(tmp_path: Path) -> None:
