@@ -279,6 +279,7 @@ def _kernels(device) -> str:
 
 
 def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):
+    from .api import GGUF_NO_VISION
     from .models.builder import gguf_config
     from .quant import qtype_name
     from .weights.gguf import GGUFFile
@@ -293,11 +294,14 @@ def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):
         print(f"tokenizer:     {gguf.metadata.get('tokenizer.ggml.model', '?')}, "
               f"{len(gguf.metadata.get('tokenizer.ggml.tokens', []))} tokens")
         print(f"chat template: {'in the file' if 'tokenizer.chat_template' in gguf.metadata else 'none in the file'}")
+        print(f"images:        no: {GGUF_NO_VISION}")
     return config
 
 
 def _describe_hf(path, counts: Counter[str], sizes: Counter[str]):
     from .models.hf import hf_config
+    from .models.vision.config import vision_support
+    from .sources import read_hf_config
 
     spec, config, reader, _ = hf_config(path)
     for name in reader.names():
@@ -308,6 +312,7 @@ def _describe_hf(path, counts: Counter[str], sizes: Counter[str]):
     print(f"tokenizer:     {'tokenizer.json' if (path / 'tokenizer.json').exists() else 'missing'}")
     templates = [f for f in ("chat_template.jinja", "tokenizer_config.json") if (path / f).exists()]
     print(f"chat template: looked up in {', '.join(templates) or 'nothing: no template files'}")
+    print(f"images:        {vision_support(read_hf_config(path)) or 'yes: Pixtral vision tower'}")
     return config
 
 

@@ -30,8 +30,9 @@ from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImag
 import oxide
 from oxide import cli, ops
 from oxide.errors import MediaError, OxideError
+from oxide.models.vision.pixtral import PixtralEncoder
 from oxide.models.vision.placement import ImageTokens, image_token_ids
-from oxide.ops import reference
+from oxide.ops import dispatch, reference, triton_kernels
 
 from _arch_cases import VOCAB, _mistral_config, randomize
 
@@ -153,6 +154,22 @@ def test_two_images_of_different_sizes_equal_transformers(folder, model) -> None
     print(f"pixtral logits, two images {sizes}: max abs diff / range = {error:.2e}")
 
 
+@pytest.mark.skipif(not triton_kernels.importable(), reason="triton is not installed")
+def test_vision_encoder_through_the_triton_kernels(model, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OXIDE_IMPL=triton`` (the interpreter on the CPU): the patch matmul, the projections, RoPE and the
+    block-diagonal attention run as kernels, as on a CUDA device; the features equal the compiled CPU core's
+    within 1e-4 of their range (float32)."""
+    per_image, _, _ = pixels(random_image(50, 37, 13), random_image(23, 61, 14))
+    want = model.vision.encoder(per_image)
+    monkeypatch.setenv("OXIDE_IMPL", "triton")
+    assert dispatch.chosen_name("attention", "cpu", torch.float32, torch.float32, torch.float32) == "triton"
+    v = model.vision
+    encoder = PixtralEncoder(v.config, v.encoder.weights, v.device, v.dtype)
+    assert encoder.ops.attention.__module__ == "oxide.kernels.attention"
+    got = encoder(per_image)
+    assert ((got - want).abs().max() / (want.max() - want.min())).item() <= 1e-4
+
+
 def test_image_tokens_as_the_processor_places_them(folder, model) -> None:
     _, directory = folder
     tokens = ImageTokens.from_tokenizer(model.tokenizer, IMG)
@@ -242,6 +259,8 @@ def test_cli_image(folder, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         "describe", images=[path, path], max_new_tokens=3, sampling=oxide.SamplingOptions.greedy(), ignore_eos=True)
     assert plain == api.text + "\n"
     assert cli.main(["run", str(directory), "--chat", "--image", str(path), *flags, "describe"]) == 0
+    assert cli.main(["info", str(directory), "--device", "cpu"]) == 0
+    assert "images:        yes: Pixtral vision tower" in capsys.readouterr().out
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     assert cli.main(["run", str(directory), "--image", str(corrupt), "-n", "1", "--device", "cpu", "hi"]) == 2
