@@ -122,7 +122,8 @@ def _run(ns: argparse.Namespace) -> int:
     request = prompt
     if ns.chat or ns.system:
         content = [*({"type": "image"} for _ in ns.image), {"type": "text", "text": prompt}] if ns.image else prompt
-        request = ([{"role": "system", "content": ns.system}] if ns.system else []) + [{"role": "user", "content": content}]
+        system = [{"role": "system", "content": ns.system}] if ns.system else []
+        request = [*system, {"role": "user", "content": content}]
     _stream(model, request, ns, ns.image)
     return 0
 

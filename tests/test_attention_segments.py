@@ -11,9 +11,16 @@ softmax in float32, as every op does its statistics); float32 rtol 1e-5, atol 2e
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+import triton
 
+import oxide
 import oxide.ops as ops
 from oxide.errors import InvalidOptionError
 from oxide.kernels import attention as kernel
@@ -135,3 +142,17 @@ def test_triton_kernel_on_cuda_many_images(dtype: torch.dtype) -> None:
     want = reference.attention(q.double(), k.double(), v.double(), pos, pos, scale=0.125, causal=False, q_seg=seg,
                                k_seg=seg)
     torch.testing.assert_close(got.double(), want, **tol)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CUDA tests compile the kernel for their device")
+@pytest.mark.skipif("nvidia" not in triton.backends.backends, reason="Triton's NVIDIA backend is not installed")
+def test_kernel_compiles_for_sm90() -> None:
+    """The interpreter runs any Python; the compiler does not. Without it (a subprocess), the causal and the
+    segmented variants compile to sm_90 cubins, no GPU needed (see tests/_sm90_compile_attention.py)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    here = Path(__file__).parent
+    root = str(Path(oxide.__file__).parent.parent)                      # the oxide under test, not another checkout
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (root, str(here), env.get("PYTHONPATH"))))
+    script = here / "_sm90_compile_attention.py"
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

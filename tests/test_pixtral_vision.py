@@ -30,6 +30,7 @@ from transformers.models.pixtral.image_processing_pil_pixtral import PixtralImag
 import oxide
 from oxide import cli, ops
 from oxide.errors import MediaError, OxideError
+from oxide.images import image_prompt
 from oxide.models.vision.pixtral import PixtralEncoder
 from oxide.models.vision.placement import ImageTokens, image_token_ids
 from oxide.ops import dispatch, reference, triton_kernels
@@ -185,7 +186,8 @@ def test_incremental_decode_after_the_image_prompt(folder, model) -> None:
     hf, directory = folder
     per_image, batch, sizes = pixels(random_image(40, 64, 3))
     ids = model.encode_prompt("[INST][IMG] what is it?[/INST]")
-    prompt = model._with_images(ids, per_image, chat=False)
+    tokens = ImageTokens.from_tokenizer(model.tokenizer, IMG)
+    prompt = image_prompt(model.lm, model.vision, tokens, ids, per_image, bos=model.tokenizer.bos_id, chat=False)
     follow = [17, 40, 101]
     lm = model.lm
     cache = lm.new_cache(len(prompt.ids) + len(follow))
