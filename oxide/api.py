@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -24,6 +24,7 @@ from .sources import ModelSource, resolve_source
 from .tokenizer import Tokenizer
 
 if TYPE_CHECKING:
+    from .images import PromptInput
     from .models.vision.model import VisionModel
 
 log = get_logger("load")
@@ -32,12 +33,6 @@ DEFAULT_N_CTX = 8192
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 GGUF_NO_VISION = ("a GGUF file holds only the language model: llama.cpp keeps the vision tower in a separate mmproj "
                   "file, which oxide does not read; load the model's Hugging Face folder to give it images")
-
-
-class PromptInput(NamedTuple):
-    ids: list[int]
-    embeddings: torch.Tensor | None     # (1, T, D) input embeddings when images are among the tokens
-
 
 @dataclass(frozen=True)
 class LoadInfo:
@@ -90,7 +85,7 @@ class Model:
         ids = list(ids)
         if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise InvalidOptionError("logits() takes a non-empty flat sequence of integer token ids")
-        prompt = self._with_images(ids, list(images or []), chat=False)
+        prompt = self._with_images(ids, _image_list(images), chat=False)
         if len(prompt.ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(prompt.ids)} tokens exceed the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx or pass fewer tokens")
@@ -144,10 +139,11 @@ class Model:
     def _with_images(self, ids: list[int], images: list[Any], *, chat: bool) -> PromptInput:
         """``ids`` alone without images; with them, expanded and embedded with their features
         (:func:`oxide.images.image_prompt`). A model without a vision tower raises :class:`MediaError`."""
+        from .images import PromptInput, image_prompt, to_pixels
+        from .models.vision.placement import ImageTokens
+
         if not images:
             return PromptInput(ids, None)
-        from .images import image_prompt, to_pixels
-        from .models.vision.placement import ImageTokens
 
         if self.vision is None:
             raise MediaError(f"{self.info.source.path} takes no images: {self.info.vision}")
@@ -156,18 +152,16 @@ class Model:
                                  f"tokens an image prompt needs; add the model's tokenizer.json to the folder")
         tokens = ImageTokens.from_tokenizer(self.tokenizer, self.vision.config.image_token_index)
         pixels = [to_pixels(image, self.vision, i) for i, image in enumerate(images)]
-        prompt = image_prompt(self.lm, self.vision, tokens, ids, pixels, bos=self.tokenizer.bos_id, chat=chat)
-        return PromptInput(prompt.ids, prompt.embeddings)
+        return image_prompt(self.lm, self.vision, tokens, ids, pixels, bos=self.tokenizer.bos_id, chat=chat)
 
     def _prompt(self, prompt: Prompt, images: Sequence[Any] | None) -> PromptInput:
         """The prompt's ids (and, with images, their embeddings): images from ``images`` and chat image parts."""
         from .images import chat_images
 
-        if isinstance(images, (str, bytes)) or (images is not None and not isinstance(images, Sequence)):
-            raise InvalidOptionError(f"images must be a list of images, got {type(images).__name__}")
+        given = _image_list(images)
         ids = self.encode_prompt(prompt)
         chat = not isinstance(prompt, str) and bool(prompt) and isinstance(list(prompt)[0], dict)
-        found = chat_images(list(prompt), images or []) if chat else list(images or [])
+        found = chat_images(list(prompt), given) if chat else given
         return self._with_images(ids, found, chat=chat)
 
     def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,
@@ -241,6 +235,16 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
                     vision_note)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)
     return Model(lm, tokenizer, template, context, info, vision)
+
+
+def _image_list(images: Sequence[Any] | None) -> list[Any]:
+    """``images=`` as a list: None is none; a lone path or bytes is a mistake worth naming."""
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        raise InvalidOptionError(f"images must be a list of images, got a {type(images).__name__}; "
+                                 f"wrap a single image in a list")
+    return list(images)
 
 
 def _hf_tokenizer(directory: Path) -> Tokenizer | None:

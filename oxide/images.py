@@ -10,26 +10,27 @@ renders each image part as one); a text prompt without any gets its images at it
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from .errors import MediaError
 from .log import get_logger
-from .models.decoder import DecoderLM
-from .models.vision.model import VisionModel
 from .models.vision.placement import ImageTokens, expand_placeholders
+
+if TYPE_CHECKING:
+    from .models.decoder import DecoderLM
+    from .models.vision.model import VisionModel
 
 log = get_logger("infer")
 
 IMAGE_KEYS = ("image", "path", "url")   # where a chat part may hold its image (transformers' names)
 
 
-@dataclass(frozen=True)
-class ImagePrompt:
-    ids: list[int]                 # the prompt's tokens, each image's placeholder expanded to its tokens
-    embeddings: torch.Tensor       # (1, T, D) their input embeddings, the images' features at their [IMG] tokens
+class PromptInput(NamedTuple):
+    ids: list[int]                        # the prompt's tokens, each image's placeholder expanded to its tokens
+    embeddings: torch.Tensor | None       # (1, T, D) their input embeddings, the images' features at their [IMG]
+                                          # tokens; None for a prompt without images (the ids alone)
 
 
 def chat_images(messages: Sequence[dict[str, Any]], images: Sequence[Any]) -> list[Any]:
@@ -67,7 +68,7 @@ def to_pixels(image: Any, vision: VisionModel, index: int) -> torch.Tensor:
 
 
 def image_prompt(lm: DecoderLM, vision: VisionModel, tokens: ImageTokens, ids: Sequence[int],
-                 pixels: Sequence[torch.Tensor], *, bos: int | None, chat: bool) -> ImagePrompt:
+                 pixels: Sequence[torch.Tensor], *, bos: int | None, chat: bool) -> PromptInput:
     """The prompt ``ids`` with its placeholders expanded and its input embeddings, each image's features in place
     of its ``[IMG]`` tokens. A text prompt without placeholders gets them after BOS; a chat's must come from its
     template."""
@@ -85,4 +86,4 @@ def image_prompt(lm: DecoderLM, vision: VisionModel, tokens: ImageTokens, ids: S
     with torch.inference_mode():
         x = lm.embed_ids(tensor).clone()                                                # (1, T, D)
         x[0, tensor[0] == tokens.image] = torch.cat(vision(pixels)).to(x.dtype)         # (P, D) in place
-    return ImagePrompt(ids, x)
+    return PromptInput(ids, x)

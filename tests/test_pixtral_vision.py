@@ -285,6 +285,8 @@ def test_bad_pixels_are_media_errors(model) -> None:
             model.logits(model.encode_prompt("[IMG]x"), images=[bad])
     with pytest.raises(MediaError, match="2 image placeholder"):
         model.logits(model.encode_prompt("[IMG][IMG]x"), images=good)
+    with pytest.raises(oxide.InvalidOptionError, match="images must be a list of images, got a str"):
+        model.logits(model.encode_prompt("[IMG]x"), images="cat.png")
     with pytest.raises(MediaError, match="web address"):
         model.generate([{"role": "user", "content": [{"type": "image", "url": "https://x.org/a.png"}]}])
 

@@ -42,7 +42,7 @@ class VisionConfig:
         vision = outer["vision_config"]
         text = outer.get("text_config") if isinstance(outer.get("text_config"), dict) else outer
         rope = vision.get("rope_parameters") if isinstance(vision.get("rope_parameters"), dict) else {}
-        layers = outer.get("vision_feature_layer", cls.feature_layers[0])
+        layers = outer.get("vision_feature_layer")
         fields = dict(
             hidden_size=vision.get("hidden_size"), intermediate_size=vision.get("intermediate_size"),
             num_hidden_layers=vision.get("num_hidden_layers"), num_attention_heads=vision.get("num_attention_heads"),
@@ -51,13 +51,11 @@ class VisionConfig:
             rope_theta=rope.get("rope_theta", vision.get("rope_theta")),
             projector_hidden_act=outer.get("projector_hidden_act"),
             projector_bias=outer.get("multimodal_projector_bias"),
-            feature_layers=tuple(layers) if isinstance(layers, list) else layers,
+            feature_layers=tuple(layers) if isinstance(layers, list) else None if layers is None else (layers,),
             image_token_index=outer.get("image_token_index", outer.get("image_token_id")),
             text_hidden_size=text.get("hidden_size"),
         )
         config = cls(**{k: v for k, v in fields.items() if v is not None})
-        if isinstance(config.feature_layers, int):
-            config = cls(**{**config.__dict__, "feature_layers": (config.feature_layers,)})
         for name in ("image_size", "patch_size"):
             if not isinstance(getattr(config, name), int):
                 raise ModelFormatError(f"{source}: vision_config.{name}={getattr(config, name)!r}; oxide reads a "
