@@ -11,13 +11,16 @@ One kernel, two plans chosen by the number of queries T:
 Query rows are packed per kv head as ``r = t * G + g`` (G = H / Hkv query heads per kv head; row r is
 query t of head ``hk * G + g``), so each K/V tile a program loads serves all G heads of its group, and a
 tile of rows covers consecutive query positions. Masks come from the explicit positions: key j is
-allowed for query i when ``0 <= q_pos[i] - k_pos[j]`` (``< window`` if ``window > 0``), after the scores
-``scale * q.k`` are soft-capped (``cap * tanh(s / cap)``); positions are compared as int32 saturated at
-2^30 (exact below a billion tokens; an empty slot marked with any larger position is never attended).
+allowed for query i when ``0 <= q_pos[i] - k_pos[j]`` (dropped when ``causal=False``), ``< window`` if
+``window > 0``, and ``q_seg[i] == k_seg[j]`` when segment ids are given (a vision encoder's images packed in
+one sequence: block-diagonal, non-causal), after the scores ``scale * q.k`` are soft-capped
+(``cap * tanh(s / cap)``); positions and segments are compared as int32 saturated at 2^30 (exact below a
+billion tokens; an empty slot marked with any larger position is never attended).
 
 Key tiles that no query of a program may see are skipped: a first pass over the key positions alone finds
 the first and the last tile holding a key that some query may see (a tile whose smallest position is past
-the last query, or whose largest is before every window, holds none), and the main loop runs over that
+the last query in a causal call, whose largest is before every window, or whose segments are all outside
+the program's, holds none), and the main loop runs over that
 range only, without a branch, so that its K/V loads pipeline. In a prefill, whose keys ascend, the range is
 exactly the causal (and window) band; a sliding window's ring holds keys in any order, and tiles inside the
 range that no query sees are then computed and masked. A query row with no allowed key is NaN, as in the
@@ -67,26 +70,35 @@ def _position(ptr):
 
 
 @triton.jit
-def _live_tiles(k_pos_ptr, start, stop, q_first, q_last, window, WINDOW: tl.constexpr, BLOCK_N: tl.constexpr):
+def _live_tiles(k_pos_ptr, k_seg_ptr, start, stop, q_first, q_last, seg_first, seg_last, window,
+                CAUSAL: tl.constexpr, WINDOW: tl.constexpr, SEGMENTS: tl.constexpr, BLOCK_N: tl.constexpr):
     """``[first, last)``: the key tiles of ``[start, stop)`` from the first to the last that may hold a key
-    some query of ``[q_first, q_last]`` sees (a tile whose smallest position is past ``q_last``, or whose
-    largest is at or before ``q_first - window``, holds none). A pass over the positions only."""
+    some query of ``[q_first, q_last]`` (segments ``[seg_first, seg_last]``) sees: a tile whose smallest
+    position is past ``q_last`` (causal), whose largest is at or before ``q_first - window``, or whose
+    segments all lie outside the queries' range holds none. A pass over the positions and segments only."""
     first, last = stop, start
     for n in range(start, stop, BLOCK_N):
-        k_pos = _position(k_pos_ptr + tl.minimum(n + tl.arange(0, BLOCK_N), stop - 1))   # past the end: the last
-        live = tl.min(k_pos, 0) <= q_last
+        cols = tl.minimum(n + tl.arange(0, BLOCK_N), stop - 1)                    # past the end: the last
+        k_pos = _position(k_pos_ptr + cols)
+        live = tl.full((), 1, tl.int1)
+        if CAUSAL:
+            live = tl.min(k_pos, 0) <= q_last
         if WINDOW:
             live = live & (tl.max(k_pos, 0) > q_first - window)
+        if SEGMENTS:
+            k_seg = _position(k_seg_ptr + cols)
+            live = live & (tl.max(k_seg, 0) >= seg_first) & (tl.min(k_seg, 0) <= seg_last)
         first = tl.where(live, tl.minimum(first, n), first)
         last = tl.where(live, n + BLOCK_N, last)
     return first, last
 
 
 @triton.jit
-def _attention_kernel(q_ptr, k_ptr, v_ptr, q_pos_ptr, k_pos_ptr, out_ptr, lse_ptr,
+def _attention_kernel(q_ptr, k_ptr, v_ptr, q_pos_ptr, k_pos_ptr, q_seg_ptr, k_seg_ptr, out_ptr, lse_ptr,
                       n_rows, T, S, Hkv, chunk, scale, softcap, window,
                       sq_b, sq_h, sq_t, sq_d, sk_b, sk_h, sk_s, sk_d, sv_b, sv_h, sv_s, sv_d,
                       G: tl.constexpr, HD: tl.constexpr, SOFTCAP: tl.constexpr, WINDOW: tl.constexpr,
+                      CAUSAL: tl.constexpr, SEGMENTS: tl.constexpr,
                       SPLIT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
     """Rows ``program_id(0)`` of kv head ``program_id(1)`` (b * Hkv + hk) against keys
     ``[program_id(2) * chunk, + chunk)``. SPLIT: write the normalised partial output (float32, one
@@ -103,6 +115,11 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, q_pos_ptr, k_pos_ptr, out_ptr, lse_pt
                 mask=d_ok[None, :], other=0.0)                                      # (BLOCK_M, BLOCK_D)
     q_pos = _position(q_pos_ptr + t)
     q_first, q_last = tl.min(q_pos, 0), tl.max(q_pos, 0)
+    if SEGMENTS:
+        q_seg = _position(q_seg_ptr + t)
+        seg_first, seg_last = tl.min(q_seg, 0), tl.max(q_seg, 0)
+    else:
+        seg_first, seg_last = 0, 0
 
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)   # running max of the scores, base 2
     l_i = tl.zeros((BLOCK_M,), tl.float32)                 # running sum of 2^(s - m_i)
@@ -111,7 +128,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, q_pos_ptr, k_pos_ptr, out_ptr, lse_pt
     v_head = v_ptr + b * sv_b + hk * sv_h
     start = tl.program_id(2) * chunk
     stop = tl.minimum(start + chunk, S)
-    first, last = _live_tiles(k_pos_ptr, start, stop, q_first, q_last, window, WINDOW, BLOCK_N)
+    first, last = _live_tiles(k_pos_ptr, k_seg_ptr, start, stop, q_first, q_last, seg_first, seg_last, window,
+                              CAUSAL, WINDOW, SEGMENTS, BLOCK_N)
     for n in range(first, last, BLOCK_N):       # no branch inside: the loads pipeline
         cols = n + tl.arange(0, BLOCK_N)
         col_ok = cols < stop
@@ -122,9 +140,14 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, q_pos_ptr, k_pos_ptr, out_ptr, lse_pt
         if SOFTCAP:
             s = softcap * _tanh(s / softcap)
         distance = q_pos[:, None] - k_pos[None, :]
-        allowed = col_ok[None, :] & (distance >= 0)
+        allowed = col_ok[None, :]
+        if CAUSAL:
+            allowed = allowed & (distance >= 0)
         if WINDOW:
             allowed = allowed & (distance < window)
+        if SEGMENTS:
+            k_seg = _position(k_seg_ptr + tl.minimum(cols, stop - 1))
+            allowed = allowed & (q_seg[:, None] == k_seg[None, :])
         s = tl.where(allowed, s * LOG2E, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)   # rows with nothing allowed yet stay at 0
@@ -224,13 +247,18 @@ def serves_attention(q_dtype: torch.dtype, k_dtype: torch.dtype, v_dtype: torch.
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+              *, scale: float, window: int = 0, softcap: float = 0.0, causal: bool = True,
+              q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`oxide.ops.reference.attention`: q (B, H, T, hd), k and v (B, Hkv, S, hd), any strides; q_pos
-    (T,), k_pos (S,) integer positions. Returns a new contiguous (B, H, T, hd) tensor of v's dtype."""
+    (T,), k_pos (S,) integer positions; optionally non-causal and segment ids q_seg (T,), k_seg (S,).
+    Returns a new contiguous (B, H, T, hd) tensor of v's dtype."""
     _check(q, k, v, q_pos, k_pos)
     B, H, T, hd = q.shape
+    reference.check_segments(q_seg, k_seg, T, k.shape[2])
+    _check_on_device(q, q_seg, k_seg)
     if hd > MAX_HEAD_DIM:
-        return reference.attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+        return reference.attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap,
+                                   causal=causal, q_seg=q_seg, k_seg=k_seg)
     Hkv, S = k.shape[1], k.shape[2]
     out = _empty((B, H, T, hd), v.dtype, q.device)
     if S == 0:
@@ -244,10 +272,12 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
         lse = _empty((p.splits, n_rows), torch.float32, q.device)
     else:
         partial, lse = out, out    # lse unused
-    args = (q, k, v, q_pos.contiguous(), k_pos.contiguous(), partial, lse, n_rows, T, S, Hkv, p.chunk, float(scale),
-            float(softcap), int(window), *q.stride(), *k.stride(), *v.stride())
-    meta = dict(G=G, HD=hd, SOFTCAP=softcap > 0, WINDOW=window > 0, SPLIT=p.splits > 1, BLOCK_M=p.block_m,
-                BLOCK_N=p.block_n, BLOCK_D=p.block_d, num_warps=p.warps)
+    segments = q_seg is not None
+    q_seg, k_seg = (q_seg.contiguous(), k_seg.contiguous()) if segments else (q_pos, k_pos)   # unread if none
+    args = (q, k, v, q_pos.contiguous(), k_pos.contiguous(), q_seg, k_seg, partial, lse, n_rows, T, S, Hkv, p.chunk,
+            float(scale), float(softcap), int(window), *q.stride(), *k.stride(), *v.stride())
+    meta = dict(G=G, HD=hd, SOFTCAP=softcap > 0, WINDOW=window > 0, CAUSAL=bool(causal), SEGMENTS=segments,
+                SPLIT=p.splits > 1, BLOCK_M=p.block_m, BLOCK_N=p.block_n, BLOCK_D=p.block_d, num_warps=p.warps)
     _launch((triton.cdiv(G * T, p.block_m), B * Hkv, p.splits), args, meta, p.stages, q.device, q.dtype)
     if p.splits > 1:
         _merge_kernel[(n_rows,)](partial, lse, out, n_rows, p.splits, HD=hd, BLOCK_D=p.block_d,
@@ -274,6 +304,13 @@ def _launch(grid: tuple[int, int, int], args: tuple, meta: dict, stages: int, de
             continue
         _FITTING_STAGES[key] = stages
         return
+
+
+def _check_on_device(q: torch.Tensor, *segments: torch.Tensor | None) -> None:
+    """Segment ids must be on q's device (the kernel reads them there)."""
+    for name, seg in zip(("q_seg", "k_seg"), segments):
+        if seg is not None and seg.device != q.device:
+            raise InvalidOptionError(f"attention: {name} is on {seg.device}, q on {q.device}; move it to {q.device}")
 
 
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:

@@ -7,14 +7,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .chat import ChatTemplate, fallback_template
 from .config import ModelConfig
 from .device import device_reason, select_device
-from .errors import ContextOverflowError, InvalidOptionError, TokenizerError
+from .errors import ContextOverflowError, InvalidOptionError, MediaError, TokenizerError
 from .generate import Completion, Generation
 from .log import get_logger
 from .models.decoder import DecoderLM
@@ -23,11 +23,16 @@ from .sampling import Sampler, SamplingOptions
 from .sources import ModelSource, resolve_source
 from .tokenizer import Tokenizer
 
+if TYPE_CHECKING:
+    from .images import PromptInput
+    from .models.vision.model import VisionModel
+
 log = get_logger("load")
 
 DEFAULT_N_CTX = 8192
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
-
+GGUF_NO_VISION = ("a GGUF file holds only the language model: llama.cpp keeps the vision tower in a separate mmproj "
+                  "file, which oxide does not read; load the model's Hugging Face folder to give it images")
 
 @dataclass(frozen=True)
 class LoadInfo:
@@ -38,6 +43,7 @@ class LoadInfo:
     precision: PrecisionPolicy
     load_seconds: float
     template_origin: str
+    vision: str               # the vision tower loaded, or why the model takes no images
 
 
 class Model:
@@ -47,11 +53,15 @@ class Model:
     (``logits(ids)``, ``generate(list_of_ids)``, whose completion then has ids and no text, and which stops
     only at ``max_new_tokens``: the end-of-sequence ids come with the tokenizer), and a text or chat prompt
     raises :class:`TokenizerError`.
+
+    A model with a vision tower (:attr:`vision`; Pixtral-Llava folders) takes images beside its prompt: see
+    :mod:`oxide.images` for what an image may be and where it goes.
     """
 
     def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,
-                 info: LoadInfo) -> None:
+                 info: LoadInfo, vision: VisionModel | None = None) -> None:
         self.lm = lm
+        self.vision = vision
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.n_ctx = n_ctx
@@ -69,16 +79,20 @@ class Model:
     def dtype(self) -> torch.dtype:
         return self.lm.dtype
 
-    def logits(self, ids: Sequence[int]) -> torch.Tensor:
-        """Float32 logits (len(ids), vocab) of one forward over ``ids`` on a fresh cache."""
+    def logits(self, ids: Sequence[int], *, images: Sequence[Any] | None = None) -> torch.Tensor:
+        """Float32 logits (T, vocab) of one forward over ``ids`` on a fresh cache; T = len(ids), or with
+        ``images`` the length after each image placeholder is expanded to its tokens."""
         ids = list(ids)
         if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise InvalidOptionError("logits() takes a non-empty flat sequence of integer token ids")
-        if len(ids) > self.n_ctx:
-            raise ContextOverflowError(f"{len(ids)} tokens exceed the context of {self.n_ctx}; "
+        prompt = self._with_images(ids, _image_list(images), chat=False)
+        if len(prompt.ids) > self.n_ctx:
+            raise ContextOverflowError(f"{len(prompt.ids)} tokens exceed the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx or pass fewer tokens")
-        cache = self.lm.new_cache(len(ids))
-        return self.lm.forward(torch.tensor([ids], device=self.device), cache)[0]
+        cache = self.lm.new_cache(len(prompt.ids))
+        if prompt.embeddings is not None:
+            return self.lm.forward_embeddings(prompt.embeddings, cache)[0]
+        return self.lm.forward(torch.tensor([prompt.ids], device=self.device), cache)[0]
 
     def encode_prompt(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids for text (BOS added as the vocabulary asks), chat messages (rendered with the model's
@@ -122,11 +136,39 @@ class Model:
             return ids[1:]
         return ids
 
+    def _with_images(self, ids: list[int], images: list[Any], *, chat: bool) -> PromptInput:
+        """``ids`` alone without images; with them, expanded and embedded with their features
+        (:func:`oxide.images.image_prompt`). A model without a vision tower raises :class:`MediaError`."""
+        from .images import PromptInput, image_prompt, to_pixels
+        from .models.vision.placement import ImageTokens
+
+        if not images:
+            return PromptInput(ids, None)
+
+        if self.vision is None:
+            raise MediaError(f"{self.info.source.path} takes no images: {self.info.vision}")
+        if self.tokenizer is None:
+            raise TokenizerError(f"{self.info.source.path} has no tokenizer.json, whose [IMG_BREAK] and [IMG_END] "
+                                 f"tokens an image prompt needs; add the model's tokenizer.json to the folder")
+        tokens = ImageTokens.from_tokenizer(self.tokenizer, self.vision.config.image_token_index)
+        pixels = [to_pixels(image, self.vision, i) for i, image in enumerate(images)]
+        return image_prompt(self.lm, self.vision, tokens, ids, pixels, bos=self.tokenizer.bos_id, chat=chat)
+
+    def _prompt(self, prompt: Prompt, images: Sequence[Any] | None) -> PromptInput:
+        """The prompt's ids (and, with images, their embeddings): images from ``images`` and chat image parts."""
+        from .images import chat_images
+
+        given = _image_list(images)
+        ids = self.encode_prompt(prompt)
+        chat = not isinstance(prompt, str) and bool(prompt) and isinstance(list(prompt)[0], dict)
+        found = chat_images(list(prompt), given) if chat else given
+        return self._with_images(ids, found, chat=chat)
+
     def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,
-                    stop: str | Sequence[str] | None, ignore_eos: bool) -> Generation:
+                    stop: str | Sequence[str] | None, ignore_eos: bool, images: Sequence[Any] | None) -> Generation:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidOptionError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
-        ids = self.encode_prompt(prompt)
+        ids, embeddings = self._prompt(prompt, images)
         if not ids:
             raise InvalidOptionError("the prompt encodes to no tokens; give some text or ids")
         if len(ids) >= self.n_ctx:
@@ -140,24 +182,28 @@ class Model:
                                  "leave stop unset or add the model's tokenizer.json to its folder")
         return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
                           max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else ())
+                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
+                          prompt_embeddings=embeddings)
 
     def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
-                 stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Completion:
-        """Generate a completion of ``prompt`` (text, chat messages or token ids)."""
-        generation = self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos)
+                 stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+                 images: Sequence[Any] | None = None) -> Completion:
+        """Generate a completion of ``prompt`` (text, chat messages or token ids), seeing ``images`` (and a
+        chat's image parts) when the model has a vision tower."""
+        generation = self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos, images)
         for _ in generation:
             pass
         assert generation.completion is not None
         return generation.completion
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
-               stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Generation:
+               stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+               images: Sequence[Any] | None = None) -> Generation:
         """Like :meth:`generate`, yielding text pieces as they are ready (never half a UTF-8 character).
 
         The returned iterator's ``completion`` attribute holds the :class:`Completion` once exhausted.
         """
-        return self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos)
+        return self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos, images)
 
 
 def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None,
@@ -170,22 +216,35 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
     chosen = select_device(device)
     policy = choose_precision(chosen, dtype)
     if resolved.kind == "hf":
-        from .models.hf import build_from_hf_dir
+        from .models.hf import build_from_hf_dir, build_vision_from_hf_dir
 
         lm = build_from_hf_dir(resolved.path, chosen, policy.compute_dtype)
+        vision, vision_note = build_vision_from_hf_dir(resolved.path, chosen, policy.compute_dtype)
         tokenizer = _hf_tokenizer(resolved.path)
         template, origin = ChatTemplate.from_hf_dir(resolved.path), "tokenizer_config.json / chat_template.jinja"
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
+        vision, vision_note = None, GGUF_NO_VISION
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
         template, origin = ChatTemplate.from_gguf_metadata(gguf.metadata), "GGUF tokenizer.chat_template"
     if template is None:
         template = fallback_template(tokenizer.special_tokens) if tokenizer is not None else None
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
-    info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin)
+    info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin,
+                    vision_note)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)
-    return Model(lm, tokenizer, template, context, info)
+    return Model(lm, tokenizer, template, context, info, vision)
+
+
+def _image_list(images: Sequence[Any] | None) -> list[Any]:
+    """``images=`` as a list: None is none; a lone path or bytes is a mistake worth naming."""
+    if images is None:
+        return []
+    if isinstance(images, (str, bytes, os.PathLike)) or not isinstance(images, Sequence):
+        raise InvalidOptionError(f"images must be a list of images, got a {type(images).__name__}; "
+                                 f"wrap a single image in a list")
+    return list(images)
 
 
 def _hf_tokenizer(directory: Path) -> Tokenizer | None:

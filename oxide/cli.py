@@ -1,4 +1,4 @@
-"""Command line: ``oxide run [MODEL] PROMPT``, ``oxide chat [MODEL]``, ``oxide info [MODEL]`` and
+"""Command line: ``oxide run [MODEL] [--image PATH ...] PROMPT``, ``oxide chat [MODEL]``, ``oxide info [MODEL]`` and
 ``oxide bench [MODEL]`` (also ``python -m oxide``)."""
 
 from __future__ import annotations
@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="a model (optional: default Gemma 3 270M) and the prompt")
     run.add_argument("--chat", action="store_true", help="send the prompt as a user message through the chat template")
     run.add_argument("--system", help="system message (implies --chat)")
+    run.add_argument("--image", action="append", default=[], metavar="PATH",
+                     help="an image for a model that sees (repeatable; Pixtral-Llava folders); each goes where the "
+                          "prompt has an [IMG] placeholder, else before the prompt")
     _add_generation_options(run)
     _add_model_options(run)
 
@@ -91,10 +94,10 @@ def _sampling(ns: argparse.Namespace):
         presence_penalty=ns.presence_penalty, frequency_penalty=ns.frequency_penalty)
 
 
-def _stream(model, request, ns: argparse.Namespace) -> str:
+def _stream(model, request, ns: argparse.Namespace, images: Sequence[str] = ()) -> str:
     """Stream one completion to stdout; return its text."""
     generation = model.stream(request, max_new_tokens=ns.max_new_tokens, sampling=_sampling(ns), stop=ns.stop,
-                              ignore_eos=ns.ignore_eos)
+                              ignore_eos=ns.ignore_eos, images=list(images))
     for piece in generation:
         sys.stdout.write(piece)
         sys.stdout.flush()
@@ -118,8 +121,10 @@ def _run(ns: argparse.Namespace) -> int:
     model = _load(model_path, ns)
     request = prompt
     if ns.chat or ns.system:
-        request = ([{"role": "system", "content": ns.system}] if ns.system else []) + [{"role": "user", "content": prompt}]
-    _stream(model, request, ns)
+        content = [*({"type": "image"} for _ in ns.image), {"type": "text", "text": prompt}] if ns.image else prompt
+        system = [{"role": "system", "content": ns.system}] if ns.system else []
+        request = [*system, {"role": "user", "content": content}]
+    _stream(model, request, ns, ns.image)
     return 0
 
 
@@ -275,6 +280,7 @@ def _kernels(device) -> str:
 
 
 def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):
+    from .api import GGUF_NO_VISION
     from .models.builder import gguf_config
     from .quant import qtype_name
     from .weights.gguf import GGUFFile
@@ -289,11 +295,14 @@ def _describe_gguf(path, counts: Counter[str], sizes: Counter[str]):
         print(f"tokenizer:     {gguf.metadata.get('tokenizer.ggml.model', '?')}, "
               f"{len(gguf.metadata.get('tokenizer.ggml.tokens', []))} tokens")
         print(f"chat template: {'in the file' if 'tokenizer.chat_template' in gguf.metadata else 'none in the file'}")
+        print(f"images:        no: {GGUF_NO_VISION}")
     return config
 
 
 def _describe_hf(path, counts: Counter[str], sizes: Counter[str]):
     from .models.hf import hf_config
+    from .models.vision.config import vision_support
+    from .sources import read_hf_config
 
     spec, config, reader, _ = hf_config(path)
     for name in reader.names():
@@ -304,6 +313,7 @@ def _describe_hf(path, counts: Counter[str], sizes: Counter[str]):
     print(f"tokenizer:     {'tokenizer.json' if (path / 'tokenizer.json').exists() else 'missing'}")
     templates = [f for f in ("chat_template.jinja", "tokenizer_config.json") if (path / f).exists()]
     print(f"chat template: looked up in {', '.join(templates) or 'nothing: no template files'}")
+    print(f"images:        {vision_support(read_hf_config(path)) or 'yes: Pixtral vision tower'}")
     return config
 
 
@@ -314,7 +324,12 @@ def _runs(items: Sequence[str]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ns = _parser().parse_args(argv)
+    parser = _parser()
+    ns, extra = parser.parse_known_args(argv)
+    if ns.command == "run" and extra and not any(e.startswith("-") for e in extra):
+        ns.args += extra   # `run MODEL --image PATH PROMPT`: argparse stops `args` at the first option
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return {"run": _run, "chat": _chat, "info": _info, "bench": _bench}[ns.command](ns)
     except OxideError as e:

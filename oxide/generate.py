@@ -52,12 +52,17 @@ class Completion:
     stats: GenerationStats
 
 
-def prefill(model: DecoderLM, cache: KVCache, ids: Sequence[int]) -> torch.Tensor:
-    """Run the prompt in chunks; return the float32 logits of its last position, (V,)."""
+def prefill(model: DecoderLM, cache: KVCache, ids: Sequence[int], embeddings: torch.Tensor | None = None
+            ) -> torch.Tensor:
+    """Run the prompt in chunks; return the float32 logits of its last position, (V,). With ``embeddings``
+    (1, T, D), the prompt's input embeddings (an image's features among them), those run instead of the ids'."""
     tensor = torch.tensor([list(ids)], dtype=torch.long, device=model.device)   # (1, T)
     logits = None
     for start in range(0, tensor.shape[1], PREFILL_CHUNK):
-        logits = model.forward(tensor[:, start:start + PREFILL_CHUNK], cache, last_only=True)
+        if embeddings is None:
+            logits = model.forward(tensor[:, start:start + PREFILL_CHUNK], cache, last_only=True)
+        else:
+            logits = model.forward_embeddings(embeddings[:, start:start + PREFILL_CHUNK], cache, last_only=True)
     assert logits is not None, "prefill needs at least one token"
     return logits[0, -1]
 
@@ -88,13 +93,16 @@ class Generation:
     """An iterator of text pieces; after it is exhausted, :attr:`completion` holds the result.
 
     Without a tokenizer (a model folder with weights only) it yields no text: the completion holds the ids.
+    ``prompt_embeddings`` (1, T, D), when given, are the prompt's input embeddings (images' features placed
+    among its tokens' embeddings): the prefill runs them, the ids still count for penalties and statistics.
     """
 
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None, cache: KVCache, prompt_ids: Sequence[int], *,
                  max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
-                 end_ids: Sequence[int]) -> None:
+                 end_ids: Sequence[int], prompt_embeddings: torch.Tensor | None = None) -> None:
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
         self.prompt_ids = list(prompt_ids)
+        self.prompt_embeddings = prompt_embeddings
         self.max_new_tokens = max_new_tokens
         self.sampler = sampler
         self.stops = _StopMatcher(stop)
@@ -116,7 +124,8 @@ class Generation:
         text, emitted = "", 0
         finish, stop_string_hit = "length", False
         start = time.perf_counter()
-        logits = prefill(self.model, self.cache, self.prompt_ids) if self.max_new_tokens > 0 else None
+        logits = (prefill(self.model, self.cache, self.prompt_ids, self.prompt_embeddings)
+                  if self.max_new_tokens > 0 else None)
         prefill_end = time.perf_counter()
         step = DecodeStep(self.model, self.cache)
         while logits is not None and len(generated) < self.max_new_tokens:

@@ -54,6 +54,13 @@ class DecoderLM:
         if not 0 <= token < self.config.vocab_size:
             raise TokenizerError(f"token id {token} is out of range for a vocabulary of {self.config.vocab_size}")
 
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """The input embeddings of ``ids`` (1, T): the table's rows, times the embedding multiplier (Gemma's)."""
+        x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
+        if self.config.embedding_multiplier != 1.0:
+            x = self.ops.scale(x, self.config.embedding_multiplier)
+        return x
+
     @torch.inference_mode()
     def forward(self, ids: torch.Tensor, cache: KVCache, *, last_only: bool = False) -> torch.Tensor:
         """Run ``ids`` (B=1, T) after what ``cache`` holds; returns float32 logits (1, T, V) or (1, 1, V)."""
@@ -64,15 +71,27 @@ class DecoderLM:
         return logits
 
     @torch.inference_mode()
+    def forward_embeddings(self, x: torch.Tensor, cache: KVCache, *, last_only: bool = False) -> torch.Tensor:
+        """:meth:`forward` from input embeddings ``x`` (1, T, D) in the model's dtype (token embeddings from
+        :meth:`embed_ids` with other features, an image's, placed among them)."""
+        T = x.shape[1]
+        logits = self.run_embeddings(x, cache.positions_for(T, self.device), cache, last_only=last_only)
+        cache.advance(T)
+        return logits
+
+    @torch.inference_mode()
     def run(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache, *, last_only: bool) -> torch.Tensor:
         """The forward pass itself, for ids already checked at ``positions`` (T,) that ``cache`` has
         room for: it stores their keys in ``cache`` but leaves counting them in to the caller
         (``cache.advance``). Every computation goes through :attr:`ops`, so that
         :class:`oxide.models.step.DecodeStep` can record one decode step and replay it in C++."""
-        x = self.embed(ids, self.weights.embed, self.dtype)                    # (1, T, D)
-        if self.config.embedding_multiplier != 1.0:
-            x = self.ops.scale(x, self.config.embedding_multiplier)
-        end = cache.seq_len + ids.shape[1]                # the sequence's length after this pass
+        return self.run_embeddings(self.embed_ids(ids), positions, cache, last_only=last_only)
+
+    @torch.inference_mode()
+    def run_embeddings(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache, *, last_only: bool
+                       ) -> torch.Tensor:
+        """:meth:`run` from the input embeddings ``x`` (1, T, D): blocks, final norm, head (and soft-cap)."""
+        end = cache.seq_len + x.shape[1]                  # the sequence's length after this pass
         cos_sin = [rope.cos_sin(positions, end) for rope in self._ropes]
         for block, rope, layer_cache in zip(self.blocks, self._layer_rope, cache.layers):
             x = block(x, *cos_sin[rope], positions, layer_cache)

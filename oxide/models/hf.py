@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from gguf import get_tensor_name_map
@@ -18,6 +18,9 @@ from ..registry import ArchSpec, detect_hf
 from ..sources import read_hf_config
 from ..weights.safetensors import SafetensorsReader
 from .decoder import DecoderLM
+
+if TYPE_CHECKING:
+    from .vision.model import VisionModel
 from .transforms import cast_vectors, fold_norm_offset
 from .weights import collect_weights, gguf_tensor_name
 
@@ -26,7 +29,7 @@ log = get_logger("load")
 _DTYPE_TO_GGML = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
 
 
-def _as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
+def as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
     """A dense checkpoint tensor as a QuantTensor of type F32/F16/BF16 (its bytes, not a copy)."""
     qtype = _DTYPE_TO_GGML.get(tensor.dtype)
     if qtype is None:
@@ -115,8 +118,8 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))
         if isinstance(name, list):          # one tensor per expert: stacked (a copy) as (E, out, in)
-            return _as_quant(torch.stack([reader.get(n) for n in name]), _EXPERT.sub(".experts.", name[0], count=1))
-        return None if name is None else _as_quant(reader.get(name), name)
+            return as_quant(torch.stack([reader.get(n) for n in name]), _EXPERT.sub(".experts.", name[0], count=1))
+        return None if name is None else as_quant(reader.get(name), name)
 
     def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
         gguf_name = gguf_tensor_name(role, layer, suffix)
@@ -130,3 +133,12 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
     weights.move_matrices(device)
     cast_vectors(weights, device)
     return DecoderLM(config, weights, device, dtype)
+
+
+def build_vision_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype
+                             ) -> tuple[VisionModel | None, str]:
+    """The vision tower and projector of a Hugging Face directory, and a sentence saying what was decided:
+    (None, why) for a text-only model or a vision tower oxide does not run (see :mod:`oxide.models.vision`)."""
+    from .vision.model import build_vision
+
+    return build_vision(directory, read_hf_config(directory), SafetensorsReader(directory), device, dtype)

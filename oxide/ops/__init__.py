@@ -18,7 +18,7 @@ from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
 _OPS = ("qmatmul", "qmatmul_group", "qmatmul_gated", "qmatmul_experts", "qmatmul_experts_gated", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
-        "attention", "gated_activation", "add", "scale", "softcap", "argmax",
+        "attention", "activation", "gated_activation", "add", "scale", "softcap", "argmax",
         "sample", "sample_filter")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
@@ -176,10 +176,18 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
-    """Causal grouped-query attention with optional sliding window and score soft-capping."""
+              *, scale: float, window: int = 0, softcap: float = 0.0, causal: bool = True,
+              q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None) -> torch.Tensor:
+    """Grouped-query attention with optional sliding window and score soft-capping; causal unless
+    ``causal=False``, and within segments (``q_seg[t] == k_seg[s]``) when segment ids are given."""
     impl = resolve("attention", q.device.type, q.dtype, k.dtype, v.dtype)
-    return impl(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+    return impl(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap, causal=causal, q_seg=q_seg,
+                k_seg=k_seg)
+
+
+def activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x)`` elementwise (``silu``, ``gelu``, ``gelu_pytorch_tanh``)."""
+    return resolve("activation", x.device.type, x.dtype)(x, act)
 
 
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:

@@ -122,32 +122,51 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pairs: str = 
     return torch.cat((rotated, rest), dim=-1) if rest.shape[-1] else rotated
 
 
-def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int) -> torch.Tensor:
-    """Allowed (query, key) pairs, (T, S) bool: causal, and ``q - k < window`` when ``window > 0``."""
+def attention_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, window: int, *, causal: bool = True,
+                   q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None) -> torch.Tensor:
+    """Allowed (query, key) pairs, (T, S) bool: ``q - k >= 0`` if ``causal``, ``q - k < window`` when
+    ``window > 0``, and ``q_seg[t] == k_seg[s]`` when segment ids are given (attention within each segment
+    only: block-diagonal over images packed in one sequence)."""
     distance = q_pos[:, None] - k_pos[None, :]        # (T, S)
-    allowed = distance >= 0
+    allowed = distance >= 0 if causal else torch.ones_like(distance, dtype=torch.bool)
     if window > 0:
         allowed &= distance < window
+    if q_seg is not None and k_seg is not None:
+        allowed &= q_seg[:, None] == k_seg[None, :]
     return allowed
 
 
+def check_segments(q_seg: torch.Tensor | None, k_seg: torch.Tensor | None, T: int, S: int) -> None:
+    """Segment ids come in pairs, integer tensors of shapes (T,) and (S,): else :class:`InvalidOptionError`."""
+    if (q_seg is None) != (k_seg is None):
+        raise InvalidOptionError("attention: q_seg and k_seg go together; give both segment ids or neither")
+    for name, seg, n in (("q_seg", q_seg, T), ("k_seg", k_seg, S)):
+        if seg is not None and (seg.shape != (n,) or seg.dtype.is_floating_point or seg.dtype.is_complex
+                                or seg.dtype == torch.bool):
+            raise InvalidOptionError(f"attention: {name} must be an integer tensor of shape ({n},), got "
+                                     f"{seg.dtype} {tuple(seg.shape)}")
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+              *, scale: float, window: int = 0, softcap: float = 0.0, causal: bool = True,
+              q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None) -> torch.Tensor:
     """Grouped-query attention over explicit positions.
 
     q: (B, H, T, hd); k, v: (B, Hkv, S, hd) with H a multiple of Hkv (query head h reads kv head
     h // (H / Hkv)); q_pos: (T,), k_pos: (S,) absolute positions. Scores ``s = scale * q.k`` (then
-    ``cap * tanh(s / cap)`` if ``softcap``), masked by :func:`attention_mask`, softmax in float32.
-    Returns (B, H, T, hd).
+    ``cap * tanh(s / cap)`` if ``softcap``), masked by :func:`attention_mask` (causal unless ``causal=False``;
+    segment ids q_seg (T,), k_seg (S,) restrict each query to the keys of its own segment), softmax in
+    float32. A query with no allowed key is NaN. Returns (B, H, T, hd).
     """
     B, H, T, hd = q.shape
     Hkv = k.shape[1]
+    check_segments(q_seg, k_seg, T, k.shape[2])
     qg = q.reshape(B, Hkv, H // Hkv * T, hd)                           # (B, Hkv, G*T, hd)
     scores = torch.matmul(qg, k.transpose(-1, -2)).float() * scale   # (B, Hkv, G*T, S)
     if softcap > 0:
         scores = softcap * torch.tanh(scores / softcap)
-    allowed = attention_mask(q_pos, k_pos, window).repeat(H // Hkv, 1)   # (G*T, S)
-    scores = scores.masked_fill(~allowed, float("-inf"))
+    allowed = attention_mask(q_pos, k_pos, window, causal=causal, q_seg=q_seg, k_seg=k_seg)   # (T, S)
+    scores = scores.masked_fill(~allowed.repeat(H // Hkv, 1), float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return torch.matmul(probs, v).reshape(B, H, T, hd)
 
@@ -161,6 +180,21 @@ def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Te
     if act == "gelu":
         return F.gelu(gate) * up
     raise ValueError(f"unknown activation {act!r}")
+
+
+ACTIVATIONS = ("silu", "gelu", "gelu_pytorch_tanh")
+
+
+def activation(x: torch.Tensor, act: str) -> torch.Tensor:
+    """``act(x)`` elementwise: ``silu``, exact ``gelu`` (erf) or ``gelu_pytorch_tanh`` (a projector's
+    activation, between its two linear layers)."""
+    if act == "silu":
+        return F.silu(x)
+    if act == "gelu_pytorch_tanh":
+        return F.gelu(x, approximate="tanh")
+    if act == "gelu":
+        return F.gelu(x)
+    raise InvalidOptionError(f"activation: act={act!r} is not one of {', '.join(ACTIVATIONS)}")
 
 
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

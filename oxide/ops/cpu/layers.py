@@ -94,14 +94,20 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, *, pairs: str = 
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
-              *, scale: float, window: int = 0, softcap: float = 0.0) -> torch.Tensor:
+              *, scale: float, window: int = 0, softcap: float = 0.0, causal: bool = True,
+              q_seg: torch.Tensor | None = None, k_seg: torch.Tensor | None = None) -> torch.Tensor:
     """Grouped-query attention over explicit positions, as :func:`oxide.ops.reference.attention`.
 
     q: (B, H, T, hd); k, v: (B, Hkv, S, hd), H a multiple of Hkv (query head h reads kv head
     h // (H / Hkv)); q_pos: (T,), k_pos: (S,). ``s = scale * q.k`` (then ``cap * tanh(s / cap)`` if
     ``softcap > 0``), allowed where ``0 <= q_pos - k_pos`` (and ``< window`` if ``window > 0``), softmax,
     weighted sum of v. A query row with no allowed key is NaN, as in the reference. Returns (B, H, T, hd).
+    The C++ kernel is causal and has no segments: a non-causal or segmented call (a vision encoder's) goes
+    to the reference.
     """
+    if not causal or q_seg is not None or k_seg is not None:
+        return reference.attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap,
+                                   causal=causal, q_seg=q_seg, k_seg=k_seg)
     _check(q, "attention", "q", dims=4)
     _check(k, "attention", "k", dims=4)
     _check(v, "attention", "v", dims=4)
