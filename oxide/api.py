@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .chat import ChatTemplate, fallback_template
+from .concurrency import LockedStream, ModelLock
 from .config import ModelConfig
 from .device import device_reason, select_device
 from .errors import ContextOverflowError, InvalidOptionError, TokenizerError
@@ -47,6 +48,9 @@ class Model:
     (``logits(ids)``, ``generate(list_of_ids)``, whose completion then has ids and no text, and which stops
     only at ``max_new_tokens``: the end-of-sequence ids come with the tokenizer), and a text or chat prompt
     raises :class:`TokenizerError`.
+
+    One model may be shared by threads: its forward passes are serialised by a lock (see
+    :mod:`oxide.concurrency`); a stream holds it from its first piece until it is exhausted, closed or dropped.
     """
 
     def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,
@@ -56,6 +60,7 @@ class Model:
         self.chat_template = chat_template
         self.n_ctx = n_ctx
         self.info = info
+        self._lock = ModelLock(f"the model {info.source.path.name}")
 
     @property
     def config(self) -> ModelConfig:
@@ -77,8 +82,9 @@ class Model:
         if len(ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(ids)} tokens exceed the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx or pass fewer tokens")
-        cache = self.lm.new_cache(len(ids))
-        return self.lm.forward(torch.tensor([ids], device=self.device), cache)[0]
+        with self._lock:
+            cache = self.lm.new_cache(len(ids))
+            return self.lm.forward(torch.tensor([ids], device=self.device), cache)[0]
 
     def encode_prompt(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids for text (BOS added as the vocabulary asks), chat messages (rendered with the model's
@@ -123,7 +129,7 @@ class Model:
         return ids
 
     def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,
-                    stop: str | Sequence[str] | None, ignore_eos: bool) -> Generation:
+                    stop: str | Sequence[str] | None, ignore_eos: bool) -> LockedStream:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidOptionError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
         ids = self.encode_prompt(prompt)
@@ -138,9 +144,13 @@ class Model:
         if stops and self.tokenizer is None:
             raise TokenizerError("stop strings need a tokenizer to decode the generated ids, and this model has none; "
                                  "leave stop unset or add the model's tokenizer.json to its folder")
-        return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
-                          max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else ())
+
+        def start() -> Generation:   # runs under the lock: the KV cache exists only while the model is ours
+            return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
+                              max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
+                              stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else ())
+
+        return LockedStream(start, self._lock)
 
     def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                  stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Completion:
@@ -152,10 +162,12 @@ class Model:
         return generation.completion
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
-               stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Generation:
+               stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> LockedStream:
         """Like :meth:`generate`, yielding text pieces as they are ready (never half a UTF-8 character).
 
-        The returned iterator's ``completion`` attribute holds the :class:`Completion` once exhausted.
+        The returned iterator's ``completion`` attribute holds the :class:`Completion` once exhausted. From its
+        first piece until it is exhausted, closed (``close()``) or dropped it holds the model: other threads'
+        calls wait, and this thread's raise :class:`~oxide.errors.ModelBusyError`.
         """
         return self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos)
 
