@@ -3,7 +3,8 @@
 Two tiers: ``pytest`` runs everything; ``pytest -m "not slow"`` runs the unit tests, without the real model,
 llama-cpp-python (never imported: the modules that need it are not even collected) or llama.cpp's converter
 and sdist data. A test is ``slow`` when it uses the real model (the ``gemma`` or ``gemma_path`` fixture), when
-its module is in :data:`SLOW_MODULES`, or when it is marked so itself.
+its module is in :data:`SLOW_MODULES` (or :data:`INTERPRETED_MODULES`, without a CUDA device), or when it is
+marked so itself.
 
 Randomness is replayable: every test starts with torch's, NumPy's and Python's global generators seeded from
 its own node id (printed), and the ``seed`` fixture prints the seed it hands out (``OXIDE_TEST_SEED`` fixes it).
@@ -51,11 +52,22 @@ def gemma(gemma_path: Path):
 
 
 SLOW_FIXTURES = frozenset({"gemma", "gemma_path"})   # the real model
-# Modules that import llama-cpp-python or run llama.cpp's converter at import or in every test: the fast tier
-# does not collect them, so that it never imports llama_cpp.
-SLOW_MODULES = frozenset({"test_tokenizer.py", "test_tokenizer_bpe.py", "test_tokenizer_wpm.py",
-                          "test_vocab_census.py", "test_arch_conversions.py", "test_real_model.py",
-                          "test_bench_harness.py"})
+# Modules the fast tier does not even collect (so it never imports llama_cpp): every test in them needs
+# llama-cpp-python, llama.cpp's converter or the real model, or runs whole (tiny) models against transformers,
+# a compiler or subprocesses, each taking seconds.
+SLOW_MODULES = frozenset({
+    "test_tokenizer.py", "test_tokenizer_bpe.py", "test_tokenizer_wpm.py", "test_vocab_census.py",
+    "test_arch_conversions.py", "test_real_model.py", "test_bench_harness.py",
+    "test_architectures.py", "test_kv_cache.py", "test_decode_step.py", "test_moe.py", "test_latent_attention.py",
+    "test_hf_dir.py", "test_hub.py", "test_triton_model.py", "test_cuda_compile.py",
+})
+# The Triton kernels' tests: unit tests on a GPU, but slow under the interpreter (NumPy per op) without one.
+INTERPRETED_MODULES = frozenset({"test_triton_quant.py", "test_triton_attention.py", "test_triton_rope.py",
+                                 "test_triton_sampling.py"})
+
+
+def _slow_module(name: str) -> bool:
+    return name in SLOW_MODULES or (name in INTERPRETED_MODULES and os.environ.get("TRITON_INTERPRET") == "1")
 
 
 def slow_selected(config: pytest.Config) -> bool:
@@ -69,7 +81,7 @@ def slow_selected(config: pytest.Config) -> bool:
 
 
 def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
-    if collection_path.name in SLOW_MODULES and not slow_selected(config):
+    if _slow_module(collection_path.name) and not slow_selected(config):
         return True
     return None
 
@@ -77,7 +89,7 @@ def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool 
 @pytest.hookimpl(tryfirst=True)   # before -m deselects, which reads the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if item.path.name in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        if _slow_module(item.path.name) or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
 
 
