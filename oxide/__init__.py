@@ -21,6 +21,7 @@ from .errors import (
     InvalidOptionError,
     KernelUnavailableError,
     MediaError,
+    ModelBusyError,
     ModelFormatError,
     ModelNotFoundError,
     OxideError,
@@ -48,8 +49,8 @@ _LAZY = {
 }
 
 __all__ = [
-    "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelFormatError",
-    "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
+    "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelBusyError",
+    "ModelFormatError", "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]
 

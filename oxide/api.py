@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .chat import ChatTemplate, fallback_template
+from .concurrency import LockedStream, ModelLock
 from .config import ModelConfig
 from .device import device_reason, select_device
 from .errors import ContextOverflowError, InvalidOptionError, MediaError, TokenizerError
@@ -56,6 +57,9 @@ class Model:
 
     A model with a vision tower (:attr:`vision`; Pixtral-Llava folders) takes images beside its prompt: see
     :mod:`oxide.images` for what an image may be and where it goes.
+
+    One model may be shared by threads: its forward passes are serialised by a lock (see
+    :mod:`oxide.concurrency`); a stream holds it from its first piece until it is exhausted, closed or dropped.
     """
 
     def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,
@@ -66,6 +70,7 @@ class Model:
         self.chat_template = chat_template
         self.n_ctx = n_ctx
         self.info = info
+        self._lock = ModelLock(f"the model {info.source.path.name}")
 
     @property
     def config(self) -> ModelConfig:
@@ -89,10 +94,11 @@ class Model:
         if len(prompt.ids) > self.n_ctx:
             raise ContextOverflowError(f"{len(prompt.ids)} tokens exceed the context of {self.n_ctx}; "
                                        f"load with a larger n_ctx or pass fewer tokens")
-        cache = self.lm.new_cache(len(prompt.ids))
-        if prompt.embeddings is not None:
-            return self.lm.forward_embeddings(prompt.embeddings, cache)[0]
-        return self.lm.forward(torch.tensor([prompt.ids], device=self.device), cache)[0]
+        with self._lock:
+            cache = self.lm.new_cache(len(prompt.ids))
+            if prompt.embeddings is not None:
+                return self.lm.forward_embeddings(prompt.embeddings, cache)[0]
+            return self.lm.forward(torch.tensor([prompt.ids], device=self.device), cache)[0]
 
     def encode_prompt(self, prompt: Prompt, *, add_generation_prompt: bool = True) -> list[int]:
         """Token ids for text (BOS added as the vocabulary asks), chat messages (rendered with the model's
@@ -152,7 +158,8 @@ class Model:
                                  f"tokens an image prompt needs; add the model's tokenizer.json to the folder")
         tokens = ImageTokens.from_tokenizer(self.tokenizer, self.vision.config.image_token_index)
         pixels = [to_pixels(image, self.vision, i) for i, image in enumerate(images)]
-        return image_prompt(self.lm, self.vision, tokens, ids, pixels, bos=self.tokenizer.bos_id, chat=chat)
+        with self._lock:   # the vision tower's forward, serialised like the decoder's
+            return image_prompt(self.lm, self.vision, tokens, ids, pixels, bos=self.tokenizer.bos_id, chat=chat)
 
     def _prompt(self, prompt: Prompt, images: Sequence[Any] | None) -> PromptInput:
         """The prompt's ids (and, with images, their embeddings): images from ``images`` and chat image parts."""
@@ -165,7 +172,8 @@ class Model:
         return self._with_images(ids, found, chat=chat)
 
     def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,
-                    stop: str | Sequence[str] | None, ignore_eos: bool, images: Sequence[Any] | None) -> Generation:
+                    stop: str | Sequence[str] | None, ignore_eos: bool, images: Sequence[Any] | None
+                    ) -> LockedStream:
         if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
             raise InvalidOptionError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
         ids, embeddings = self._prompt(prompt, images)
@@ -180,10 +188,14 @@ class Model:
         if stops and self.tokenizer is None:
             raise TokenizerError("stop strings need a tokenizer to decode the generated ids, and this model has none; "
                                  "leave stop unset or add the model's tokenizer.json to its folder")
-        return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
-                          max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
-                          prompt_embeddings=embeddings)
+
+        def start() -> Generation:   # runs under the lock: the KV cache exists only while the model is ours
+            return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
+                              max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
+                              stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
+                              prompt_embeddings=embeddings)
+
+        return LockedStream(start, self._lock)
 
     def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                  stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
@@ -198,10 +210,12 @@ class Model:
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-               images: Sequence[Any] | None = None) -> Generation:
+               images: Sequence[Any] | None = None) -> LockedStream:
         """Like :meth:`generate`, yielding text pieces as they are ready (never half a UTF-8 character).
 
-        The returned iterator's ``completion`` attribute holds the :class:`Completion` once exhausted.
+        The returned iterator's ``completion`` attribute holds the :class:`Completion` once exhausted. From its
+        first piece until it is exhausted, closed (``close()``) or dropped it holds the model: other threads'
+        calls wait, and this thread's raise :class:`~oxide.errors.ModelBusyError`.
         """
         return self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos, images)
 

@@ -60,6 +60,11 @@ class KernelUnavailableError(OxideError):
     """An explicitly requested op implementation cannot be used on this machine."""
 
 
+class ModelBusyError(OxideError, RuntimeError):
+    """A thread asked a model for work while it still holds that model itself (a stream it has begun and not
+    finished or closed): waiting for its own lock would never end."""
+
+
 class MediaError(OxideError, ValueError):
     """An image or audio input cannot be used: a corrupt or unsupported file, an empty waveform, a sampling
     rate or a size the model does not take."""

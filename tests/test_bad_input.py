@@ -23,15 +23,13 @@ from oxide.errors import (
 )
 from oxide.registry import supported_names
 
-RNG = np.random.default_rng(1234)
-
-
 def write_tiny_llama(path: Path, *, arch: str = "llama", q_rows: int = 32,
                      attn_q_type: gguf.GGMLQuantizationType | None = None,
                      metadata: dict[str, object] | None = None) -> Path:
     """A one-block Llama-shaped GGUF with random F32 weights (hidden 32, 2 heads, vocab 16); ``metadata``
     replaces or adds keys (ints as u32, floats as f32, strings as strings)."""
     hidden, ffn, vocab = 32, 64, 16
+    rng = np.random.default_rng(1234)   # the same weights in every file, whichever tests run
     w = gguf.GGUFWriter(str(path), arch)
     hparams: dict[str, object] = {
         f"{arch}.context_length": 64, f"{arch}.embedding_length": hidden, f"{arch}.block_count": 1,
@@ -46,7 +44,7 @@ def write_tiny_llama(path: Path, *, arch: str = "llama", q_rows: int = 32,
     w.add_token_types([1] * vocab)
 
     def add(name: str, *shape: int) -> None:
-        w.add_tensor(name, RNG.standard_normal(shape).astype(np.float32))
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
 
     add("token_embd.weight", vocab, hidden)
     add("output_norm.weight", hidden)
@@ -55,7 +53,7 @@ def write_tiny_llama(path: Path, *, arch: str = "llama", q_rows: int = 32,
         add("blk.0.attn_q.weight", q_rows, hidden)
     else:
         block, size = gguf.GGML_QUANT_SIZES[attn_q_type]
-        raw = RNG.integers(0, 256, size=(q_rows, hidden // block * size), dtype=np.uint8)
+        raw = rng.integers(0, 256, size=(q_rows, hidden // block * size), dtype=np.uint8)
         w.add_tensor("blk.0.attn_q.weight", raw, raw_dtype=attn_q_type)
     add("blk.0.attn_k.weight", hidden, hidden)
     add("blk.0.attn_v.weight", hidden, hidden)
@@ -183,9 +181,20 @@ def test_bad_load_options(tmp_path: Path, kwargs: dict) -> None:
 
 
 def test_errors_share_one_base() -> None:
-    for cls in (ModelFormatError, UnsupportedArchitecture, UnsupportedQuantType, TokenizerError,
-                ContextOverflowError, InvalidOptionError):
-        assert issubclass(cls, OxideError)
+    """Every exception class oxide.errors defines, found by looking (so a new one cannot slip past), is an
+    OxideError and is exported by the package."""
+    import inspect
+
+    from oxide import errors
+
+    defined = {cls for _, cls in inspect.getmembers(errors, inspect.isclass)
+               if issubclass(cls, BaseException) and cls.__module__ == errors.__name__}
+    exported = {value for value in map(lambda name: getattr(oxide, name), oxide.__all__)
+                if inspect.isclass(value) and issubclass(value, BaseException)}
+    assert {ModelFormatError, UnsupportedArchitecture, UnsupportedQuantType, TokenizerError, ContextOverflowError,
+            InvalidOptionError} <= defined
+    assert sorted(cls.__name__ for cls in defined if not issubclass(cls, OxideError)) == []
+    assert sorted(cls.__name__ for cls in defined - exported) == []
 
 
 def _header_with(tmp_path: Path, name: str, *, alignment: int | None = None,

@@ -24,9 +24,23 @@ from oxide.chat.fallbacks import FALLBACK_FAMILIES, builtin_template, fallback_t
 from oxide.chat.template import ChatTemplate
 from oxide.errors import InvalidOptionError, ModelNotFoundError, TemplateError
 from _sdist import llama_cpp_models_dir  # tests/ is on sys.path (pytest rootdir-less import)
+from conftest import slow_selected
 
 SEED = int(os.environ.get("OXIDE_TEST_SEED") or random.SystemRandom().randrange(2**32))
-TEMPLATES = sorted((llama_cpp_models_dir() / "templates").glob("*.jinja"))
+
+
+@functools.cache
+def _templates() -> list[Path]:
+    """llama.cpp's chat templates (downloads the sdist on first use: only tests marked slow ask for them)."""
+    return sorted((llama_cpp_models_dir() / "templates").glob("*.jinja"))
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """One ``test_real_template_matches_transformers`` per shipped template; none listed (nor the sdist
+    fetched) when slow tests are not selected, since that test is marked slow."""
+    if "template" in metafunc.fixturenames:
+        paths = _templates() if slow_selected(metafunc.config) else []
+        metafunc.parametrize("template", paths, ids=[p.stem for p in paths])
 BOS, EOS = "<|bos-7|>", "<|eos-7|>"
 
 _WORDS = ("alpha", "Zürich", "naïve", "東京", "ñandú", "emoji🙂", "<b>", "a&b", "\"quoted\"", "it's",
@@ -117,8 +131,9 @@ def _oxide(template: ChatTemplate | TemplateError, case: dict, generation_prompt
         return "error", str(exc)
 
 
+@pytest.mark.slow
 def test_sdist_has_the_templates() -> None:
-    assert len(TEMPLATES) >= 70, f"expected >= 70 templates in the sdist, found {len(TEMPLATES)}"
+    assert len(_templates()) >= 70, f"expected >= 70 templates in the sdist, found {len(_templates())}"
 
 
 @functools.lru_cache(maxsize=None)
@@ -140,16 +155,17 @@ def _agree(want: tuple[str, str], got: tuple[str, str]) -> bool:
     return want[0] == got[0] and (want[0] == "error" or want[1] == got[1])
 
 
-@pytest.mark.parametrize("path", TEMPLATES, ids=[p.stem for p in TEMPLATES])
-def test_real_template_matches_transformers(path: Path) -> None:
+@pytest.mark.slow
+def test_real_template_matches_transformers(template: Path) -> None:
     mismatches = [f"{case} gen={prompt}:\n  transformers={want!r}\n  oxide={got!r}"
-                  for case, prompt, want, got in _outcomes(path) if not _agree(want, got)]
+                  for case, prompt, want, got in _outcomes(template) if not _agree(want, got)]
     assert not mismatches, f"seed {SEED}: " + "\n".join(mismatches)
 
 
+@pytest.mark.slow
 def test_real_templates_mostly_render() -> None:
     """Guards the parity test against passing vacuously (both sides raising on most inputs)."""
-    outcomes = [o for path in TEMPLATES for o in _outcomes(path)]
+    outcomes = [o for path in _templates() for o in _outcomes(path)]
     identical = sum(1 for _, _, want, got in outcomes if want[0] == "ok" and want == got)
     both_raise = sum(1 for _, _, want, got in outcomes if want[0] == got[0] == "error")
     print(f"\nreal chat templates: {identical}/{len(outcomes)} renders identical to transformers, "
@@ -390,6 +406,7 @@ def test_fallback_detection_and_sane_render(family: str, caplog: pytest.LogCaptu
     assert out == without + generation_prompt
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("family", "real", "with_system"), [
     ("gemma", "google-gemma-2-2b-it.jinja", False),
     ("chatml", "Qwen-Qwen2.5-7B-Instruct.jinja", True),
@@ -400,7 +417,7 @@ def test_fallback_equals_the_real_template_of_its_family(family: str, real: str,
     rng = random.Random(f"{SEED}-{family}-real")
     roles = (["system"] if with_system else []) + ["user", "assistant", "user", "assistant", "user"]
     messages = [{"role": role, "content": _text(rng)} for role in roles]
-    source = (TEMPLATES[0].parent / real).read_text(encoding="utf-8")
+    source = (llama_cpp_models_dir() / "templates" / real).read_text(encoding="utf-8")
     want = render_jinja_template(conversations=[messages], chat_template=source, add_generation_prompt=True,
                                  bos_token=BOS, eos_token=EOS)[0][0]
     assert builtin_template(family).render(messages, bos_token=BOS, eos_token=EOS) == want

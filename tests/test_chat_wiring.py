@@ -19,6 +19,8 @@ from _tiny_models import TINY_MODELS, write_gguf
 SPECIALS = ["<unk>", "<s>", "</s>", "<|im_start|>", "<|im_end|>"]
 MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Name a colour."},
             {"role": "assistant", "content": "Blue."}, {"role": "user", "content": "Another?"}]
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
 
 
 def _vocab(add_bos: bool, templates: dict[str, str]) -> Callable[[gguf.GGUFWriter, int], None]:
@@ -56,6 +58,7 @@ def _template(name: str) -> str:
     return (llama_cpp_models_dir() / "templates" / name).read_text(encoding="utf-8")
 
 
+@pytest.mark.slow   # llama.cpp's templates come with the llama-cpp-python sdist
 def test_chatml_template_from_the_file(tmp_path: Path) -> None:
     model = _model(tmp_path, add_bos=False, templates={"default": _template("Qwen-Qwen2.5-7B-Instruct.jinja")})
     assert model.chat_template.name == "tokenizer.chat_template"
@@ -68,6 +71,7 @@ def test_chatml_template_from_the_file(tmp_path: Path) -> None:
     assert 4 in model.tokenizer.eos_ids                                  # the turn ends generation
 
 
+@pytest.mark.slow
 def test_template_that_writes_bos_gives_one_bos(tmp_path: Path) -> None:
     model = _model(tmp_path, add_bos=True, templates={"default": _template("meta-llama-Llama-3.1-8B-Instruct.jinja")})
     ids = model.encode_prompt(MESSAGES)
@@ -91,8 +95,18 @@ def test_named_variants_and_errors(tmp_path: Path) -> None:
 
 
 def test_generation_stops_at_the_end_of_turn(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    model = _model(tmp_path, add_bos=False, templates={"default": _template("Qwen-Qwen2.5-7B-Instruct.jinja")})
-    first = model.generate(MESSAGES, max_new_tokens=1, sampling=oxide.SamplingOptions.greedy(), ignore_eos=True)
-    monkeypatch.setattr(model.tokenizer.vocab, "eog_ids", [4, first.token_ids[0]])   # as if it said <|im_end|>
-    done = model.generate(MESSAGES, max_new_tokens=5, sampling=oxide.SamplingOptions.greedy())
-    assert (done.token_ids, done.finish_reason, done.text) == ([], "stop", "")
+    """A few tokens are generated, then the end-of-turn token ends the completion: it is neither kept nor
+    shown, and the reason is "stop". The tiny model's weights are random, so the token that ends the turn is
+    declared: the vocabulary is told that the greedy continuation's fourth new token is an end of turn."""
+    model = _model(tmp_path, add_bos=False, templates={"default": CHATML})
+    greedy = oxide.SamplingOptions.greedy()
+    free = model.generate(MESSAGES, max_new_tokens=12, sampling=greedy, ignore_eos=True).token_ids
+    assert len(free) == 12
+    at = next(k for k in range(3, len(free)) if free[k] not in free[:k])   # its first occurrence
+    monkeypatch.setattr(model.tokenizer.vocab, "eog_ids", [4, free[at]])   # as if it were <|im_end|>
+    done = model.generate(MESSAGES, max_new_tokens=12, sampling=greedy)
+    assert done.token_ids == free[:at] and len(done.token_ids) >= 3
+    assert done.finish_reason == "stop"
+    assert done.text == model.tokenizer.decode(free[:at], skip_special_tokens=True)
+    stream = model.stream(MESSAGES, max_new_tokens=12, sampling=greedy)
+    assert "".join(stream) == done.text and stream.completion.token_ids == free[:at]

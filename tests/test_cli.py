@@ -19,21 +19,53 @@ def test_run_streams_greedy_text(gemma_path: Path, capsys: pytest.CaptureFixture
     assert "prompt: 6 tokens" in err and "generated: 8 tokens" in err
 
 
+@pytest.mark.slow   # the default model is the real one
 def test_run_without_model_uses_default(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "The capital of France is", "--temp", "0", "-n", "3"]) == 0
     assert capsys.readouterr().out.startswith(" the capital")
 
 
+def _info_fields(out: str) -> tuple[dict[str, str], dict[str, str], dict[str, tuple[int, str]]]:
+    """``oxide info``'s output as (top-level fields, config fields, tensor type -> (count, size))."""
+    top: dict[str, str] = {}
+    config: dict[str, str] = {}
+    tensors: dict[str, tuple[int, str]] = {}
+    section = None
+    for line in out.splitlines():
+        if not line.startswith("  "):
+            key, _, value = line.partition(":")
+            section = key if key in ("config", "tensors") else None
+            if section is None:
+                top[key] = value.strip()
+        elif section == "config":
+            key, value = line.split(None, 1)
+            config[key] = value
+        elif section == "tensors":
+            name, count, size = line.split(None, 2)
+            tensors[name] = (int(count.lstrip("x")), size)
+    return top, config, tensors
+
+
 def test_info(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["info", str(gemma_path)]) == 0
-    out = capsys.readouterr().out
-    for expected in ("architecture:  gemma3", "Q4_K", "x27", "Q8_0", "sliding_window", "512",
-                     "device:        cpu (", "compute dtype: torch.float32 (CPU"):
-        assert expected in out
+    top, config, tensors = _info_fields(capsys.readouterr().out)
+    assert top["source"] == str(gemma_path)
+    assert top["architecture"] == "gemma3 (GGUF 'gemma3')"
+    assert top["tokenizer"] == "llama, 262144 tokens"
+    assert top["device"].startswith("cpu (")
+    assert top["compute dtype"].startswith("torch.float32 (CPU")
+    assert top["kv cache"].startswith("torch.float32")
     from oxide.ops import cpu
 
-    kernels = "kernels:       compiled core oxide._cpu" if cpu.available() else "kernels:       PyTorch reference ("
-    assert kernels in out
+    assert top["kernels"].startswith("compiled core oxide._cpu" if cpu.available() else "PyTorch reference (")
+    assert {key: config[key] for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads",
+                                         "num_key_value_heads", "head_dim", "sliding_window")} == {
+        "vocab_size": "262144", "hidden_size": "640", "num_hidden_layers": "18", "num_attention_heads": "4",
+        "num_key_value_heads": "1", "head_dim": "256", "sliding_window": "512"}
+    assert config["layer_types"] == ", ".join(["sliding_attention x5, full_attention"] * 3)
+    assert {name: count for name, (count, _) in tensors.items()} == {
+        "F32": 109, "Q5_0": 81, "Q4_K": 27, "Q8_0": 10, "Q6_K": 9, "total": 236}
+    assert tensors["total"][1] == "235.2 MiB"
 
 
 def test_info_says_when_the_reference_is_asked_for(gemma_path: Path, capsys: pytest.CaptureFixture[str],

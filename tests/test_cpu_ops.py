@@ -247,6 +247,7 @@ assert layers.argmax(row) == reference.argmax(row) == 150000
 _LAYER_ISA = {"avx512vnni": "avx512"}   # the layer ops have no integer work, hence no VNNI build
 
 
+@pytest.mark.slow   # a subprocess per instruction set, seconds each
 def test_every_instruction_set():
     """Each kernel variant the CPU runs (OXIDE_CPU_ISA), for every op, against the reference in a fresh process."""
     for isa in cpu.extension().isas():

@@ -1,4 +1,6 @@
-"""The reference ops against independent formulations, and the dispatch rules."""
+"""Every CPU implementation of the ops (the PyTorch reference and the compiled core) against independent
+formulations, and the dispatch rules over all the registered implementations (reference, compiled CPU core,
+Triton, CUDA): which one each device gets, what ``OXIDE_IMPL`` asks for, what a declined call falls back to."""
 
 from __future__ import annotations
 
@@ -12,12 +14,27 @@ import torch.nn.functional as F
 
 from oxide import ops
 from oxide.errors import KernelUnavailableError
-from oxide.ops import dispatch, reference
+from oxide.ops import cpu, dispatch, reference, triton_kernels
 from oxide.quant import GGMLType, QuantTensor
+
+# The implementations that run on CPU tensors without the Triton interpreter: each is checked below.
+CPU_IMPLS = [pytest.param("torch", id="reference"),
+             pytest.param("cpp", id="cpp", marks=pytest.mark.skipif(not cpu.available(),
+                                                                     reason="the compiled CPU core is not built"))]
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+def _impl(op: str, name: str, *probe: object):
+    """Implementation ``name`` of ``op`` on the CPU for calls like ``probe`` (skips, saying so, where the
+    implementation declines them, as the compiled core declines F16 weights and float16 activations)."""
+    impls = {i.name: i for i in dispatch._IMPLS[op] if "cpu" in i.device_types}
+    accepts = impls[name].accepts
+    if accepts is not None and not accepts(*probe):
+        pytest.skip(f"the {name} implementation of {op} does not serve this call (the next one takes it)")
+    return dispatch.named(op, name, "cpu", *probe)
 
 
 def _quantized(rows: int, cols: int, qtype: GGMLType, seed: int) -> tuple[QuantTensor, torch.Tensor]:
@@ -27,54 +44,70 @@ def _quantized(rows: int, cols: int, qtype: GGMLType, seed: int) -> tuple[QuantT
     return QuantTensor(torch.from_numpy(raw.reshape(-1).view(np.uint8)), qtype, (rows, cols)), dense
 
 
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("qtype", [GGMLType.Q8_0, GGMLType.Q4_0, GGMLType.Q5_1, GGMLType.F16])
 @pytest.mark.parametrize("lead", [(1,), (3,), (2, 5)])
-def test_qmatmul_is_linear_over_dequantized(qtype: GGMLType, lead: tuple[int, ...]) -> None:
+def test_qmatmul_is_linear_over_dequantized(impl: str, qtype: GGMLType, lead: tuple[int, ...]) -> None:
     w, dense = _quantized(48, 64, qtype, seed=3)
+    qmatmul = _impl("qmatmul", impl, w, torch.float32)
     x = torch.randn(*lead, 64, generator=_gen(1))
     bias = torch.randn(48, generator=_gen(2))
-    torch.testing.assert_close(ops.qmatmul(x, w, bias), x @ dense.T + bias, rtol=1e-5, atol=1e-5)
-    assert ops.qmatmul(x, w).shape == (*lead, 48)
+    torch.testing.assert_close(qmatmul(x, w, bias), x @ dense.T + bias, rtol=1e-5, atol=1e-5)
+    assert qmatmul(x, w).shape == (*lead, 48)
 
 
-def test_embedding_of_quantized_rows_equals_dense_rows() -> None:
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_embedding_of_quantized_rows_equals_dense_rows(impl: str) -> None:
     w, dense = _quantized(40, 64, GGMLType.Q8_0, seed=4)
+    embedding = _impl("embedding", impl, w, torch.float32)
     ids = torch.tensor([[3, 0, 39, 3], [7, 8, 9, 10]])
-    assert torch.equal(ops.embedding(ids, w, torch.float32), dense[ids])
+    assert torch.equal(embedding(ids, w, torch.float32), dense[ids])
     w.dense(torch.float32)                       # the cached path gives the same rows
-    assert torch.equal(ops.embedding(ids, w, torch.float32), dense[ids])
+    assert torch.equal(embedding(ids, w, torch.float32), dense[ids])
 
 
-def test_rms_norm() -> None:
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_rms_norm(impl: str) -> None:
     x, w = torch.randn(2, 3, 32, generator=_gen(5)), torch.randn(32, generator=_gen(6))
     expected = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
-    torch.testing.assert_close(ops.rms_norm(x, w, 1e-6), expected)
-    half = ops.rms_norm(x.half(), w, 1e-6)
+    torch.testing.assert_close(_impl("rms_norm", impl, torch.float32)(x, w, 1e-6), expected)
+
+
+def test_rms_norm_of_half_activations_in_float32_statistics() -> None:
+    """The reference keeps float16 activations float16 (the compiled core declines them: float32 only)."""
+    x, w = torch.randn(2, 3, 32, generator=_gen(5)), torch.randn(32, generator=_gen(6))
+    expected = x / torch.sqrt((x * x).mean(-1, keepdim=True) + 1e-6) * w
+    half = reference.rms_norm(x.half(), w, 1e-6)
     assert half.dtype == torch.float16
     torch.testing.assert_close(half.float(), expected, rtol=2e-3, atol=2e-3)
 
 
-def test_rope_is_a_rotation_of_half_split_pairs() -> None:
-    """Pairs (i, i + hd/2) rotate by angle pos * inv_freq[i]: compare with complex multiplication."""
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_rope_is_a_rotation_of_half_split_pairs(impl: str) -> None:
+    """Pairs (i, i + hd/2) rotate by angle pos * inv_freq[i]: compare with complex multiplication (float64
+    for the reference; float32, at float32's tolerance, for the compiled core, which serves only that)."""
+    dtype, tol = (torch.float64, 1e-6) if impl == "torch" else (torch.float32, 2e-5)
     hd, T = 16, 7
     x = torch.randn(1, 2, T, hd, generator=_gen(7), dtype=torch.float64)
     inv_freq = 1.0 / 10000 ** (torch.arange(0, hd, 2, dtype=torch.float64) / hd)
     positions = torch.arange(3, 3 + T)
-    cos, sin = ops.rope_cos_sin(positions, inv_freq)
-    out = ops.rope(x, cos.double(), sin.double())
+    cos, sin = _impl("rope_cos_sin", impl, inv_freq.to(dtype).dtype)(positions, inv_freq.to(dtype))
+    out = _impl("rope", impl, dtype)(x.to(dtype), cos.to(dtype), sin.to(dtype))
     z = torch.complex(x[..., : hd // 2], x[..., hd // 2:])
     rotated = z * torch.exp(1j * positions[:, None].double() * inv_freq[None, :])
-    torch.testing.assert_close(out, torch.cat((rotated.real, rotated.imag), -1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(out.double(), torch.cat((rotated.real, rotated.imag), -1), rtol=tol, atol=tol)
 
 
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("window, softcap", [(0, 0.0), (4, 0.0), (0, 5.0)])
-def test_attention_against_sdpa(window: int, softcap: float) -> None:
+def test_attention_against_sdpa(impl: str, window: int, softcap: float) -> None:
     B, H, Hkv, T, S, hd = 1, 4, 2, 5, 9, 8
     q = torch.randn(B, H, T, hd, generator=_gen(8))
     k, v = torch.randn(B, Hkv, S, hd, generator=_gen(9)), torch.randn(B, Hkv, S, hd, generator=_gen(10))
     q_pos, k_pos = torch.arange(S - T, S), torch.arange(S)
     scale = 1 / math.sqrt(hd)
-    out = ops.attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
+    attention = _impl("attention", impl, q.dtype, k.dtype, v.dtype)
+    out = attention(q, k, v, q_pos, k_pos, scale=scale, window=window, softcap=softcap)
     # Independent: expand kv heads, build the mask by loops, softmax by hand.
     kx, vx = k.repeat_interleave(H // Hkv, 1), v.repeat_interleave(H // Hkv, 1)
     scores = q @ kx.transpose(-1, -2) * scale
@@ -89,39 +122,82 @@ def test_attention_against_sdpa(window: int, softcap: float) -> None:
         torch.testing.assert_close(out, sdpa, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("impl", CPU_IMPLS)
 @pytest.mark.parametrize("act, fn", [("silu", F.silu), ("gelu", F.gelu),
                                      ("gelu_pytorch_tanh", lambda g: F.gelu(g, approximate="tanh"))])
-def test_gated_activation(act: str, fn) -> None:
+def test_gated_activation(impl: str, act: str, fn) -> None:
     gate, up = torch.randn(3, 16, generator=_gen(11)), torch.randn(3, 16, generator=_gen(12))
-    torch.testing.assert_close(ops.gated_activation(gate, up, act), fn(gate) * up)
+    gated = _impl("gated_activation", impl, gate.dtype, up.dtype)
+    torch.testing.assert_close(gated(gate, up, act), fn(gate) * up)
 
 
 def _probes() -> dict[str, tuple]:
-    """A representative call description per op, as the functional API passes it to dispatch."""
+    """A representative float32 call description for every op, as the functional API passes it to dispatch."""
     w, _ = _quantized(32, 64, GGMLType.Q8_0, seed=0)
-    f32 = (torch.float32,)
-    return {"qmatmul": (w, torch.float32), "qmatmul_group": ((w, w), torch.float32), "embedding": (w, torch.float32),
-            "rms_norm": f32,
-            "add_rms_norm": (torch.float32, torch.float32), "rope": f32, "attention": f32, "gated_activation": f32,
-            "softcap": f32}
+    experts = QuantTensor(w.data[:16].repeat(3, 1), GGMLType.Q8_0, (3, 16, 64))   # (E, N, K), stacked
+    f32 = torch.float32
+    return {"qmatmul": (w, f32), "qmatmul_group": ((w, w), f32), "qmatmul_gated": ((w, w), f32),
+            "qmatmul_experts": (experts, f32), "qmatmul_experts_gated": ((experts, experts), f32),
+            "embedding": (w, f32), "rms_norm": (f32,), "add_rms_norm": (f32, f32), "rope_cos_sin": (f32,),
+            "rope": (f32,), "kv_store": (f32, f32), "attention": (f32, f32, f32), "gated_activation": (f32, f32),
+            "add": (f32, f32), "scale": (f32,), "softcap": (f32,), "argmax": (f32,), "sample": (f32,),
+            "sample_filter": (f32,)}
+
+
+def test_the_probes_cover_every_op() -> None:
+    assert set(_probes()) == set(ops._OPS) == set(dispatch._IMPLS) - {"test_fake_op", "test_declining_op"}
+
+
+def _registered(op: str, name: str, device_type: str) -> dispatch.Implementation:
+    (impl,) = [i for i in dispatch._IMPLS[op] if i.name == name and device_type in i.device_types]
+    return impl
 
 
 def test_every_op_has_a_reference_on_every_device_type(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OXIDE_IMPL", "torch")
-    dispatch._RESOLVED.clear()
+    monkeypatch.setattr(dispatch, "_RESOLVED", {})
     for op, probe in _probes().items():
-        assert "torch" in dispatch.implementations(op)
         for device_type in ("cpu", "cuda", "mps"):
             assert dispatch.resolve(op, device_type, *probe) is getattr(reference, op)
             assert dispatch.bind(op, device_type, *probe) is getattr(reference, op)
-    dispatch._RESOLVED.clear()
+            assert dispatch.chosen_name(op, device_type, *probe) == "torch"
 
 
-def test_gpu_device_types_fall_back_to_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_cpu_gets_the_compiled_core_where_it_has_the_op(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without OXIDE_IMPL the CPU runs the compiled core for every op it implements (the reference for the
+    others, and everywhere when the core is not built); Triton, even under the interpreter, ranks below the
+    reference on the CPU, so it runs there only when asked for."""
     monkeypatch.delenv("OXIDE_IMPL", raising=False)
-    dispatch._RESOLVED.clear()
+    monkeypatch.setattr(dispatch, "_RESOLVED", {})
     for op, probe in _probes().items():
-        assert dispatch.bind(op, "mps", *probe) is getattr(reference, op)
+        expected = "cpp" if cpu.available() and "cpp" in dispatch.implementations(op) else "torch"
+        assert dispatch.chosen_name(op, "cpu", *probe) == expected, op
+        assert dispatch.resolve(op, "cpu", *probe) is _registered(op, expected, "cpu").fn
+
+
+@pytest.mark.skipif(not triton_kernels.available_on_cpu(), reason="needs triton and TRITON_INTERPRET=1")
+def test_triton_on_the_cpu_when_asked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``OXIDE_IMPL=triton`` on the CPU (under the interpreter) takes every op Triton implements; the others go
+    to the reference, not to the compiled core."""
+    monkeypatch.setenv("OXIDE_IMPL", "triton")
+    monkeypatch.setattr(dispatch, "_RESOLVED", {})
+    for op, probe in _probes().items():
+        expected = "triton" if op in triton_kernels.KERNELS else "torch"
+        assert dispatch.chosen_name(op, "cpu", *probe) == expected, op
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the fallback where no CUDA device exists")
+@pytest.mark.parametrize("device_type", ["cuda", "mps"])
+def test_gpu_device_types_without_their_kernels_fall_back_to_the_reference(device_type: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """On MPS nothing but the reference is registered; on "cuda" without a CUDA device the Triton and CUDA
+    kernels are registered but unavailable, so the reference takes every op."""
+    monkeypatch.delenv("OXIDE_IMPL", raising=False)
+    monkeypatch.setattr(dispatch, "_RESOLVED", {})
+    for op, probe in _probes().items():
+        assert dispatch.bind(op, device_type, *probe) is getattr(reference, op)
+    assert {i.name for v in dispatch._IMPLS.values() for i in v if "mps" in i.device_types} == {"torch"}
+    assert {"triton", "cuda"} <= {i.name for v in dispatch._IMPLS.values() for i in v if "cuda" in i.device_types}
 
 
 @pytest.fixture

@@ -23,11 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
 from oxide.errors import InvalidOptionError, MediaError
+from oxide.once import locked_cached_property
 from oxide.multimodal.audio_io import AudioSource, read_audio
 from oxide.multimodal.audio_loudness import normalize_loudness
 from oxide.multimodal.audio_resample import resample
@@ -142,7 +142,7 @@ class AudioPreprocessor:
         features = log_mel(self.filterbank.to(power.dtype) @ power, mel.log)  # (n_mels, frames)
         return features[:, :-1] if mel.drop_last_frame else features
 
-    @cached_property
+    @locked_cached_property
     def filterbank(self) -> torch.Tensor:
         """The mel filters (n_mels, n_fft // 2 + 1), float64."""
         mel = self._mel

@@ -18,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from functools import cache
 from types import ModuleType
 from typing import Any
 
 import torch
 
 from ..errors import InvalidOptionError, KernelUnavailableError
+from ..once import once
 from ..quant import QuantTensor
 from .dispatch import register, resolve_after
 
@@ -36,7 +36,7 @@ _DTYPE_CODES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _X_ALIGN = 16                 # bytes: activations are read 128 bits at a time
 
 
-@cache
+@once
 def _load() -> tuple[ModuleType | None, str]:
     try:
         from .. import _cuda
@@ -45,7 +45,7 @@ def _load() -> tuple[ModuleType | None, str]:
     return _cuda, ""
 
 
-@cache
+@once
 def _device_ok() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= MIN_CAPABILITY
 
@@ -73,7 +73,7 @@ def extension() -> ModuleType:
     return module
 
 
-@cache
+@once
 def _weight_alignment() -> dict[int, int]:
     """GGML type id -> the byte alignment the GEMV needs of its weights."""
     return dict(extension().gemv_types())

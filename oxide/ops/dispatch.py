@@ -13,11 +13,16 @@ explicitly: if it is not available that is an error, not a fallback. Calls it de
 not implement while it implements others on that device (the Triton kernels cover the matmuls, RoPE,
 attention and sampling, not the residual add), go to the reference (logged at debug level), so that a
 model still runs; a name that implements nothing on the device is an error.
+
+Thread-safe: registration and the first resolution of an (op, device) pair take one lock, so the ranked
+candidates (and the availability checks that load an extension) are built once; a resolved pair is then
+read without it.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +48,7 @@ class Implementation:
 
 _IMPLS: dict[str, list[Implementation]] = {}
 _RESOLVED: dict[tuple[str, str], list[Implementation]] = {}   # ranked candidates per (op, device)
+_LOCK = threading.RLock()   # guards _IMPLS and filling _RESOLVED; reentrant: an availability check may register
 
 
 def register(op: str, name: str, fn: Callable, *, device_types: tuple[str, ...] = ("cpu", "cuda", "mps"),
@@ -54,9 +60,10 @@ def register(op: str, name: str, fn: Callable, *, device_types: tuple[str, ...] 
     one weight, its kernel plan built once); :func:`bind` hands that out instead of ``fn``, and it may
     then be called only for what was probed.
     """
-    _IMPLS.setdefault(op, []).append(
-        Implementation(name, fn, frozenset(device_types), priority, available, accepts, prepare))
-    _RESOLVED.clear()
+    with _LOCK:
+        _IMPLS.setdefault(op, []).append(
+            Implementation(name, fn, frozenset(device_types), priority, available, accepts, prepare))
+        _RESOLVED.clear()
 
 
 def implementations(op: str) -> list[str]:
@@ -72,7 +79,10 @@ def resolve(op: str, device_type: str, *probe: Any) -> Callable:
     key = (op, device_type)
     candidates = _RESOLVED.get(key)
     if candidates is None:
-        candidates = _RESOLVED[key] = _candidates(op, device_type, _requested())
+        with _LOCK:
+            candidates = _RESOLVED.get(key)
+            if candidates is None:
+                candidates = _RESOLVED[key] = _candidates(op, device_type, _requested())
     return _first_accepting(op, device_type, candidates, probe).fn
 
 

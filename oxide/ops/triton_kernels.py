@@ -19,11 +19,11 @@ import importlib
 import importlib.util
 import os
 from collections.abc import Callable
-from functools import cache
 from typing import Any
 
 import torch
 
+from ..once import once
 from .dispatch import register
 
 NAME = "triton"
@@ -43,7 +43,7 @@ KERNELS: dict[str, str] = {
 }
 
 
-@cache
+@once
 def importable() -> bool:
     """Whether the ``triton`` package is installed (checked without importing it)."""
     return importlib.util.find_spec("triton") is not None
@@ -54,7 +54,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
-@cache
+@once
 def _cuda_capable() -> bool:
     return torch.cuda.is_available() and torch.cuda.get_device_capability() >= MIN_CAPABILITY
 

@@ -27,15 +27,16 @@ from __future__ import annotations
 from array import array
 
 import re
+import threading
 from heapq import heapify, heappop, heappush
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from enum import IntEnum
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ..errors import TokenizerError
+from ..once import locked_cached_property
 from ..weights.string_array import StringArray
 from .interface import Tokenizer
 from ..log import get_logger
@@ -202,7 +203,7 @@ class Vocab:
                 raise TokenizerError(f"GGUF metadata key {key!r} is true but tokenizer.ggml.{token}_token_id "
                                      f"is not set to a token of the vocabulary; fix the file's metadata")
 
-    @cached_property
+    @locked_cached_property
     def token_to_id(self) -> dict[str, int]:
         """Text -> id of every token, built on first use: encoding needs it, loading and decoding do not
         (for a 262,144-token vocabulary it holds ~38 MB of ``str`` keys, ``int`` values and hash table).
@@ -440,7 +441,9 @@ def symbols_of(text: str, end: list[int]) -> list[str]:
 class WordCache:
     """Memo of a word's ids (the model's algorithm is the slow part of encoding and real text repeats
     words). Words longer than ``max_word`` are computed every time; the memo is emptied past
-    ``max_entries`` words, which bounds its memory."""
+    ``max_entries`` words, which bounds its memory. Shared by threads without a lock: two threads meeting
+    a new word at once may both compute its ids (the same ids), and each dict operation is atomic, so the
+    memo stays consistent; callers must not change the lists it returns."""
 
     def __init__(self, compute: Callable[[str], list[int]], max_word: int = 64, max_entries: int = 1 << 16) -> None:
         self._compute = compute
@@ -475,6 +478,7 @@ class VocabTokenizer(Tokenizer):
         self.vocab = vocab
         self._pieces: dict[bool, dict[int, bytes]] = {True: {}, False: {}}  # special -> id -> bytes
         self._matchers: dict[bool, _SpecialMatcher | None] = {}
+        self._matchers_lock = threading.Lock()   # each mode's matcher is built once, whichever thread asks first
 
     @classmethod
     def _from_metadata(cls, metadata: Mapping[str, Any]) -> VocabTokenizer:
@@ -516,7 +520,7 @@ class VocabTokenizer(Tokenizer):
         """The tokens that end generation, as llama.cpp decides them (:meth:`Vocab._end_of_generation`)."""
         return self.vocab.eog_ids
 
-    @cached_property
+    @locked_cached_property
     def special_tokens(self) -> dict[str, int]:
         """Text -> id of every control and user-defined token."""
         ids = np.flatnonzero(self.vocab.attr_array & (Attr.CONTROL | Attr.USER_DEFINED)).tolist()
@@ -557,14 +561,16 @@ class VocabTokenizer(Tokenizer):
         raise NotImplementedError
 
     def _matcher(self, parse_special: bool) -> _SpecialMatcher | None:
-        """The special-token finder of one mode, built on first use."""
+        """The special-token finder of one mode, built on first use (once, under a lock)."""
         if parse_special not in self._matchers:
-            attrs = self.vocab.attr_array
-            wanted = (attrs & _CUT_OUT) != 0
-            if not parse_special:
-                wanted &= (attrs & _SPECIAL) == 0
-            ids = np.flatnonzero(wanted)
-            self._matchers[parse_special] = _SpecialMatcher(self.vocab, ids) if len(ids) else None
+            with self._matchers_lock:
+                if parse_special not in self._matchers:
+                    attrs = self.vocab.attr_array
+                    wanted = (attrs & _CUT_OUT) != 0
+                    if not parse_special:
+                        wanted &= (attrs & _SPECIAL) == 0
+                    ids = np.flatnonzero(wanted)
+                    self._matchers[parse_special] = _SpecialMatcher(self.vocab, ids) if len(ids) else None
         return self._matchers[parse_special]
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer as FastTokenizer
 
 from ..errors import TokenizerError
+from ..once import locked_cached_property
 from .interface import Tokenizer
 
 SPIECE_SPACE = "\u2581"
@@ -67,6 +67,10 @@ def _decoder_kinds(spec: dict[str, Any] | None) -> set[str]:
 
 
 class HFTokenizer(Tokenizer):
+    """A ``tokenizer.json`` through the ``tokenizers`` library. Safe to share between threads: no call changes
+    the library tokenizer's settings; ``parse_special=False`` uses a second one, built once, that treats
+    special-token text as plain text."""
+
     def __init__(self, fast: FastTokenizer, spec: dict[str, Any], config: dict[str, Any],
                  generation_eos: list[int]) -> None:
         self._fast = fast
@@ -103,8 +107,15 @@ class HFTokenizer(Tokenizer):
 
     # the interface --------------------------------------------------------------------------
     def encode(self, text: str, add_special_tokens: bool = False, parse_special: bool = True) -> list[int]:
-        self._fast.encode_special_tokens = not parse_special
-        return self._fast.encode(text, add_special_tokens=add_special_tokens).ids
+        fast = self._fast if parse_special else self._literal_specials
+        return fast.encode(text, add_special_tokens=add_special_tokens).ids
+
+    @locked_cached_property
+    def _literal_specials(self) -> FastTokenizer:
+        """A copy of the tokenizer that splits special-token text like any other (``encode_special_tokens``)."""
+        fast = FastTokenizer.from_str(self._fast.to_str())
+        fast.encode_special_tokens = True
+        return fast
 
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = False) -> str:
         ids = [int(i) for i in ids]
@@ -138,7 +149,7 @@ class HFTokenizer(Tokenizer):
         """The bytes one token adds to decoded text."""
         return self._pieces[special][token_id]
 
-    @cached_property
+    @locked_cached_property
     def _pieces(self) -> dict[bool, list[bytes]]:
         shown = [self._piece(i, True) for i in range(self.vocab_size)]
         hidden = [b"" if self._added.get(i, {}).get("special") else p for i, p in enumerate(shown)]

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from functools import cached_property
 from typing import Any
 
 from ..errors import TokenizerError
+from ..once import locked_cached_property
 from .base import Vocab, VocabTokenizer, WordCache, merge_pairs, symbols_of
 
 SPACE = "▁"  # U+2581, SentencePiece's visible space
@@ -47,14 +47,14 @@ class SPMTokenizer(VocabTokenizer):
                       add_bos=True, add_eos=False, add_space_prefix=True)
         return cls(vocab)
 
-    @cached_property
+    @locked_cached_property
     def _byte_ids(self) -> list[int | None]:
         """byte -> id: the <0xXX> token, else llama.cpp's fallback to the one-byte text itself (a byte
         >= 0x80 alone is not UTF-8; such texts are read with surrogateescape)."""
         get = self.vocab.token_to_id.get
         return [get(f"<0x{b:02X}>", get(chr(b) if b < 0x80 else chr(0xDC00 + b))) for b in range(256)]
 
-    @cached_property
+    @locked_cached_property
     def _glue(self) -> tuple[frozenset[str], tuple[int, ...]]:
         """Texts that, ending a word, may merge with the next ``"▁"``: every ``t[:k]`` with ``t[k] == "▁"``,
         ``k > 0``, over the vocabulary (and their lengths). The texts are read as the keys of the text -> id

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import cache
 from types import ModuleType
 
 import torch
 
 from ...errors import InvalidOptionError
+from ...once import once
 
 
-@cache
+@once
 def _load() -> tuple[ModuleType | None, str]:
     try:
         from ... import _cpu

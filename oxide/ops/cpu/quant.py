@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from functools import cache
 
 import torch
 
+from ...once import once
 from ...quant import QuantTensor
 from . import extension, threads
 
@@ -160,6 +160,6 @@ def _band_buffer(elements: int) -> torch.Tensor:
     return buffer
 
 
-@cache
+@once
 def _quant_types() -> frozenset[int]:
     return frozenset(extension().quant_types())
