@@ -141,7 +141,7 @@ def _probes() -> dict[str, tuple]:
             "embedding": (w, f32), "rms_norm": (f32,), "add_rms_norm": (f32, f32), "rope_cos_sin": (f32,),
             "rope": (f32,), "kv_store": (f32, f32), "attention": (f32, f32, f32), "gated_activation": (f32, f32),
             "add": (f32, f32), "scale": (f32,), "softcap": (f32,), "argmax": (f32,), "sample": (f32,),
-            "sample_filter": (f32,)}
+            "sample_filter": (f32,), "activation": (f32,)}
 
 
 def test_the_probes_cover_every_op() -> None:
