@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -76,7 +76,7 @@ def _limit(name: str | Limit | None) -> Limit | None:
     return LIMITS[name] if isinstance(name, str) else name
 
 
-_REQUIRED = object()
+REQUIRED: Any = object()   # the default of a key that must be present
 
 
 class Values:
@@ -108,15 +108,15 @@ class Values:
         value = self.get(key)
         shown = f"{type(value).__name__} of {len(value)}" if _is_array(value) and len(value) > 8 else repr(value)
         where = "metadata key" if self.gguf else "key"
-        return self.error(f"{self.source}: {where} {self.prefix}{key!r} = {shown[:120]} {problem}; {self.advice}")
+        return self.error(f"{self.source}: {where} {self.prefix + key!r} = {shown[:120]} {problem}; {self.advice}")
 
     def _missing(self, key: str, default: Any) -> Any:
-        if default is _REQUIRED:
+        if default is REQUIRED:
             where = "metadata key" if self.gguf else "key"
-            raise self.error(f"{self.source}: required {where} {self.prefix}{key!r} is missing; {self.advice}")
+            raise self.error(f"{self.source}: required {where} {self.prefix + key!r} is missing; {self.advice}")
         return default
 
-    def integer(self, key: str, limit: str | Limit | None = None, default: Any = _REQUIRED, *,
+    def integer(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
                 per_layer: bool = False) -> Any:
         """An integer (bools refused; a JSON float with an integral value accepted) inside ``limit``."""
         value = self.get(key)
@@ -130,7 +130,7 @@ class Values:
             raise self.fail(key, "must be an integer")
         return self._in(key, int(value), limit)
 
-    def number(self, key: str, limit: str | Limit | None = None, default: Any = _REQUIRED, *,
+    def number(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
                per_layer: bool = False) -> Any:
         """A finite float (integers accepted) inside ``limit``."""
         value = self.get(key)
@@ -145,7 +145,7 @@ class Values:
             raise self.fail(key, "must be a finite number")
         return self._in(key, number, limit)
 
-    def flag(self, key: str, default: Any = _REQUIRED) -> Any:
+    def flag(self, key: str, default: Any = REQUIRED) -> Any:
         """A boolean (GGUF ``bool``, JSON ``true``/``false``)."""
         value = self.get(key)
         if value is None:
@@ -154,7 +154,7 @@ class Values:
             raise self.fail(key, "must be true or false")
         return bool(value)
 
-    def string(self, key: str, default: Any = _REQUIRED, *, choices: Iterable[str] | None = None) -> Any:
+    def string(self, key: str, default: Any = REQUIRED, *, choices: Iterable[str] | None = None) -> Any:
         """A string, one of ``choices`` when given."""
         value = self.get(key)
         if value is None:
@@ -166,7 +166,7 @@ class Values:
             raise self.fail(key, f"is not one of {', '.join(map(repr, allowed))}")
         return value
 
-    def strings(self, key: str, default: Any = _REQUIRED, *, non_empty: bool = False) -> Any:
+    def strings(self, key: str, default: Any = REQUIRED, *, non_empty: bool = False) -> Any:
         """An array of strings (a GGUF string array or a JSON list of strings)."""
         from .weights.string_array import StringArray
 
@@ -180,20 +180,20 @@ class Values:
             raise self.fail(key, "must not be empty")
         return value
 
-    def numbers(self, key: str, limit: str | Limit | None = None, default: Any = _REQUIRED, *,
+    def numbers(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
                 length: int | None = None, integers: bool = False) -> Any:
         """A 1-D numeric array (GGUF) or list (JSON) as a numpy array, every entry finite and inside ``limit``,
         of ``length`` entries when given."""
         value = self.get(key)
         if value is None:
             return self._missing(key, default)
+        kinds = int if integers else (int, float)
         if isinstance(value, np.ndarray):
             array = value
-        elif isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                      for v in value):
-            array = np.asarray(value, dtype=np.float64)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value):
+            array = np.asarray(value, dtype=np.int64 if integers else np.float64)
         else:
-            raise self.fail(key, "must be an array of numbers")
+            raise self.fail(key, f"must be an array of {'integers' if integers else 'numbers'}")
         if array.ndim != 1 or array.dtype.kind not in ("iu" if integers else "iuf"):
             raise self.fail(key, f"must be a 1-D array of {'integers' if integers else 'numbers'}")
         if length is not None and len(array) != length:
@@ -222,7 +222,7 @@ class Values:
         if value.ndim != 1 or value.size == 0:
             raise self.fail(key, "must be a number or a non-empty per-layer array")
         if not (value == value[0]).all():
-            raise self.error(f"{self.source}: metadata key {self.prefix}{key!r} varies per layer "
+            raise self.error(f"{self.source}: metadata key {self.prefix + key!r} varies per layer "
                              f"({value.tolist()[:16]}); per-layer values are not supported yet")
         return value[0].item()
 
@@ -242,13 +242,19 @@ def _is_array(value: Any) -> bool:
 _LAYER_INDEX = re.compile(r"^(?:blk|(?:model\.)?(?:language_model\.)?(?:model\.)?layers)\.(\d+)\.")
 
 
-def layer_indices(names: Iterable[str]) -> set[int]:
-    """The layer numbers the tensor names use (``blk.N.`` in GGUF, ``model.layers.N.`` in checkpoints)."""
-    return {int(m.group(1)) for name in names if (m := _LAYER_INDEX.match(name))}
+def layer_indices(names: Iterable[str], normalise: Callable[[str], str] = str) -> dict[int, str]:
+    """Layer number -> a tensor of it, from the names (``blk.N.`` in GGUF, ``model.layers.N.`` in checkpoints,
+    matched after ``normalise``)."""
+    found: dict[int, str] = {}
+    for name in names:
+        m = _LAYER_INDEX.match(normalise(name))
+        if m:
+            found.setdefault(int(m.group(1)), name)
+    return found
 
 
 def check_tensors(config: ModelConfig, *, source: str, embedding: Sequence[int] | None, embedding_name: str,
-                  layers_found: set[int], extra_layers: int = 0, keys: Mapping[str, str] | None = None) -> None:
+                  layers_found: Mapping[int, str], extra_layers: int = 0, keys: Mapping[str, str] | None = None) -> None:
     """The configuration agrees with the file's tensors: the embedding is (vocab_size, hidden_size) and the
     layers are numbered 0 .. num_hidden_layers - 1 (plus ``extra_layers``, multi-token-prediction layers a
     checkpoint may keep). ``keys``: field -> the file's own key, for the message."""
@@ -269,10 +275,10 @@ def check_tensors(config: ModelConfig, *, source: str, embedding: Sequence[int] 
     layers = config.num_hidden_layers
     beyond = sorted(i for i in layers_found if i >= layers + extra_layers)
     if beyond:
-        raise ModelFormatError(f"{source}: {key('num_hidden_layers', 'num_hidden_layers')} = {layers} but the file "
-                               f"has tensors of layer {beyond[0]}; the metadata and the tensors disagree: the file "
-                               f"is corrupt")
-    missing = sorted(set(range(layers)) - layers_found)
+        raise ModelFormatError(f"{source}: tensor {layers_found[beyond[0]]!r} is for layer {beyond[0]}, but "
+                               f"{key('num_hidden_layers', 'num_hidden_layers')} = {layers}; the metadata and the "
+                               f"tensors disagree: the file is corrupt")
+    missing = sorted(set(range(layers)) - set(layers_found))
     if missing:
         raise ModelFormatError(f"{source}: {key('num_hidden_layers', 'num_hidden_layers')} = {layers} but the file "
                                f"has no tensors for layer {missing[0]}; the file is truncated or corrupt")

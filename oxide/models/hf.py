@@ -19,6 +19,7 @@ from ..sources import read_hf_config
 from ..weights.safetensors import SafetensorsReader
 from .decoder import DecoderLM
 from .transforms import cast_vectors, fold_norm_offset
+from ..validation import Values, check_tensors, layer_indices
 from .weights import collect_weights, gguf_tensor_name
 
 log = get_logger("load")
@@ -51,19 +52,6 @@ def text_tensor_name(name: str) -> str:
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")   # a per-expert tensor: ...mlp.experts.7.up_proj.weight
 
 
-_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")   # a decoder layer's tensor (not a vision tower's)
-
-
-def _refuse_extra_layers(names: list[str], layers: int, directory: Path) -> None:
-    """A tensor of a layer past the config's (and its multi-token-prediction layers') means the checkpoint
-    and config.json disagree: named, rather than silently left out."""
-    for name in names:
-        found = _LAYER.match(text_tensor_name(name))
-        if found and int(found.group(1)) >= layers:
-            raise ModelFormatError(f"{directory}: tensor {name!r} is for layer {found.group(1)}, but config.json has "
-                                   f"{layers} layers; the checkpoint and its config.json disagree")
-
-
 def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str | list[str]]]:
     """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
 
@@ -71,12 +59,14 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
     Experts kept one tensor each (``experts.<e>.<proj>``) map, as gguf-py names their stack, to the list
     of their names in expert order; the lookup stacks them (GGUF's ``ffn_*_exps`` layout).
     """
+    source = str(directory / "config.json")
     outer = read_hf_config(directory)
-    spec = detect_hf(outer, str(directory / "config.json"))
+    spec = detect_hf(outer, source)
     raw_config = text_config(outer)
+    values = Values(raw_config, source, gguf=False)
+    n_layers = values.integer("num_hidden_layers", "layers")    # sizes the name maps below
     reader = SafetensorsReader(directory)
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
-    n_layers = int(raw_config.get("num_hidden_layers", 0))
     # gguf-py maps only the tensors llama.cpp's graph for the architecture has; the plain block's (Llama's)
     # names come second, for what it lacks: the dense MLPs among Qwen-MoE's expert layers (mlp_only_layers)
     name_maps = (get_tensor_name_map(MODEL_ARCH(arch), n_layers), get_tensor_name_map(MODEL_ARCH.LLAMA, n_layers))
@@ -95,7 +85,6 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
             experts.setdefault(found[1], {})[int(expert.group(1))] = name
         else:
             hf_names[found[1]] = name
-    _refuse_extra_layers(reader.names(), n_layers + int(raw_config.get("num_nextn_predict_layers") or 0), directory)
     for stacked, by_index in experts.items():
         missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
         if missing:
@@ -103,8 +92,14 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
                                    f"(it has experts {sorted(by_index)})")
         hf_names[stacked] = [by_index[e] for e in range(len(by_index))]
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in hf_names or \
-        bool(raw_config.get("tie_word_embeddings"))
-    config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
+        values.flag("tie_word_embeddings", False)
+    config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=source)
+    embed_name = hf_names.get(gguf_tensor_name(MODEL_TENSOR.TOKEN_EMBD, None, "weight"))
+    check_tensors(config, source=f"{directory}", embedding=None if not isinstance(embed_name, str) else
+                  reader.describe(embed_name)[1], embedding_name=embed_name or "model.embed_tokens.weight",
+                  layers_found=layer_indices(reader.names(), text_tensor_name),
+                  extra_layers=values.integer("num_nextn_predict_layers", "count", 0),
+                  keys={name: f"config.json's {name}" for name in ("hidden_size", "vocab_size", "num_hidden_layers")})
     return spec, config, reader, hf_names
 
 

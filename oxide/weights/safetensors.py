@@ -93,9 +93,13 @@ class SafetensorsReader:
 
     def describe(self, name: str) -> tuple[str, tuple[int, ...], int]:
         """(dtype name as safetensors spells it, e.g. ``BF16``; shape; bytes), without reading the data."""
-        view = self._handle(name).get_slice(name)
-        shape = tuple(view.get_shape())
-        dtype = view.get_dtype()
+        try:
+            view = self._handle(name).get_slice(name)
+            shape = tuple(view.get_shape())
+            dtype = view.get_dtype()
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise ModelFormatError(f"{self.files[name]}: tensor {name!r} cannot be read ({e}); the file is corrupt") \
+                from None
         return dtype, shape, math.prod(shape) * _DTYPE_BYTES.get(dtype, 0)
 
     def get(self, name: str) -> torch.Tensor:
