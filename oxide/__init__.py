@@ -23,6 +23,7 @@ from .errors import (
     MediaError,
     ModelFormatError,
     ModelNotFoundError,
+    NumericalError,
     OxideError,
     TemplateError,
     TokenizerError,
@@ -49,7 +50,7 @@ _LAZY = {
 
 __all__ = [
     "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelFormatError",
-    "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
+    "ModelNotFoundError", "NumericalError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]
 

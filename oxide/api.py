@@ -177,8 +177,9 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
         template, origin = ChatTemplate.from_hf_dir(resolved.path), "tokenizer_config.json / chat_template.jinja"
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
-        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        template, origin = ChatTemplate.from_gguf_metadata(gguf.metadata), "GGUF tokenizer.chat_template"
+        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
+        template = ChatTemplate.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
+        origin = "GGUF tokenizer.chat_template"
     if template is None:
         template = fallback_template(tokenizer.special_tokens) if tokenizer is not None else None
         origin = "built-in fallback" if template is not None else "none"

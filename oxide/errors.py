@@ -60,6 +60,11 @@ class KernelUnavailableError(OxideError):
     """An explicitly requested op implementation cannot be used on this machine."""
 
 
+class NumericalError(OxideError):
+    """The model computed logits no token can be chosen from (NaN, +inf, or no finite value): its weights or
+    metadata are likely corrupt."""
+
+
 class MediaError(OxideError, ValueError):
     """An image or audio input cannot be used: a corrupt or unsupported file, an empty waveform, a sampling
     rate or a size the model does not take."""

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
+from .errors import NumericalError
 from .log import get_logger
 from .models.decoder import DecoderLM
 from .models.step import DecodeStep
@@ -120,7 +121,13 @@ class Generation:
         prefill_end = time.perf_counter()
         step = DecodeStep(self.model, self.cache)
         while logits is not None and len(generated) < self.max_new_tokens:
-            token = self.sampler.sample(logits, history)
+            try:
+                token = self.sampler.sample(logits, history)
+            except NumericalError as e:
+                raise NumericalError(
+                    f"generation step {len(generated)} (position {len(history)} of the sequence): {e}. The model's "
+                    f"weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
+                    f"norm epsilon); check the file, or try it with llama.cpp") from None
             if token in self.end_ids:
                 finish = "stop"
                 break

@@ -96,6 +96,11 @@ class Values:
         self.advice = advice or ("the file is corrupt or was written by an incompatible converter: convert or "
                                  "download it again" if self.gguf else "fix the file or download the model again")
 
+    @property
+    def _at(self) -> str:
+        """The message's start: the file (an empty ``source`` leaves it to a caller that knows the file)."""
+        return f"{self.source}: " if self.source else ""
+
     def __contains__(self, key: str) -> bool:
         return self.get(key) is not None
 
@@ -108,12 +113,12 @@ class Values:
         value = self.get(key)
         shown = f"{type(value).__name__} of {len(value)}" if _is_array(value) and len(value) > 8 else repr(value)
         where = "metadata key" if self.gguf else "key"
-        return self.error(f"{self.source}: {where} {self.prefix + key!r} = {shown[:120]} {problem}; {self.advice}")
+        return self.error(f"{self._at}{where} {self.prefix + key!r} = {shown[:120]} {problem}; {self.advice}")
 
     def _missing(self, key: str, default: Any) -> Any:
         if default is REQUIRED:
             where = "metadata key" if self.gguf else "key"
-            raise self.error(f"{self.source}: required {where} {self.prefix + key!r} is missing; {self.advice}")
+            raise self.error(f"{self._at}required {where} {self.prefix + key!r} is missing; {self.advice}")
         return default
 
     def integer(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
@@ -222,7 +227,7 @@ class Values:
         if value.ndim != 1 or value.size == 0:
             raise self.fail(key, "must be a number or a non-empty per-layer array")
         if not (value == value[0]).all():
-            raise self.error(f"{self.source}: metadata key {self.prefix + key!r} varies per layer "
+            raise self.error(f"{self._at}metadata key {self.prefix + key!r} varies per layer "
                              f"({value.tolist()[:16]}); per-layer values are not supported yet")
         return value[0].item()
 
