@@ -22,6 +22,7 @@ from .precision import PrecisionPolicy, choose_precision
 from .sampling import Sampler, SamplingOptions
 from .sources import ModelSource, resolve_source
 from .tokenizer import Tokenizer
+from .validation import check_cache, check_vocabulary
 
 log = get_logger("load")
 
@@ -140,7 +141,8 @@ class Model:
                                  "leave stop unset or add the model's tokenizer.json to its folder")
         return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
                           max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else ())
+                          stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
+                          source=str(self.info.source.path))
 
     def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                  stop: str | Sequence[str] | None = None, ignore_eos: bool = False) -> Completion:
@@ -178,12 +180,14 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
         tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
+        check_vocabulary(tokenizer.vocab_size, lm.config, str(gguf.path))
         template = ChatTemplate.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
         origin = "GGUF tokenizer.chat_template"
     if template is None:
         template = fallback_template(tokenizer.special_tokens) if tokenizer is not None else None
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
+    check_cache(lm.config, context, str(resolved.path))
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)
     return Model(lm, tokenizer, template, context, info)

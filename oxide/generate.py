@@ -89,12 +89,14 @@ class Generation:
     """An iterator of text pieces; after it is exhausted, :attr:`completion` holds the result.
 
     Without a tokenizer (a model folder with weights only) it yields no text: the completion holds the ids.
+    Logits no token can be chosen from raise :class:`NumericalError` naming the step (and ``source``, the file).
     """
 
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None, cache: KVCache, prompt_ids: Sequence[int], *,
                  max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
-                 end_ids: Sequence[int]) -> None:
+                 end_ids: Sequence[int], source: str = "") -> None:
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
+        self.source = source   # the model's file, named in errors
         self.prompt_ids = list(prompt_ids)
         self.max_new_tokens = max_new_tokens
         self.sampler = sampler
@@ -125,7 +127,7 @@ class Generation:
                 token = self.sampler.sample(logits, history)
             except NumericalError as e:
                 raise NumericalError(
-                    f"generation step {len(generated)} (position {len(history)} of the sequence): {e}. The model's "
+                    f"{self.source + ': ' if self.source else ''}generation step {len(generated)} (position {len(history)} of the sequence): {e}. The model's "
                     f"weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
                     f"norm epsilon); check the file, or try it with llama.cpp") from None
             if token in self.end_ids:

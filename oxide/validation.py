@@ -289,6 +289,15 @@ def check_tensors(config: ModelConfig, *, source: str, embedding: Sequence[int] 
                                f"has no tensors for layer {missing[0]}; the file is truncated or corrupt")
 
 
+def check_vocabulary(tokens: int, config: ModelConfig, source: str) -> None:
+    """A GGUF vocabulary fits the embedding: llama.cpp sizes ``token_embd`` by the token count, so a file with
+    more tokens than rows would make the tokenizer produce ids the model has no row for."""
+    if tokens > config.vocab_size:
+        raise ModelFormatError(f"{source}: metadata key 'tokenizer.ggml.tokens' has {tokens} tokens but the "
+                               f"embedding has {config.vocab_size} rows; the vocabulary and the tensors disagree: "
+                               f"the file is corrupt")
+
+
 def kv_elements_per_token(config: ModelConfig) -> int:
     """Cache elements one token needs: per layer, keys and values of every key/value head (latent attention
     caches one latent and one rotated key per token instead)."""

@@ -14,7 +14,8 @@ crashes or hangs is killed and replaced. Outcomes:
 ``ok`` (loaded and ran), ``typed`` (an :class:`oxide.OxideError`), and the failures: ``untyped`` (any other
 exception), ``crash`` (killed by a signal or exited), ``timeout``, ``memory`` (``MemoryError`` or an allocator
 failure under the cap). A typed error whose message does not name the mutant's file is ``unnamed``, also a
-failure: every error must say which file is at fault.
+failure: every error about the file must say which file is at fault (a :class:`ContextOverflowError` or an
+:class:`InvalidOptionError` is about the request, and need not).
 
 Replay one mutant in-process, with its traceback: ``python tests/_fuzz.py CAMPAIGN_SEED INDEX``.
 """
@@ -164,12 +165,14 @@ def exercise(kind: str, path: Path) -> None:
 
 def classify(kind: str, path: Path) -> tuple[str, str]:
     """(outcome, detail) of :func:`exercise`, in the process that runs it."""
-    from oxide.errors import OxideError
+    from oxide.errors import ContextOverflowError, InvalidOptionError, OxideError
 
     try:
         exercise(kind, path)
     except MemoryError:
         return "memory", traceback.format_exc(limit=-6)
+    except (ContextOverflowError, InvalidOptionError) as e:   # about the request, not the file
+        return "typed", f"{type(e).__name__}: {e}"[:600]
     except OxideError as e:
         return ("typed" if str(path) in str(e) else "unnamed"), f"{type(e).__name__}: {e}"[:600]
     except Exception as e:   # noqa: BLE001 - the campaign's whole point is to classify anything

@@ -479,19 +479,26 @@ def _mutate_header(seed: FolderSeed, config: dict[str, Any], header: dict[str, A
     names = [n for n in header if n != "__metadata__"]
     name = names[rng.integers(len(names))]
     entry = header[name]
+    if not (isinstance(entry, dict) and isinstance(entry.get("shape"), list)
+            and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2):
+        header[name], what = hostile_json(rng, entry)   # an entry an earlier mutation broke: replace it whole
+        return f"safetensors {name} -> {what}"
     edit = rng.integers(7)
     if edit == 0:
         entry["dtype"] = str(rng.choice(["F64", "F16", "BF16", "I64", "I8", "U8", "BOOL", "F8_E4M3", "X", 3]))
         return f"safetensors {name}: dtype -> {entry['dtype']}"
     if edit == 1 and entry["shape"]:
         d = int(rng.integers(len(entry["shape"])))
-        entry["shape"][d] = int(rng.choice([0, 1, entry["shape"][d] + 1, entry["shape"][d] * 2, 2**40, -1]))
+        old = entry["shape"][d] if isinstance(entry["shape"][d], int) else 1
+        entry["shape"][d] = int(rng.choice([0, 1, old + 1, old * 2, 2**40, -1]))
         return f"safetensors {name}: shape -> {entry['shape']}"
     if edit == 2:
         entry["shape"] = entry["shape"][::-1] if len(entry["shape"]) > 1 else entry["shape"] + [1]
         return f"safetensors {name}: shape -> {entry['shape']}"
     if edit == 3:
         start, end = entry["data_offsets"]
+        if not (isinstance(start, int) and isinstance(end, int)):
+            start, end = 0, 0
         delta = int(rng.choice([1, -1, 4, 2**40]))
         entry["data_offsets"] = [start + delta, end + delta] if rng.random() < 0.5 else [start, end + delta]
         return f"safetensors {name}: data_offsets -> {entry['data_offsets']}"
