@@ -290,9 +290,10 @@ def check_tensors(config: ModelConfig, *, source: str, embedding: Sequence[int] 
 
 
 def check_vocabulary(tokens: int, config: ModelConfig, source: str) -> None:
-    """A GGUF vocabulary fits the embedding: llama.cpp sizes ``token_embd`` by the token count, so a file with
-    more tokens than rows would make the tokenizer produce ids the model has no row for."""
-    if tokens > config.vocab_size:
+    """A GGUF vocabulary is as large as the embedding, as llama.cpp requires (it sizes ``token_embd`` by the token
+    count): more tokens than rows would give ids the model has no row for, fewer would let the model generate
+    ids the tokenizer cannot decode."""
+    if tokens != config.vocab_size:
         raise ModelFormatError(f"{source}: metadata key 'tokenizer.ggml.tokens' has {tokens} tokens but the "
                                f"embedding has {config.vocab_size} rows; the vocabulary and the tensors disagree: "
                                f"the file is corrupt")

@@ -350,5 +350,5 @@ def replay(campaign_seed: int, index: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parents[1]))   # this checkout's oxide, not an installed one
     replay(int(sys.argv[1]), int(sys.argv[2]))
