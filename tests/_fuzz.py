@@ -9,7 +9,8 @@ Each mutant runs in a child process that has already imported oxide and torch (f
 ``forkserver`` that preloaded this module) under a memory cap (``RLIMIT_AS``: its address space at start plus
 ``memory_mb``) and a wall-clock limit: it loads the file and, if that works, generates a few tokens greedily
 and by sampling (a vocabulary GGUF: encodes and decodes a text). A child serves many mutants; one that
-crashes or hangs is killed and replaced. Outcomes:
+crashes or hangs is killed and replaced, and a mutant that timed out runs once more in the new child (so that a
+stall of a busy machine is not reported as a hang). Outcomes:
 
 ``ok`` (loaded and ran), ``typed`` (an :class:`oxide.OxideError`), and the failures: ``untyped`` (any other
 exception), ``crash`` (killed by a signal or exited), ``timeout``, ``memory`` (``MemoryError`` or an allocator
@@ -268,6 +269,7 @@ def run_campaign(seeds: list[Seed], campaign_seed: int, n_mutants: int, *, worke
     scratch = _scratch()
     children = [_Child(ctx, memory_mb) for _ in range(workers)]
     pending = iter(range(start, start + n_mutants))
+    retried: set[int] = set()
     try:
         while True:
             for child in children:
@@ -298,9 +300,14 @@ def run_campaign(seeds: list[Seed], campaign_seed: int, n_mutants: int, *, worke
                         child.kill()
                         children[i] = _Child(ctx, memory_mb)
                 elif elapsed > timeout:
-                    outcome, detail = "timeout", f"no answer after {timeout:.0f} s"
                     child.kill()
                     children[i] = _Child(ctx, memory_mb)
+                    if index not in retried:   # a stall of a loaded machine passes; a hang comes back
+                        retried.add(index)
+                        children[i].conn.send((mutant.kind, str(path)))
+                        children[i].task = (index, mutant, path, time.monotonic())
+                        continue
+                    outcome, detail = "timeout", f"no answer after {timeout:.0f} s, twice"
                 else:
                     continue
                 child.task = None

@@ -27,11 +27,12 @@ log = get_logger("load")
 _DTYPE_TO_GGML = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
 
 
-def _as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
+def _as_quant(tensor: torch.Tensor, name: str, source: Path) -> QuantTensor:
     """A dense checkpoint tensor as a QuantTensor of type F32/F16/BF16 (its bytes, not a copy)."""
     qtype = _DTYPE_TO_GGML.get(tensor.dtype)
     if qtype is None:
-        raise ModelFormatError(f"tensor {name!r} has dtype {tensor.dtype}; oxide reads f32, f16 and bf16 checkpoints")
+        raise ModelFormatError(f"{source}: tensor {name!r} has dtype {tensor.dtype}; oxide reads f32, f16 and bf16 "
+                               f"checkpoints")
     raw = tensor.contiguous().view(torch.uint8).reshape(-1)
     return QuantTensor(raw, qtype, tuple(tensor.shape), name=name)
 
@@ -110,8 +111,15 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))
         if isinstance(name, list):          # one tensor per expert: stacked (a copy) as (E, out, in)
-            return _as_quant(torch.stack([reader.get(n) for n in name]), _EXPERT.sub(".experts.", name[0], count=1))
-        return None if name is None else _as_quant(reader.get(name), name)
+            experts = [reader.get(n) for n in name]
+            odd = next((n for n, t in zip(name, experts) if (t.shape, t.dtype) != (experts[0].shape, experts[0].dtype)),
+                       None)
+            if odd is not None:
+                raise ModelFormatError(f"{reader.files[odd]}: expert tensor {odd!r} is {tuple(experts[name.index(odd)].shape)}"
+                                       f" but {name[0]!r} is {tuple(experts[0].shape)} (dtypes must match too); the "
+                                       f"checkpoint is corrupt")
+            return _as_quant(torch.stack(experts), _EXPERT.sub(".experts.", name[0], count=1), reader.files[name[0]])
+        return None if name is None else _as_quant(reader.get(name), name, reader.files[name])
 
     def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
         gguf_name = gguf_tensor_name(role, layer, suffix)
