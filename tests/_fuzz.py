@@ -205,14 +205,16 @@ def _worker(conn: Connection, memory_mb: int) -> None:
 
 @dataclass
 class Result:
+    """One mutant's outcome; ``mutant`` is its description (not its files: a long campaign keeps every result)."""
+
     index: int
-    mutant: Mutant
+    mutant: str
     outcome: str
     detail: str
     seconds: float
 
     def report(self, campaign_seed: int) -> str:
-        return (f"mutant {self.index} of campaign seed {campaign_seed} [{self.outcome}] {self.mutant.describe()}\n"
+        return (f"mutant {self.index} of campaign seed {campaign_seed} [{self.outcome}] {self.mutant}\n"
                 f"  replay: python tests/_fuzz.py {campaign_seed} {self.index}   "
                 f"(or pytest tests/test_fuzz.py --fuzz-seed {campaign_seed})\n  {self.detail.strip()}")
 
@@ -312,7 +314,7 @@ def run_campaign(seeds: list[Seed], campaign_seed: int, n_mutants: int, *, worke
                     continue
                 child.task = None
                 shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-                yield Result(index, mutant, outcome, detail, elapsed)
+                yield Result(index, mutant.describe(), outcome, detail, elapsed)
     finally:
         for child in children:
             if child.process.is_alive():
