@@ -106,7 +106,7 @@ class Values:
 
     def get(self, key: str) -> Any:
         """The raw value (None when absent; ``config.json``'s ``null`` reads as absent)."""
-        return self.values.get(key) if isinstance(self.values, Mapping) else None
+        return self.values.get(key)
 
     def fail(self, key: str, problem: str) -> OxideError:
         """The error for ``key``: file, key, value, what is wrong and what to do."""
@@ -239,7 +239,9 @@ class Values:
 
 
 def _is_array(value: Any) -> bool:
-    return isinstance(value, (list, tuple, np.ndarray)) or type(value).__name__ == "StringArray"
+    from .weights.string_array import StringArray
+
+    return isinstance(value, (list, tuple, np.ndarray, StringArray))
 
 
 # --- against the tensors and the allocation ------------------------------------------------------------------
