@@ -24,6 +24,7 @@ from .errors import (
     ModelBusyError,
     ModelFormatError,
     ModelNotFoundError,
+    NumericalError,
     OxideError,
     TemplateError,
     TokenizerError,
@@ -50,7 +51,8 @@ _LAZY = {
 
 __all__ = [
     "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelBusyError",
-    "ModelFormatError", "ModelNotFoundError", "OxideError", "TemplateError", "TokenizerError", "UnsupportedArchitecture",
+    "ModelFormatError", "ModelNotFoundError", "NumericalError", "OxideError", "TemplateError", "TokenizerError",
+    "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]
 

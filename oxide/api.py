@@ -23,6 +23,7 @@ from .precision import PrecisionPolicy, choose_precision
 from .sampling import Sampler, SamplingOptions
 from .sources import ModelSource, resolve_source
 from .tokenizer import Tokenizer
+from .validation import check_cache, check_vocabulary
 
 if TYPE_CHECKING:
     from .images import PromptInput
@@ -193,7 +194,7 @@ class Model:
             return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
                               max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
                               stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
-                              prompt_embeddings=embeddings)
+                              prompt_embeddings=embeddings, source=str(self.info.source.path))
 
         return LockedStream(start, self._lock)
 
@@ -239,12 +240,15 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
     else:
         gguf, lm = build_from_gguf(resolved.path, chosen, policy.compute_dtype)
         vision, vision_note = None, GGUF_NO_VISION
-        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata)
-        template, origin = ChatTemplate.from_gguf_metadata(gguf.metadata), "GGUF tokenizer.chat_template"
+        tokenizer = Tokenizer.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
+        check_vocabulary(tokenizer.vocab_size, lm.config, str(gguf.path))
+        template = ChatTemplate.from_gguf_metadata(gguf.metadata, source=str(gguf.path))
+        origin = "GGUF tokenizer.chat_template"
     if template is None:
         template = fallback_template(tokenizer.special_tokens) if tokenizer is not None else None
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
+    check_cache(lm.config, context, str(resolved.path))
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin,
                     vision_note)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)

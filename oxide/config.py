@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from .errors import ModelFormatError
+from .validation import LIMITS
 
 FULL_ATTENTION = "full_attention"
 SLIDING_ATTENTION = "sliding_attention"
@@ -62,6 +63,27 @@ class RopeScaling:
 
 
 NO_SCALING = RopeScaling()
+
+# ModelConfig's sizes and numbers -> (the limit of oxide.validation.LIMITS they obey, whether 0 is allowed: a
+# value to derive, or a feature that is off).
+_SIZES: dict[str, tuple[str, bool]] = {
+    "vocab_size": ("vocab_size", False), "hidden_size": ("hidden_size", False),
+    "intermediate_size": ("intermediate_size", False), "num_hidden_layers": ("layers", False),
+    "num_attention_heads": ("heads", False), "num_key_value_heads": ("heads", True), "head_dim": ("head_dim", True),
+    "max_position_embeddings": ("context", False), "sliding_window": ("window", True),
+    "num_experts": ("experts", True), "num_experts_per_tok": ("experts", True),
+    "moe_intermediate_size": ("intermediate_size", True), "shared_expert_intermediate_size": ("intermediate_size", True),
+    "decoder_sparse_step": ("count", False), "first_k_dense_replace": ("count", True), "router_groups": ("count", True),
+    "router_topk_groups": ("count", True), "kv_lora_rank": ("latent_rank", True), "q_lora_rank": ("latent_rank", True),
+    "qk_nope_head_dim": ("head_dim", True), "v_head_dim": ("head_dim", True),
+}
+_NUMBERS: dict[str, tuple[str, bool]] = {
+    "rms_norm_eps": ("rms_norm_eps", False), "rope_theta": ("rope_base", False),
+    "rope_local_base_freq": ("rope_base", True), "query_pre_attn_scalar": ("scale", True),
+    "attn_logit_softcapping": ("softcap", True), "final_logit_softcapping": ("softcap", True),
+    "norm_offset": ("scale", True), "embedding_multiplier": ("scale", False),
+    "routed_scaling_factor": ("scale", False), "attention_mscale": ("scale", False),
+}
 
 
 @dataclass(frozen=True)
@@ -123,11 +145,12 @@ class ModelConfig:
     attention_mscale: float = 1.0               # multiplies the softmax scale (DeepSeek's YaRN mscale, squared)
 
     def __post_init__(self) -> None:
+        self._check_ranges()          # first: nothing below is sized until the sizes are known sane
         set_ = object.__setattr__
         if self.num_key_value_heads == 0:
             set_(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim == 0:
-            set_(self, "head_dim", self.hidden_size // max(self.num_attention_heads, 1))
+            set_(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.query_pre_attn_scalar == 0.0:
             set_(self, "query_pre_attn_scalar", float(self.head_dim))
         if not self.layer_types:
@@ -138,14 +161,32 @@ class ModelConfig:
             set_(self, "moe_intermediate_size", self.intermediate_size)
         self._validate()
 
-    def _validate(self) -> None:
-        def bad(name: str, why: str) -> ModelFormatError:
-            return ModelFormatError(f"model config for {self.architecture!r}: {name}={getattr(self, name)!r} {why}")
+    def _bad(self, name: str, why: str) -> ModelFormatError:
+        """An error naming the field; the front doors (``models/arch/base.py``) add the file and its own key."""
+        error = ModelFormatError(f"model config for {self.architecture!r}: {name}={getattr(self, name)!r:.120} {why}")
+        error.field = name
+        return error
 
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) <= 0:
-                raise bad(name, "must be a positive integer")
+    def _check_ranges(self) -> None:
+        """Each size and number against :data:`oxide.validation.LIMITS` (``_SIZES``: field -> limit name; 0 where
+        the field allows it means "derive" or "off")."""
+        for name, (limit_name, zero_allowed) in _SIZES.items():
+            value = getattr(self, name)
+            limit = LIMITS[limit_name]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise self._bad(name, "must be an integer")
+            if not (limit.admits(value) or (zero_allowed and value == 0)):
+                raise self._bad(name, f"is outside {limit} ({limit.reason})")
+        for name, (limit_name, zero_allowed) in _NUMBERS.items():
+            value = getattr(self, name)
+            limit = LIMITS[limit_name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise self._bad(name, "must be a finite number")
+            if not (limit.admits(value) or (zero_allowed and value == 0)):
+                raise self._bad(name, f"is outside {limit} ({limit.reason})")
+
+    def _validate(self) -> None:
+        bad = self._bad
         if self.num_attention_heads % self.num_key_value_heads:
             raise bad("num_key_value_heads", f"must divide num_attention_heads={self.num_attention_heads}")
         if self.hidden_act not in ACTIVATIONS:
@@ -156,10 +197,9 @@ class ModelConfig:
             raise bad("layer_types", f"entries must be {FULL_ATTENTION!r} or {SLIDING_ATTENTION!r}")
         if SLIDING_ATTENTION in self.layer_types and self.sliding_window <= 0:
             raise bad("sliding_window", "must be positive when some layers use sliding-window attention")
-        if not (self.rms_norm_eps > 0 and math.isfinite(self.rms_norm_eps)):
-            raise bad("rms_norm_eps", "must be a positive finite number")
-        if self.num_experts < 0:
-            raise bad("num_experts", "must be >= 0")
+        if any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < self.num_hidden_layers
+               for i in self.mlp_only_layers):
+            raise bad("mlp_only_layers", f"entries must be layer numbers in [0, {self.num_hidden_layers})")
         if self.num_experts and not 1 <= self.num_experts_per_tok <= self.num_experts:
             raise bad("num_experts_per_tok", f"must lie in [1, num_experts={self.num_experts}]")
         if self.num_experts and self.decoder_sparse_step < 1:
@@ -178,16 +218,25 @@ class ModelConfig:
         s = self.rope_scaling
         if s.rope_type not in ROPE_TYPES:
             raise bad("rope_scaling", f"has rope_type {s.rope_type!r}, not one of {ROPE_TYPES}")
-        if not (s.factor > 0 and math.isfinite(s.factor)):
-            raise bad("rope_scaling", "must have a positive finite factor")
+        for name in ("factor", "attention_factor", "low_freq_factor", "high_freq_factor", "beta_fast", "beta_slow"):
+            limit = LIMITS["rope_factor" if name == "factor" else "rope_scalar"]
+            if not (math.isfinite(getattr(s, name)) and limit.admits(getattr(s, name))):
+                raise bad("rope_scaling", f"has {name}={getattr(s, name)!r}, outside {limit} ({limit.reason})")
+        if not LIMITS["context"].admits(s.original_max_position_embeddings) and s.original_max_position_embeddings:
+            raise bad("rope_scaling", f"has original_max_position_embeddings={s.original_max_position_embeddings} "
+                                      f"outside {LIMITS['context']}")
         needs_context = s.rope_type in ("llama3", "dynamic", "longrope", "yarn")
         if needs_context and s.original_max_position_embeddings <= 0:
             raise bad("rope_scaling", f"of type {s.rope_type!r} needs original_max_position_embeddings")
         half = self.head_dim // 2
         named = {"longrope": ("short_factor", "long_factor"), "freq_factors": ("factors",)}.get(s.rope_type, ())
         for name in named:
-            if len(getattr(s, name)) != half:
-                raise bad("rope_scaling", f"{name} must have head_dim / 2 = {half} entries, not {len(getattr(s, name))}")
+            values = getattr(s, name)
+            if len(values) != half:
+                raise bad("rope_scaling", f"{name} must have head_dim / 2 = {half} entries, not {len(values)}")
+            if not all(math.isfinite(v) and LIMITS["rope_scalar"].admits(v) for v in values):
+                raise bad("rope_scaling", f"{name} entries must lie in {LIMITS['rope_scalar']} "
+                                          f"({LIMITS['rope_scalar'].reason})")
 
     @property
     def attention_scale(self) -> float:

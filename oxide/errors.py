@@ -65,6 +65,11 @@ class ModelBusyError(OxideError, RuntimeError):
     finished or closed): waiting for its own lock would never end."""
 
 
+class NumericalError(OxideError):
+    """The model computed logits no token can be chosen from (NaN, +inf, or no finite value): its weights or
+    metadata are likely corrupt."""
+
+
 class MediaError(OxideError, ValueError):
     """An image or audio input cannot be used: a corrupt or unsupported file, an empty waveform, a sampling
     rate or a size the model does not take."""

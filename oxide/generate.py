@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import KVCache
+from .errors import NumericalError
 from .log import get_logger
 from .models.decoder import DecoderLM
 from .models.step import DecodeStep
@@ -95,12 +96,14 @@ class Generation:
     Without a tokenizer (a model folder with weights only) it yields no text: the completion holds the ids.
     ``prompt_embeddings`` (1, T, D), when given, are the prompt's input embeddings (images' features placed
     among its tokens' embeddings): the prefill runs them, the ids still count for penalties and statistics.
+    Logits no token can be chosen from raise :class:`NumericalError` naming the step (and ``source``, the file).
     """
 
     def __init__(self, model: DecoderLM, tokenizer: Tokenizer | None, cache: KVCache, prompt_ids: Sequence[int], *,
                  max_new_tokens: int, sampler: Sampler, stop: Sequence[str], ignore_eos: bool,
-                 end_ids: Sequence[int], prompt_embeddings: torch.Tensor | None = None) -> None:
+                 end_ids: Sequence[int], prompt_embeddings: torch.Tensor | None = None, source: str = "") -> None:
         self.model, self.tokenizer, self.cache = model, tokenizer, cache
+        self.source = source   # the model's file, named in errors
         self.prompt_ids = list(prompt_ids)
         self.prompt_embeddings = prompt_embeddings
         self.max_new_tokens = max_new_tokens
@@ -129,7 +132,13 @@ class Generation:
         prefill_end = time.perf_counter()
         step = DecodeStep(self.model, self.cache)
         while logits is not None and len(generated) < self.max_new_tokens:
-            token = self.sampler.sample(logits, history)
+            try:
+                token = self.sampler.sample(logits, history)
+            except NumericalError as e:
+                raise NumericalError(
+                    f"{self.source + ': ' if self.source else ''}generation step {len(generated)} (position {len(history)} of the sequence): {e}. The model's "
+                    f"weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
+                    f"norm epsilon); check the file, or try it with llama.cpp") from None
             if token in self.end_ids:
                 finish = "stop"
                 break

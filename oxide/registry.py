@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import UnsupportedArchitecture
 from .log import get_logger
+from .validation import Values
 
 if TYPE_CHECKING:
     from .models.arch.base import ArchAdapter
@@ -74,38 +75,43 @@ def supported_names() -> list[str]:
 def detect_gguf(metadata: Mapping[str, Any], source: str = "") -> ArchSpec:
     """The spec for a GGUF file, from ``general.architecture`` (and ``<arch>.expert_count`` where one name
     covers a dense and an expert architecture: Llama and Mixtral)."""
-    name = metadata.get("general.architecture")
-    experts = bool(metadata.get(f"{name}.expert_count", 0))
+    meta = Values(metadata, source, gguf=True)
+    name = meta.string("general.architecture")
+    experts = bool(meta.integer(f"{name}.expert_count", "experts", 0, per_layer=True))
     found = [spec for spec in ARCHITECTURES if name in spec.gguf_names]
     for spec in found:
         if len(found) == 1 or spec.gguf_experts == experts:
             return spec
-    raise UnsupportedArchitecture(str(name), supported_names(), source)
+    raise UnsupportedArchitecture(name, supported_names(), source)
 
 
 def detect_hf(config: Mapping[str, Any], source: str = "") -> ArchSpec:
     """The spec for a Hugging Face ``config.json``: by ``architectures`` first, then ``model_type``; a
     multimodal wrapper that is not registered itself is detected by its ``text_config`` (its language
     model is what oxide runs; ``models/hf.py`` reads the settings and tensors through it)."""
-    spec = _match_hf(config)
-    text = config.get("text_config")
-    if spec is None and isinstance(text, Mapping):
+    outer = Values(config, source, gguf=False)
+    spec = _match_hf(outer)
+    text = outer.mapping("text_config")
+    if spec is None and text.values:
         spec = _match_hf(text)
         if spec is not None:
-            log.info("%s: %s is not registered; loading its language model as %s", source,
-                     (config.get("architectures") or [config.get("model_type")])[0], spec.name)
+            log.info("%s: %s is not registered; loading its language model as %s", source, _hf_name(outer), spec.name)
     if spec is None:
-        named = (config.get("architectures") or [config.get("model_type")])[0]
-        raise UnsupportedArchitecture(str(named), supported_names(), source)
+        raise UnsupportedArchitecture(_hf_name(outer), supported_names(), source)
     return spec
 
 
-def _match_hf(config: Mapping[str, Any]) -> ArchSpec | None:
-    for arch in config.get("architectures") or ():
+def _hf_name(config: Values) -> str:
+    """How a config.json names its model: its first ``architectures`` entry, else its ``model_type``."""
+    return (list(config.strings("architectures", [])) or [config.string("model_type", "(no model_type)")])[0]
+
+
+def _match_hf(config: Values) -> ArchSpec | None:
+    for arch in config.strings("architectures", []):
         for spec in ARCHITECTURES:
             if arch in spec.hf_architectures:
                 return spec
-    model_type = config.get("model_type")
+    model_type = config.string("model_type", None)
     return next((spec for spec in ARCHITECTURES if model_type in spec.hf_model_types), None)
 
 

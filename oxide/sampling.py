@@ -7,10 +7,12 @@ re-exported here.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from oxide import ops
-from oxide.errors import OxideError
+from oxide.errors import NumericalError
 from oxide.log import get_logger
 from oxide.ops.reference import SAMPLE_NAN, SAMPLE_NO_FINITE
 from oxide.processors import (
@@ -33,9 +35,11 @@ __all__ = [
 
 log = get_logger("sampling")
 
+_SAMPLE_INF = -3   # not an op code: a +inf logit, found by the sampler's own check
 _INVALID = {
-    SAMPLE_NAN: "sampling: the logits contain NaN; the model's forward pass failed",
-    SAMPLE_NO_FINITE: "sampling: no token has a finite logit (the model gave -inf everywhere)",
+    SAMPLE_NAN: "the logits contain NaN",
+    SAMPLE_NO_FINITE: "no token has a finite logit (the model gave -inf everywhere)",
+    _SAMPLE_INF: "the logits contain +inf",
 }
 
 
@@ -65,14 +69,24 @@ class Sampler:
         return ops.sample_filter(logits, self._counts(logits, history), self.options)
 
     def sample(self, logits: torch.Tensor, history: History = ()) -> int:
-        """Return the next token id for ``logits`` (shape ``(V,)``, any device)."""
+        """Return the next token id for ``logits`` (shape ``(V,)``, any device).
+
+        Logits whose maximum is not finite (a NaN, a ``+inf``, or ``-inf`` everywhere) allow no choice, greedy or
+        sampled: :class:`NumericalError`. The maximum crosses to the host with the id, in one transfer.
+        """
         logits = self._checked(logits)
         generator = self._generator_for(logits.device)
         u = torch.rand((), generator=generator, device=logits.device)  # () in [0, 1)
-        token = int(ops.sample(logits, self._counts(logits, history), u, self.options))
+        chosen = ops.sample(logits, self._counts(logits, history), u, self.options)  # ()
+        # ids are below 2^22 (validation.LIMITS), exact in float32; max() propagates NaN
+        token, peak = torch.stack([chosen.to(torch.float32), logits.max()]).tolist()
+        if math.isnan(peak):
+            raise NumericalError(_INVALID[SAMPLE_NAN])
+        if not math.isfinite(peak):
+            raise NumericalError(_INVALID[SAMPLE_NO_FINITE] if peak < 0 else _INVALID[_SAMPLE_INF])
         if token < 0:
-            raise OxideError(_INVALID[token])
-        return token
+            raise NumericalError(_INVALID[int(token)])
+        return int(token)
 
     def _counts(self, logits: torch.Tensor, history: History) -> torch.Tensor | None:
         """The occurrences of each id in the penalty window (V,) int32, None when the chain has no penalties."""

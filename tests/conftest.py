@@ -28,6 +28,14 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("oxide fuzz campaign (tests/test_fuzz.py)")
+    group.addoption("--fuzz-mutants", type=int, default=300,
+                    help="mutants the fuzz campaign runs (default 300, the CI run; a long run: 20000)")
+    group.addoption("--fuzz-seed", type=int, default=0,
+                    help="the fuzz campaign's seed: mutant i of seed s is always the same file (default 0)")
+
+
 def oxide_test_cache() -> Path:
     """``$OXIDE_TEST_CACHE`` or ``~/.cache/oxide-tests``: reference tensors and downloads live here."""
     path = Path(os.environ.get("OXIDE_TEST_CACHE", Path.home() / ".cache" / "oxide-tests"))

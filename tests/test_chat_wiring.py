@@ -61,7 +61,7 @@ def _template(name: str) -> str:
 @pytest.mark.slow   # llama.cpp's templates come with the llama-cpp-python sdist
 def test_chatml_template_from_the_file(tmp_path: Path) -> None:
     model = _model(tmp_path, add_bos=False, templates={"default": _template("Qwen-Qwen2.5-7B-Instruct.jinja")})
-    assert model.chat_template.name == "tokenizer.chat_template"
+    assert model.chat_template.name == f"{model.info.source.path}: tokenizer.chat_template"
     assert model.info.template_origin == "GGUF tokenizer.chat_template"
     ids = model.encode_prompt(MESSAGES)
     text = model.chat_template.render(MESSAGES, add_generation_prompt=True, bos_token="<s>", eos_token="</s>")

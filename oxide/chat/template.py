@@ -84,13 +84,15 @@ class ChatTemplate:
 
     @classmethod
     def from_gguf_metadata(
-        cls, metadata: Mapping[str, Any], variant: str | None = None
+        cls, metadata: Mapping[str, Any], variant: str | None = None, *, source: str = ""
     ) -> ChatTemplate | None:
-        """The template under ``tokenizer.chat_template`` (or ``tokenizer.chat_template.<variant>``).
+        """The template under ``tokenizer.chat_template`` (or ``tokenizer.chat_template.<variant>``);
+        ``source``: the file, named in errors.
 
         Returns ``None`` when the key is absent.
         """
         key = "tokenizer.chat_template" if variant is None else f"tokenizer.chat_template.{variant}"
+        where = f"{source}: " if source else ""
         value = metadata.get(key)
         if value is None:
             return None
@@ -98,11 +100,11 @@ class ChatTemplate:
             value = bytes(value).decode("utf-8", "surrogateescape")
         if not isinstance(value, str):
             raise TemplateError(
-                f"GGUF metadata key {key!r} holds a {type(value).__name__}, expected the template "
+                f"{where}GGUF metadata key {key!r} holds a {type(value).__name__}, expected the template "
                 f"string; the file is malformed: re-convert the model"
             )
         log.debug("chat template from GGUF metadata key %s (%d chars)", key, len(value))
-        return cls(value, name=key)
+        return cls(value, name=f"{where}{key}")
 
     @classmethod
     def from_hf_dir(cls, path: str | os.PathLike[str], variant: str | None = None) -> ChatTemplate | None:

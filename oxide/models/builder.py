@@ -12,6 +12,7 @@ from ..errors import ModelFormatError, UnsupportedQuantType
 from ..log import format_bytes, get_logger
 from ..quant import SUPPORTED_TYPES, QuantTensor, qtype_name
 from ..registry import ArchSpec, detect_gguf
+from ..validation import Values, check_tensors, layer_indices
 from ..weights.gguf import GGUFFile
 from .decoder import DecoderLM
 from .transforms import cast_vectors, fold_norm_offset
@@ -21,15 +22,24 @@ log = get_logger("load")
 
 
 def gguf_config(gguf: GGUFFile) -> tuple[ArchSpec, ModelConfig]:
-    """Detect the architecture and build its ModelConfig from metadata and tensor shapes."""
-    spec = detect_gguf(gguf.metadata, str(gguf.path))
-    embed = gguf.tensors.get(gguf_tensor_name(MODEL_TENSOR.TOKEN_EMBD, None, "weight"))
+    """Detect the architecture and build its ModelConfig from metadata, checked against the tensors' shapes."""
+    source = str(gguf.path)
+    spec = detect_gguf(gguf.metadata, source)
+    arch = gguf.architecture
+    meta = Values(gguf.metadata, source, gguf=True)
+    embed_name = gguf_tensor_name(MODEL_TENSOR.TOKEN_EMBD, None, "weight")
+    embed = gguf.tensors.get(embed_name)
     if embed is None or len(embed.shape) != 2:
-        raise ModelFormatError(f"{gguf.path}: tensor 'token_embd.weight' is missing or not 2-D; the file is not a language model")
+        raise ModelFormatError(f"{source}: tensor {embed_name!r} is missing or not 2-D; the file is not a language model")
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in gguf.tensors
     config = spec.load_adapter().config_from_gguf(
-        gguf.metadata, arch_key=gguf.architecture, vocab_size=embed.shape[0], tied=tied,
-        rope_tensors=_rope_tensors(gguf), source=str(gguf.path))
+        gguf.metadata, arch_key=arch, vocab_size=meta.integer(f"{arch}.vocab_size", "vocab_size", embed.shape[0]),
+        tied=tied, rope_tensors=_rope_tensors(gguf), source=source)
+    check_tensors(config, source=source, embedding=embed.shape, embedding_name=embed_name,
+                  layers_found=layer_indices(gguf.tensors),
+                  extra_layers=meta.integer(f"{arch}.nextn_predict_layers", "count", 0),
+                  keys={"hidden_size": f"{arch}.embedding_length", "vocab_size": f"{arch}.vocab_size",
+                        "num_hidden_layers": f"{arch}.block_count"})
     return spec, config
 
 

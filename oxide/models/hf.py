@@ -22,6 +22,7 @@ from .decoder import DecoderLM
 if TYPE_CHECKING:
     from .vision.model import VisionModel
 from .transforms import cast_vectors, fold_norm_offset
+from ..validation import Values, check_tensors, layer_indices
 from .weights import collect_weights, gguf_tensor_name
 
 log = get_logger("load")
@@ -29,11 +30,12 @@ log = get_logger("load")
 _DTYPE_TO_GGML = {torch.float32: GGMLType.F32, torch.float16: GGMLType.F16, torch.bfloat16: GGMLType.BF16}
 
 
-def as_quant(tensor: torch.Tensor, name: str) -> QuantTensor:
+def as_quant(tensor: torch.Tensor, name: str, source: Path | str) -> QuantTensor:
     """A dense checkpoint tensor as a QuantTensor of type F32/F16/BF16 (its bytes, not a copy)."""
     qtype = _DTYPE_TO_GGML.get(tensor.dtype)
     if qtype is None:
-        raise ModelFormatError(f"tensor {name!r} has dtype {tensor.dtype}; oxide reads f32, f16 and bf16 checkpoints")
+        raise ModelFormatError(f"{source}: tensor {name!r} has dtype {tensor.dtype}; oxide reads f32, f16 and bf16 "
+                               f"checkpoints")
     raw = tensor.contiguous().view(torch.uint8).reshape(-1)
     return QuantTensor(raw, qtype, tuple(tensor.shape), name=name)
 
@@ -54,19 +56,6 @@ def text_tensor_name(name: str) -> str:
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")   # a per-expert tensor: ...mlp.experts.7.up_proj.weight
 
 
-_LAYER = re.compile(r"^(?:model\.)?layers\.(\d+)\.")   # a decoder layer's tensor (not a vision tower's)
-
-
-def _refuse_extra_layers(names: list[str], layers: int, directory: Path) -> None:
-    """A tensor of a layer past the config's (and its multi-token-prediction layers') means the checkpoint
-    and config.json disagree: named, rather than silently left out."""
-    for name in names:
-        found = _LAYER.match(text_tensor_name(name))
-        if found and int(found.group(1)) >= layers:
-            raise ModelFormatError(f"{directory}: tensor {name!r} is for layer {found.group(1)}, but config.json has "
-                                   f"{layers} layers; the checkpoint and its config.json disagree")
-
-
 def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader, dict[str, str | list[str]]]:
     """Read config.json and list the checkpoint: (spec, config, reader, GGUF name -> checkpoint name).
 
@@ -74,12 +63,14 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
     Experts kept one tensor each (``experts.<e>.<proj>``) map, as gguf-py names their stack, to the list
     of their names in expert order; the lookup stacks them (GGUF's ``ffn_*_exps`` layout).
     """
+    source = str(directory / "config.json")
     outer = read_hf_config(directory)
-    spec = detect_hf(outer, str(directory / "config.json"))
+    spec = detect_hf(outer, source)
     raw_config = text_config(outer)
+    values = Values(raw_config, source, gguf=False)
+    n_layers = values.integer("num_hidden_layers", "layers")    # sizes the name maps below
     reader = SafetensorsReader(directory)
     arch = next(a for a, n in MODEL_ARCH_NAMES.items() if n == spec.gguf_tables)
-    n_layers = int(raw_config.get("num_hidden_layers", 0))
     # gguf-py maps only the tensors llama.cpp's graph for the architecture has; the plain block's (Llama's)
     # names come second, for what it lacks: the dense MLPs among Qwen-MoE's expert layers (mlp_only_layers)
     name_maps = (get_tensor_name_map(MODEL_ARCH(arch), n_layers), get_tensor_name_map(MODEL_ARCH.LLAMA, n_layers))
@@ -98,7 +89,6 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
             experts.setdefault(found[1], {})[int(expert.group(1))] = name
         else:
             hf_names[found[1]] = name
-    _refuse_extra_layers(reader.names(), n_layers + int(raw_config.get("num_nextn_predict_layers") or 0), directory)
     for stacked, by_index in experts.items():
         missing = sorted(set(range(max(by_index) + 1)) - set(by_index))
         if missing:
@@ -106,8 +96,14 @@ def hf_config(directory: Path) -> tuple[ArchSpec, ModelConfig, SafetensorsReader
                                    f"(it has experts {sorted(by_index)})")
         hf_names[stacked] = [by_index[e] for e in range(len(by_index))]
     tied = gguf_tensor_name(MODEL_TENSOR.OUTPUT, None, "weight") not in hf_names or \
-        bool(raw_config.get("tie_word_embeddings"))
-    config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=str(directory / "config.json"))
+        values.flag("tie_word_embeddings", False)
+    config = spec.load_adapter().config_from_hf(raw_config, tied=tied, source=source)
+    embed_name = hf_names.get(gguf_tensor_name(MODEL_TENSOR.TOKEN_EMBD, None, "weight"))
+    check_tensors(config, source=f"{directory}", embedding=None if not isinstance(embed_name, str) else
+                  reader.describe(embed_name)[1], embedding_name=embed_name or "model.embed_tokens.weight",
+                  layers_found=layer_indices(reader.names(), text_tensor_name),
+                  extra_layers=values.integer("num_nextn_predict_layers", "count", 0),
+                  keys={name: f"config.json's {name}" for name in ("hidden_size", "vocab_size", "num_hidden_layers")})
     return spec, config, reader, hf_names
 
 
@@ -118,8 +114,15 @@ def build_from_hf_dir(directory: Path, device: torch.device, dtype: torch.dtype)
     def lookup(role: MODEL_TENSOR, layer: int | None, suffix: str) -> QuantTensor | None:
         name = hf_names.get(gguf_tensor_name(role, layer, suffix))
         if isinstance(name, list):          # one tensor per expert: stacked (a copy) as (E, out, in)
-            return as_quant(torch.stack([reader.get(n) for n in name]), _EXPERT.sub(".experts.", name[0], count=1))
-        return None if name is None else as_quant(reader.get(name), name)
+            experts = [reader.get(n) for n in name]
+            odd = next((n for n, t in zip(name, experts) if (t.shape, t.dtype) != (experts[0].shape, experts[0].dtype)),
+                       None)
+            if odd is not None:
+                shape = tuple(experts[name.index(odd)].shape)
+                raise ModelFormatError(f"{reader.files[odd]}: expert tensor {odd!r} is {shape} but {name[0]!r} is "
+                                       f"{tuple(experts[0].shape)} (dtypes must match too); the checkpoint is corrupt")
+            return as_quant(torch.stack(experts), _EXPERT.sub(".experts.", name[0], count=1), reader.files[name[0]])
+        return None if name is None else as_quant(reader.get(name), name, reader.files[name])
 
     def describe(role: MODEL_TENSOR, layer: int | None, suffix: str) -> str:
         gguf_name = gguf_tensor_name(role, layer, suffix)

@@ -37,8 +37,9 @@ import numpy as np
 
 from ..errors import TokenizerError
 from ..once import locked_cached_property
+from ..validation import LIMITS
 from ..weights.string_array import StringArray
-from .interface import Tokenizer
+from .interface import Tokenizer, gguf_values
 from ..log import get_logger
 
 log = get_logger("tokenizer")
@@ -150,18 +151,17 @@ class Vocab:
 
     def __init__(self, metadata: Mapping[str, Any], *, defaults: Mapping[str, int | None],
                  add_bos: bool, add_eos: bool, add_space_prefix: bool) -> None:
-        tokens = metadata.get(KEY_TOKENS)
-        if tokens is None:
+        meta = gguf_values(metadata)
+        if KEY_TOKENS not in meta:
             raise TokenizerError(
                 f"GGUF metadata key {KEY_TOKENS!r} is missing: the file has no vocabulary. "
                 f"Use a GGUF converted with its tokenizer (llama.cpp's convert_hf_to_gguf.py writes it)."
             )
-        if isinstance(tokens, (str, bytes)) or not all(isinstance(t, str) for t in tokens[:1]):
-            raise TokenizerError(f"GGUF metadata key {KEY_TOKENS!r} must be an array of strings, "
-                                 f"got {type(tokens).__name__}; the file is corrupt: convert it again")
+        tokens = meta.strings(KEY_TOKENS, non_empty=True)
         n = len(tokens)
-        if n == 0:
-            raise TokenizerError(f"GGUF metadata key {KEY_TOKENS!r} is empty; convert the model again")
+        if not LIMITS["vocab_size"].admits(n):
+            raise meta.fail(KEY_TOKENS, f"has {n} tokens, outside {LIMITS['vocab_size']} "
+                                        f"({LIMITS['vocab_size'].reason})")
         texts = tokens if isinstance(tokens, StringArray) else StringArray.from_strings(tokens)
         named = texts.find(_NAMED_TEXTS | {""})
         if "" in named:  # llama.cpp gives empty entries a placeholder text
@@ -195,9 +195,9 @@ class Vocab:
         self.unk_id: int | None = ids["unk"]
         self.pad_id: int | None = ids["pad"]
         self.eog_ids: list[int] = self._end_of_generation(ids["eos"], roles, attrs, named)
-        self.add_bos: bool = bool(metadata.get(KEY_ADD_BOS, add_bos))
-        self.add_eos: bool = bool(metadata.get(KEY_ADD_EOS, add_eos))
-        self.add_space_prefix: bool = bool(metadata.get(KEY_ADD_SPACE_PREFIX, add_space_prefix))
+        self.add_bos: bool = meta.flag(KEY_ADD_BOS, add_bos)
+        self.add_eos: bool = meta.flag(KEY_ADD_EOS, add_eos)
+        self.add_space_prefix: bool = meta.flag(KEY_ADD_SPACE_PREFIX, add_space_prefix)
         for flag, key, token in ((self.add_bos, KEY_ADD_BOS, "bos"), (self.add_eos, KEY_ADD_EOS, "eos")):
             if flag and ids[token] is None:
                 raise TokenizerError(f"GGUF metadata key {key!r} is true but tokenizer.ggml.{token}_token_id "
@@ -300,16 +300,17 @@ def _per_token_array(metadata: Mapping[str, Any], key: str, n: int, dtype: type,
 
 
 def _metadata_id(metadata: Mapping[str, Any], key: str, default: int | None, n: int) -> int | None:
-    """A token id from ``key``; like llama.cpp, an out-of-range value is ignored with a warning."""
+    """A token id from ``key`` (an integer, else a :class:`TokenizerError`); like llama.cpp, an out-of-range
+    value is ignored with a warning."""
     if default is not None and not 0 <= default < n:
         default = None
-    value = metadata.get(key)
+    value = gguf_values(metadata).integer(key, None, None)
     if value is None:
         return default
-    if not 0 <= int(value) < n:
+    if not 0 <= value < n:
         log.warning("metadata %s = %s is outside the vocabulary of %d tokens; using %s", key, value, n, default)
         return default
-    return int(value)
+    return value
 
 
 class _SpecialMatcher:

@@ -45,6 +45,7 @@ from typing import Any
 from ..errors import TokenizerError
 from ..log import get_logger
 from .base import Vocab, VocabTokenizer, WordCache, clean_spaces, merge_pairs, symbols_of
+from .interface import gguf_values
 from .pretokenize import PreSpec, pre_spec, pre_tokenizer
 
 log = get_logger("tokenizer")
@@ -102,24 +103,20 @@ class BPETokenizer(VocabTokenizer):
 
     @classmethod
     def _from_metadata(cls, metadata: Mapping[str, Any]) -> BPETokenizer:
-        model = metadata.get(KEY_MODEL)
+        meta = gguf_values(metadata)
+        model = meta.string(KEY_MODEL)
         if model == "gemma4":  # llama.cpp ignores the file's pre-tokenizer for this model
             pre = "gemma4"
         else:
-            pre = metadata.get(KEY_PRE) or "default"
+            pre = meta.string(KEY_PRE, "") or "default"
             if KEY_PRE not in metadata:
                 log.warning("GGUF metadata has no %r: using llama.cpp's 'default' pre-tokenizer, which may "
                             "not be the model's; convert the model again for exact tokenization", KEY_PRE)
-        if not isinstance(pre, str):
-            raise TokenizerError(f"GGUF metadata key {KEY_PRE!r} must be a string, got {type(pre).__name__}")
         spec = pre_spec(pre)
-        merges = metadata.get(KEY_MERGES)
-        if merges is None:
+        if KEY_MERGES not in meta:
             raise TokenizerError(f"GGUF metadata key {KEY_MERGES!r} is missing: a BPE vocabulary needs its "
                                  f"merges. Convert the model again with llama.cpp's convert_hf_to_gguf.py")
-        if isinstance(merges, (str, bytes)) or not all(isinstance(m, str) for m in merges[:1]):
-            raise TokenizerError(f"GGUF metadata key {KEY_MERGES!r} must be an array of strings, got "
-                                 f"{type(merges).__name__}; the file is corrupt: convert it again")
+        merges = meta.strings(KEY_MERGES)
         if model == "gemma4":
             defaults: dict[str, int | None] = {"bos": None, "eos": None, "unk": None, "pad": None}
         else:

@@ -15,8 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
+from ..validation import Values
 
 KEY_MODEL = "tokenizer.ggml.model"
+
+
+def gguf_values(metadata: Mapping[str, Any]) -> Values:
+    """The checked view of ``tokenizer.ggml.*`` metadata: its errors are :class:`TokenizerError` (the file is
+    named by :meth:`Tokenizer.from_gguf_metadata`)."""
+    return Values(metadata, "", gguf=True, error=TokenizerError,
+                  advice="the file's vocabulary is corrupt: convert or download it again")
 
 # tokenizer.ggml.model -> (module, class) of the implementation; imported on first use.
 GGUF_MODELS: dict[str, tuple[str, str]] = {
@@ -42,24 +50,26 @@ class Tokenizer(ABC):
         """The tokenizer stored in a GGUF file's metadata."""
         from ..weights.gguf import read_metadata
 
-        try:
-            return cls.from_gguf_metadata(read_metadata(path))
-        except TokenizerError as e:
-            raise TokenizerError(f"{path}: {e}") from None
+        return cls.from_gguf_metadata(read_metadata(path), source=str(path))
 
     @classmethod
-    def from_gguf_metadata(cls, metadata: Mapping[str, Any]) -> Tokenizer:
+    def from_gguf_metadata(cls, metadata: Mapping[str, Any], *, source: str = "") -> Tokenizer:
         """Build from GGUF metadata (key -> value, as ``oxide.weights.gguf.read_metadata`` returns it),
-        choosing the algorithm named by ``tokenizer.ggml.model``."""
-        model = metadata.get(KEY_MODEL)
-        if model not in GGUF_MODELS:
-            what = "is missing" if model is None else f"is {model!r}, which is not supported"
-            raise TokenizerError(
-                f"GGUF metadata key {KEY_MODEL!r} {what}; supported tokenizer models: "
-                f"{', '.join(sorted(GGUF_MODELS))}. Use a model whose tokenizer is one of these."
-            )
-        module, name = GGUF_MODELS[model]
-        return getattr(importlib.import_module(module), name)._from_metadata(metadata)
+        choosing the algorithm named by ``tokenizer.ggml.model``; ``source``, the file, prefixes every error."""
+        try:
+            model = gguf_values(metadata).string(KEY_MODEL, None)
+            if model not in GGUF_MODELS:
+                what = "is missing" if model is None else f"is {model!r}, which is not supported"
+                raise TokenizerError(
+                    f"GGUF metadata key {KEY_MODEL!r} {what}; supported tokenizer models: "
+                    f"{', '.join(sorted(GGUF_MODELS))}. Use a model whose tokenizer is one of these."
+                )
+            module, name = GGUF_MODELS[model]
+            return getattr(importlib.import_module(module), name)._from_metadata(metadata)
+        except TokenizerError as e:
+            if not source:
+                raise
+            raise TokenizerError(f"{source}: {e}") from None
 
     @classmethod
     def from_file(cls, tokenizer_json: str | os.PathLike[str],

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import TokenizerError
 from .base import Attr, Vocab, VocabTokenizer
+from .interface import gguf_values
 
 SPACE = "▁"  # U+2581
 _SPACE_BYTES = SPACE.encode()
@@ -157,7 +158,7 @@ class UGMTokenizer(VocabTokenizer):
                 raise TokenizerError(f"GGUF metadata key {KEY_CHARSMAP!r} must be an array of bytes, "
                                      f"got {array.dtype}; the file is corrupt: convert it again")
             charsmap = CharsMap(array.tobytes())
-        return cls(vocab, charsmap, bool(metadata.get(KEY_REMOVE_EXTRA_WS, False)))
+        return cls(vocab, charsmap, gguf_values(metadata).flag(KEY_REMOVE_EXTRA_WS, False))
 
     def _encode_text(self, text: str, after_special: bool) -> list[int]:
         return self._viterbi(self.normalize(text))

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..errors import TokenizerError
 from .base import Vocab, VocabTokenizer, WordCache, _metadata_id, clean_spaces
+from .interface import gguf_values
 
 SPACE = "▁"  # U+2581, the word-start marker of the converted vocabulary
 KEY_SEP = "tokenizer.ggml.seperator_token_id"  # sic: llama.cpp's spelling
@@ -132,8 +133,9 @@ class WPMTokenizer(VocabTokenizer):
     def _from_metadata(cls, metadata: Mapping[str, Any]) -> WPMTokenizer:
         vocab = Vocab(metadata, defaults={"bos": 101, "eos": None, "unk": 100, "pad": 0},
                       add_bos=True, add_eos=False, add_space_prefix=False)
-        lowercase = bool(metadata.get(KEY_LOWERCASE, True))
-        strip_accents = bool(metadata.get(KEY_STRIP_ACCENTS, lowercase))
+        meta = gguf_values(metadata)
+        lowercase = meta.flag(KEY_LOWERCASE, True)
+        strip_accents = meta.flag(KEY_STRIP_ACCENTS, lowercase)
         sep_id = _metadata_id(metadata, KEY_SEP, 102, len(vocab.tokens))
         return cls(vocab, sep_id, lowercase, strip_accents)
 

@@ -51,18 +51,35 @@ def check_header(path: Path) -> None:
             data = f.seek(0, 2) - 8 - length
     except (OSError, ValueError, struct.error) as e:
         raise ModelFormatError(f"{path}: not a readable safetensors file ({e}); re-download it") from None
+    if not isinstance(header, dict):
+        raise ModelFormatError(f"{path}: the header is a JSON {type(header).__name__}, not an object; re-download it")
     for name, entry in header.items():
         if name == "__metadata__":
             continue
-        try:
-            start, end = entry["data_offsets"]
-            size = math.prod(entry["shape"]) * _DTYPE_BYTES[entry["dtype"]]
-        except (KeyError, TypeError, ValueError) as e:
-            raise ModelFormatError(f"{path}: tensor {name!r} has a malformed header entry ({e}); re-download it") from None
+        start, end, size = _span(path, name, entry)
         if not (0 <= start <= end <= data and end - start == size):
             raise ModelFormatError(
                 f"{path}: tensor {name!r} claims bytes {start}..{end} for {entry['dtype']} {entry['shape']} "
                 f"({size} bytes) in {data} bytes of data; the header is corrupt, re-download the file")
+
+
+def _span(path: Path, name: str, entry: object) -> tuple[int, int, int]:
+    """(start, end, bytes its dtype and shape need) of one header entry, each field's type checked."""
+    def integer(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    fields = entry if isinstance(entry, dict) else {}
+    offsets, shape, dtype = fields.get("data_offsets"), fields.get("shape"), fields.get("dtype")
+    problem = ("is not an object" if not isinstance(entry, dict) else
+               f"has data_offsets {offsets!r}, not two integers" if not (
+                   isinstance(offsets, list) and len(offsets) == 2 and all(map(integer, offsets))) else
+               f"has shape {shape!r}, not a list of non-negative integers" if not (
+                   isinstance(shape, list) and all(integer(d) and d >= 0 for d in shape)) else
+               f"has dtype {dtype!r}, not one of {', '.join(_DTYPE_BYTES)}" if not (
+                   isinstance(dtype, str) and dtype in _DTYPE_BYTES) else "")
+    if problem:
+        raise ModelFormatError(f"{path}: tensor {name!r} {problem} in the header; the file is corrupt, re-download it")
+    return offsets[0], offsets[1], math.prod(shape) * _DTYPE_BYTES[dtype]
 
 
 def _keys(path: Path) -> list[str]:
@@ -93,9 +110,13 @@ class SafetensorsReader:
 
     def describe(self, name: str) -> tuple[str, tuple[int, ...], int]:
         """(dtype name as safetensors spells it, e.g. ``BF16``; shape; bytes), without reading the data."""
-        view = self._handle(name).get_slice(name)
-        shape = tuple(view.get_shape())
-        dtype = view.get_dtype()
+        try:
+            view = self._handle(name).get_slice(name)
+            shape = tuple(view.get_shape())
+            dtype = view.get_dtype()
+        except Exception as e:  # safetensors raises its own error types for corrupt files
+            raise ModelFormatError(f"{self.files[name]}: tensor {name!r} cannot be read ({e}); the file is corrupt") \
+                from None
         return dtype, shape, math.prod(shape) * _DTYPE_BYTES.get(dtype, 0)
 
     def get(self, name: str) -> torch.Tensor:

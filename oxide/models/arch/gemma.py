@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ...config import layer_pattern
+from ...validation import Values
 from .base import ArchAdapter
 
 GEGLU = {"hidden_act": "gelu_pytorch_tanh"}
@@ -26,7 +27,7 @@ def scaled_embeddings(fields: Mapping[str, Any]) -> dict[str, Any]:
     return {"embedding_multiplier": math.sqrt(fields["hidden_size"])}
 
 
-def hf_gemma_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def hf_gemma_fields(raw: Values, fields: dict[str, Any]) -> dict[str, Any]:
     """config.json: norms store ``w`` of ``1 + w``; embeddings scaled."""
     return {"norm_offset": 1.0, **scaled_embeddings(fields)}
 
@@ -52,7 +53,7 @@ def _gemma2_gguf(fields: dict[str, Any]) -> dict[str, Any]:
     return {**scaled_embeddings(fields), **gguf_query_scalar(fields, GEMMA2_LAYERS_OF_27B), **sliding_every(fields, 2)}
 
 
-def _gemma2_hf(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def _gemma2_hf(raw: Values, fields: dict[str, Any]) -> dict[str, Any]:
     return {**hf_gemma_fields(raw, fields), **({} if "layer_types" in raw else sliding_every(fields, 2))}
 
 

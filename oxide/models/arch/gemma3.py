@@ -9,9 +9,9 @@ for the 27B model (62 layers), which uses ``1/sqrt(hidden / heads)``, as llama.c
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
+from ...validation import Values
 from .base import ArchAdapter
 from .gemma import GEGLU, gguf_query_scalar, hf_gemma_fields, scaled_embeddings, sliding_every
 
@@ -26,7 +26,7 @@ def _gguf_defaults(fields: dict[str, Any]) -> dict[str, Any]:
             "rope_local_base_freq": fields.get("rope_local_base_freq", LOCAL_ROPE_BASE)}
 
 
-def _hf_fields(raw: Mapping[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+def _hf_fields(raw: Values, fields: dict[str, Any]) -> dict[str, Any]:
     return {**hf_gemma_fields(raw, fields), "rope_local_base_freq": fields.get("rope_local_base_freq", LOCAL_ROPE_BASE)}
 
 

@@ -70,7 +70,8 @@ class _Tensors:
 
     def matrix(self, name: str, shape: tuple[int, ...]) -> QuantTensor:
         tensor = self._get(name, shape)
-        return as_quant(tensor.reshape(shape[0], -1), self.prefix + name).to(self.device)
+        full = self.prefix + name
+        return as_quant(tensor.reshape(shape[0], -1), full, self.reader.files[full]).to(self.device)
 
     def vector(self, name: str, size: int) -> torch.Tensor:
         return self._get(name, (size,)).float().to(self.device)
