@@ -115,6 +115,11 @@ class Values:
         where = "metadata key" if self.gguf else "key"
         return self.error(f"{self._at}{where} {self.prefix + key!r} = {shown[:120]} {problem}; {self.advice}")
 
+    def _read(self, key: str, per_layer: bool) -> Any:
+        """The value at ``key`` (None when absent); a per-layer array must hold one value, which it gives."""
+        value = self.get(key)
+        return self._uniform(key, value) if value is not None and per_layer else value
+
     def _missing(self, key: str, default: Any) -> Any:
         if default is REQUIRED:
             where = "metadata key" if self.gguf else "key"
@@ -124,11 +129,9 @@ class Values:
     def integer(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
                 per_layer: bool = False) -> Any:
         """An integer (bools refused; a JSON float with an integral value accepted) inside ``limit``."""
-        value = self.get(key)
+        value = self._read(key, per_layer)
         if value is None:
             return self._missing(key, default)
-        if per_layer:
-            value = self._uniform(key, value)
         if isinstance(value, float) and not self.gguf and value.is_integer():
             value = int(value)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
@@ -138,11 +141,9 @@ class Values:
     def number(self, key: str, limit: str | Limit | None = None, default: Any = REQUIRED, *,
                per_layer: bool = False) -> Any:
         """A finite float (integers accepted) inside ``limit``."""
-        value = self.get(key)
+        value = self._read(key, per_layer)
         if value is None:
             return self._missing(key, default)
-        if per_layer:
-            value = self._uniform(key, value)
         if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
             raise self.fail(key, "must be a number")
         number = float(value)
