@@ -86,6 +86,14 @@ _NUMBERS: dict[str, tuple[str, bool]] = {
 }
 
 
+def field_limit(name: str) -> tuple[str, bool]:
+    """The :data:`oxide.validation.LIMITS` entry a ModelConfig size or number obeys, and whether it is an
+    integer: what a reader checks a file's value for before it becomes field ``name``."""
+    if name in _SIZES:
+        return _SIZES[name][0], True
+    return _NUMBERS[name][0], False
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """A decoder-only transformer.

@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...config import ACTIVATIONS, FULL_ATTENTION, SLIDING_ATTENTION, ModelConfig
+from ...config import ACTIVATIONS, FULL_ATTENTION, SLIDING_ATTENTION, ModelConfig, field_limit
 from ...errors import ModelFormatError
 from ...validation import REQUIRED, Values
 from ..transforms import SourceTransform
@@ -17,25 +17,17 @@ from .rope_config import gguf_rope_scaling, hf_rope_fields
 # A named load-time transform of the weights (un-permute, fold, split...).
 Transform = Callable[[ModelWeights, ModelConfig], None]
 
-# GGUF key (after "<arch>.") -> (ModelConfig field, the limit of oxide.validation.LIMITS, whether an integer).
-_GGUF_KEYS: dict[str, tuple[str, str, bool]] = {
-    "embedding_length": ("hidden_size", "hidden_size", True),
-    "block_count": ("num_hidden_layers", "layers", True),
-    "feed_forward_length": ("intermediate_size", "intermediate_size", True),
-    "attention.head_count": ("num_attention_heads", "heads", True),
-    "context_length": ("max_position_embeddings", "context", True),
-    "attention.head_count_kv": ("num_key_value_heads", "heads", True),
-    "attention.key_length": ("head_dim", "head_dim", True),
-    "attention.layer_norm_rms_epsilon": ("rms_norm_eps", "rms_norm_eps", False),
-    "rope.freq_base": ("rope_theta", "rope_base", False),
-    "rope.freq_base_swa": ("rope_local_base_freq", "rope_base", False),
-    "attention.sliding_window": ("sliding_window", "window", True),
-    "attn_logit_softcapping": ("attn_logit_softcapping", "softcap", False),
-    "final_logit_softcapping": ("final_logit_softcapping", "softcap", False),
-    "expert_count": ("num_experts", "experts", True),
-    "expert_used_count": ("num_experts_per_tok", "experts", True),
-    "expert_feed_forward_length": ("moe_intermediate_size", "intermediate_size", True),
-    "expert_shared_feed_forward_length": ("shared_expert_intermediate_size", "intermediate_size", True),
+# GGUF key (after "<arch>.") -> ModelConfig field (whose limit and kind config.field_limit gives).
+_GGUF_KEYS: dict[str, str] = {
+    "embedding_length": "hidden_size", "block_count": "num_hidden_layers", "feed_forward_length": "intermediate_size",
+    "attention.head_count": "num_attention_heads", "context_length": "max_position_embeddings",
+    "attention.head_count_kv": "num_key_value_heads", "attention.key_length": "head_dim",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps", "rope.freq_base": "rope_theta",
+    "rope.freq_base_swa": "rope_local_base_freq", "attention.sliding_window": "sliding_window",
+    "attn_logit_softcapping": "attn_logit_softcapping", "final_logit_softcapping": "final_logit_softcapping",
+    "expert_count": "num_experts", "expert_used_count": "num_experts_per_tok",
+    "expert_feed_forward_length": "moe_intermediate_size",
+    "expert_shared_feed_forward_length": "shared_expert_intermediate_size",
 }
 _REQUIRED_KEYS = ("embedding_length", "block_count", "feed_forward_length", "attention.head_count")
 
@@ -72,7 +64,7 @@ class ArchAdapter:
             fields_.update(self.gguf_defaults(fields_))
         if self.gguf_fields is not None:
             fields_.update(self.gguf_fields(meta, arch_key, fields_))
-        keys = {name: f"{arch_key}.{suffix}" for suffix, (name, _, _) in _GGUF_KEYS.items()}
+        keys = {name: f"{arch_key}.{suffix}" for suffix, name in _GGUF_KEYS.items()}
         config = make_config(self.name, fields_, source, keys)
         rotated = meta.integer(f"{arch_key}.rope.dimension_count", "head_dim", config.head_dim)
         if rotated != config.head_dim:
@@ -104,8 +96,9 @@ def read_gguf_fields(meta: Values, arch_key: str) -> dict[str, Any]:
     """ModelConfig fields from the ``<arch>.*`` keys, each checked for type and range; a missing required key
     is named in the error. Per-layer arrays are accepted when uniform."""
     out: dict[str, Any] = {}
-    for suffix, (name, limit, integer) in _GGUF_KEYS.items():
+    for suffix, name in _GGUF_KEYS.items():
         key = f"{arch_key}.{suffix}"
+        limit, integer = field_limit(name)
         read = meta.integer if integer else meta.number
         value = read(key, limit, REQUIRED if suffix in _REQUIRED_KEYS else None, per_layer=True)
         if value is not None:
@@ -113,17 +106,12 @@ def read_gguf_fields(meta: Values, arch_key: str) -> dict[str, Any]:
     return out
 
 
-# config.json keys read as they are (ModelConfig uses Hugging Face's names): key -> (limit, kind).
-_HF_NUMBERS: dict[str, tuple[str, bool]] = {
-    "vocab_size": ("vocab_size", True), "hidden_size": ("hidden_size", True),
-    "intermediate_size": ("intermediate_size", True), "num_hidden_layers": ("layers", True),
-    "num_attention_heads": ("heads", True), "num_key_value_heads": ("heads", True), "head_dim": ("head_dim", True),
-    "max_position_embeddings": ("context", True), "rms_norm_eps": ("rms_norm_eps", False),
-    "query_pre_attn_scalar": ("scale", False), "attn_logit_softcapping": ("softcap", False),
-    "final_logit_softcapping": ("softcap", False), "num_experts_per_tok": ("experts", True),
-    "moe_intermediate_size": ("intermediate_size", True), "shared_expert_intermediate_size": ("intermediate_size", True),
-    "decoder_sparse_step": ("count", True),
-}
+# config.json keys read as they are (ModelConfig uses Hugging Face's names; config.field_limit gives each one's
+# limit and kind).
+_HF_SAME_NAME = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                 "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "query_pre_attn_scalar",
+                 "attn_logit_softcapping", "final_logit_softcapping", "num_experts_per_tok", "moe_intermediate_size",
+                 "shared_expert_intermediate_size", "decoder_sparse_step")
 _HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
 _MOE_KEYS = ("num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob", "shared_expert_intermediate_size",
              "decoder_sparse_step")
@@ -134,7 +122,8 @@ def read_hf_fields(raw: Values) -> dict[str, Any]:
     RoPE (both the ``rope_theta``/``rope_scaling`` and the newer ``rope_parameters`` spellings) and the layer
     types."""
     out: dict[str, Any] = {}
-    for key, (limit, integer) in _HF_NUMBERS.items():
+    for key in _HF_SAME_NAME:
+        limit, integer = field_limit(key)
         read = raw.integer if integer else raw.number
         value = read(key, limit, REQUIRED if key in _HF_REQUIRED else None)
         if value is not None:
