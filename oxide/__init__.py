@@ -26,6 +26,7 @@ from .errors import (
     ModelNotFoundError,
     NumericalError,
     OxideError,
+    QueueFullError,
     TemplateError,
     TokenizerError,
     UnsupportedArchitecture,
@@ -51,7 +52,7 @@ _LAZY = {
 
 __all__ = [
     "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelBusyError",
-    "ModelFormatError", "ModelNotFoundError", "NumericalError", "OxideError", "TemplateError", "TokenizerError",
+    "ModelFormatError", "ModelNotFoundError", "NumericalError", "OxideError", "QueueFullError", "TemplateError", "TokenizerError",
     "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]

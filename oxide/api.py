@@ -15,12 +15,13 @@ from .chat import ChatTemplate, fallback_template
 from .concurrency import LockedStream, ModelLock
 from .config import ModelConfig
 from .device import device_reason, select_device
-from .errors import ContextOverflowError, InvalidOptionError, MediaError, TokenizerError
-from .generate import Completion, Generation
+from .errors import ContextOverflowError, InvalidOptionError, MediaError, ModelBusyError, TokenizerError
+from .generate import Completion, Generation, Request
 from .log import get_logger
 from .models.decoder import DecoderLM
 from .precision import PrecisionPolicy, choose_precision
-from .sampling import Sampler, SamplingOptions
+from .sampling import SamplingOptions
+from .slots import SlotPool
 from .sources import ModelSource, resolve_source
 from .tokenizer import Tokenizer
 from .validation import check_cache, check_vocabulary
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 log = get_logger("load")
 
 DEFAULT_N_CTX = 8192
+MAX_PARALLEL = 256   # KV slots of one model: far past where a batch step stops gaining throughput
 Prompt = str | Sequence[dict[str, Any]] | Sequence[int]
 GGUF_NO_VISION = ("a GGUF file holds only the language model: llama.cpp keeps the vision tower in a separate mmproj "
                   "file, which oxide does not read; load the model's Hugging Face folder to give it images")
@@ -64,7 +66,7 @@ class Model:
     """
 
     def __init__(self, lm: DecoderLM, tokenizer: Tokenizer | None, chat_template: ChatTemplate | None, n_ctx: int,
-                 info: LoadInfo, vision: VisionModel | None = None) -> None:
+                 info: LoadInfo, vision: VisionModel | None = None, parallel: int = 1) -> None:
         self.lm = lm
         self.vision = vision
         self.tokenizer = tokenizer
@@ -72,6 +74,7 @@ class Model:
         self.n_ctx = n_ctx
         self.info = info
         self._lock = ModelLock(f"the model {info.source.path.name}")
+        self.slots = SlotPool(lm, n_ctx, parallel)   # KV caches of n_ctx positions, allocated as needed
 
     @property
     def config(self) -> ModelConfig:
@@ -172,10 +175,12 @@ class Model:
         found = chat_images(list(prompt), given) if chat else given
         return self._with_images(ids, found, chat=chat)
 
-    def _generation(self, prompt: Prompt, max_new_tokens: int, sampling: SamplingOptions | None,
-                    stop: str | Sequence[str] | None, ignore_eos: bool, images: Sequence[Any] | None
-                    ) -> LockedStream:
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+    def request(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
+                stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
+                images: Sequence[Any] | None = None, logprobs: int | None = None) -> Request:
+        """The :class:`~oxide.generate.Request` that :meth:`generate` runs: the prompt encoded and checked to fit
+        the context with room for one generated token (:class:`ContextOverflowError` if not)."""
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
             raise InvalidOptionError(f"max_new_tokens={max_new_tokens!r} must be a non-negative integer")
         ids, embeddings = self._prompt(prompt, images)
         if not ids:
@@ -189,25 +194,58 @@ class Model:
         if stops and self.tokenizer is None:
             raise TokenizerError("stop strings need a tokenizer to decode the generated ids, and this model has none; "
                                  "leave stop unset or add the model's tokenizer.json to its folder")
+        return Request(ids, max_new_tokens, sampling or SamplingOptions(), stops, ignore_eos, logprobs, embeddings)
 
-        def start() -> Generation:   # runs under the lock: the KV cache exists only while the model is ours
-            return Generation(self.lm, self.tokenizer, self.lm.new_cache(self.n_ctx), ids,
-                              max_new_tokens=max_new_tokens, sampler=Sampler(sampling or SamplingOptions()),
-                              stop=stops, ignore_eos=ignore_eos, end_ids=self.tokenizer.eos_ids if self.tokenizer else (),
-                              prompt_embeddings=embeddings, source=str(self.info.source.path))
+    def _generation(self, request: Request) -> LockedStream:
+        def start() -> Generation:   # runs under the lock: the slots are the model's only while it is ours
+            ids = None if request.prompt_embeddings is not None else request.prompt_ids
+            slot = self.slots.acquire(ids)
+            if slot is None:
+                raise ModelBusyError(f"all {self.slots.capacity} KV slots of {self.info.source.path.name} hold "
+                                     f"running sequences (a server's); load the model again for this thread")
+            self.slots.reuse_prefix(slot, ids)
+            return Generation(self.lm, self.tokenizer, slot, request, release=self.slots.release,
+                              source=str(self.info.source.path))
 
         return LockedStream(start, self._lock)
 
-    def generate(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
-                 stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
-                 images: Sequence[Any] | None = None) -> Completion:
+    def generate(self, prompt: Prompt | Sequence[Prompt], *, max_new_tokens: int = 256,
+                 sampling: SamplingOptions | None = None, stop: str | Sequence[str] | None = None,
+                 ignore_eos: bool = False, images: Sequence[Any] | None = None) -> Completion | list[Completion]:
         """Generate a completion of ``prompt`` (text, chat messages or token ids), seeing ``images`` (and a
-        chat's image parts) when the model has a vision tower."""
-        generation = self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos, images)
+        chat's image parts) when the model has a vision tower.
+
+        A list of prompts (of strings, or of lists of messages or ids) runs them together, batched as a server
+        batches its requests (:mod:`oxide.engine`, up to the model's ``parallel`` slots at once), and returns a
+        list of completions in their order; each is the one that prompt would get alone (a seed included).
+        """
+        options = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, ignore_eos=ignore_eos)
+        if _is_prompt_list(prompt):
+            if images:
+                raise InvalidOptionError("images= goes with a single prompt; put images in each chat's "
+                                         "messages to batch image prompts")
+            return self._generate_batch([self.request(p, **options) for p in prompt])
+        generation = self._generation(self.request(prompt, images=images, **options))
         for _ in generation:
             pass
         assert generation.completion is not None
         return generation.completion
+
+    def _generate_batch(self, requests: list[Request]) -> list[Completion]:
+        from .engine import Engine, Event
+
+        events: list[list[Event]] = [[] for _ in requests]
+        with self._lock:
+            engine = Engine(self.lm, self.tokenizer, self.slots, max_waiting=len(requests),
+                            source=str(self.info.source.path))
+            for request, sink in zip(requests, events):
+                engine.submit(request, sink.append)
+            while engine.busy():
+                engine.step()
+        for sequence in events:
+            if sequence[-1].error is not None:
+                raise sequence[-1].error
+        return [sequence[-1].completion for sequence in events]
 
     def stream(self, prompt: Prompt, *, max_new_tokens: int = 256, sampling: SamplingOptions | None = None,
                stop: str | Sequence[str] | None = None, ignore_eos: bool = False,
@@ -218,12 +256,20 @@ class Model:
         first piece until it is exhausted, closed (``close()``) or dropped it holds the model: other threads'
         calls wait, and this thread's raise :class:`~oxide.errors.ModelBusyError`.
         """
-        return self._generation(prompt, max_new_tokens, sampling, stop, ignore_eos, images)
+        return self._generation(self.request(prompt, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop,
+                                             ignore_eos=ignore_eos, images=images))
 
 
 def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.device | None = None,
-         dtype: str | torch.dtype | None = None, n_ctx: int | None = None) -> Model:
-    """Load a model: a ``.gguf`` file, or None for the default model (Gemma 3 270M Q4_K_M)."""
+         dtype: str | torch.dtype | None = None, n_ctx: int | None = None, parallel: int = 1) -> Model:
+    """Load a model: a ``.gguf`` file, a Hugging Face folder or Hub id, or None for the default model (Gemma 3
+    270M Q4_K_M).
+
+    ``n_ctx``: the context of each sequence (default: the trained context, up to 8192). ``parallel``: how many
+    sequences may hold a KV cache at once (:class:`~oxide.slots.SlotPool`): the width of a batched
+    ``generate`` over a list of prompts, and how many earlier prompts the prefix cache keeps. Memory: up to
+    ``parallel`` caches of ``n_ctx`` positions, each allocated when first needed.
+    """
     from .models.builder import build_from_gguf
 
     start = time.perf_counter()
@@ -249,10 +295,20 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
     check_cache(lm.config, context, str(resolved.path))
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= MAX_PARALLEL:
+        raise InvalidOptionError(f"parallel={parallel!r} must be an integer from 1 to {MAX_PARALLEL}")
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin,
                     vision_note)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)
-    return Model(lm, tokenizer, template, context, info, vision)
+    return Model(lm, tokenizer, template, context, info, vision, parallel)
+
+
+def _is_prompt_list(prompt: Any) -> bool:
+    """Whether ``prompt`` is several prompts: a list of strings, or of lists (each messages or ids)."""
+    if isinstance(prompt, str) or not isinstance(prompt, Sequence) or not prompt:
+        return False
+    return all(isinstance(p, str) for p in prompt) or all(isinstance(p, Sequence) and not isinstance(p, str)
+                                                            for p in prompt)
 
 
 def _image_list(images: Sequence[Any] | None) -> list[Any]:

@@ -15,6 +15,8 @@ then never change, as a captured CUDA graph needs, where by default it sees only
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 
 from .config import ModelConfig
@@ -23,6 +25,9 @@ from .ops.dispatch import bind
 
 
 EMPTY_POSITION = 2**62   # an empty slot's position: after every query, so causal attention masks it
+
+Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``attend(q, keys, values, q_positions, key_positions) -> out``: a layer's attention over what a cache gives."""
 
 
 class LayerCache:
@@ -58,6 +63,36 @@ class LayerCache:
         length = min(self.written + T, self.size)
         # narrow() rather than indexing: each cache view costs ~1 us instead of ~3 in a decode step
         return self.k.narrow(2, 0, length), self.v.narrow(2, 0, length), self.pos.narrow(0, 0, length)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               attend: Attend) -> torch.Tensor:
+        """Store k, v (1, Hkv, T, d) at ``positions`` (T,), then ``attend(q, keys, values, positions, key_positions)``
+        over what the queries q may see."""
+        keys, values, key_pos = self.update(k, v, positions)
+        return attend(q, keys, values, positions, key_pos)
+
+    def truncate(self, length: int) -> None:
+        """Forget every position from ``length`` on (see :meth:`KVCache.reusable` for when that is sound)."""
+        self.pos.masked_fill_(self.pos >= length, EMPTY_POSITION)
+        self.written = length
+        self.length = min(length, self.size)
+
+    def keeps_history_for(self, length: int) -> bool:
+        """Whether a query at position ``length`` finds every key it may see still stored: always for a full
+        cache; for a ring, unless later positions overwrote the ones it needs (``length - window + 1`` on)."""
+        if self.window == 0 or self.written <= self.size:
+            return True
+        return length - self.window + 1 >= self.written - self.size
+
+    def copy_from(self, other: LayerCache, length: int) -> None:
+        """Hold ``other``'s first ``length`` positions (and nothing after them)."""
+        used = min(other.written, other.size) if self.window else length
+        self.k[:, :, :used].copy_(other.k[:, :, :used])
+        self.v[:, :, :used].copy_(other.v[:, :, :used])
+        self.pos[:used].copy_(other.pos[:used])
+        self.pos[used:].fill_(EMPTY_POSITION)
+        self.written = other.written
+        self.truncate(length)
 
     def use_static_views(self) -> None:
         """Decode steps attend over every slot from now on; the empty ones get finite keys and values (a
@@ -106,6 +141,23 @@ class KVCache:
                 f"{self.n_ctx} tokens; shorten the prompt or max_new_tokens, or load with a larger n_ctx"
             )
 
+    def reusable(self, length: int) -> bool:
+        """Whether the first ``length`` positions can be kept and the sequence continued from there
+        (:meth:`truncate`): a sliding layer's ring must still hold the keys position ``length`` sees."""
+        return length <= self.seq_len and all(layer.keeps_history_for(length) for layer in self.layers)
+
+    def truncate(self, length: int) -> None:
+        """Keep the first ``length`` positions only; the caller checked :meth:`reusable`."""
+        self.seq_len = length
+        for layer in self.layers:
+            layer.truncate(length)
+
+    def copy_from(self, other: KVCache, length: int) -> None:
+        """Hold the first ``length`` positions of ``other`` (a cache of the same model; ``other.reusable(length)``)."""
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.copy_from(theirs, length)
+        self.seq_len = length
+
     def use_static_views(self) -> None:
         """From now on a decode step (one token) attends over every slot of each layer, the empty ones
         masked by their position: fixed shapes, for a captured CUDA graph."""
@@ -122,3 +174,19 @@ class KVCache:
         self.seq_len = 0
         for layer in self.layers:
             layer.reset()
+
+
+class LayerRows:
+    """One layer's caches of B sequences decoding together, one query row each (see
+    :meth:`oxide.models.decoder.DecoderLM.decode_batch`): row b stores its key in, and attends over,
+    sequence b's own cache only."""
+
+    def __init__(self, layers: Sequence[LayerCache]) -> None:
+        self.layers = layers
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               attend: Attend) -> torch.Tensor:
+        """:meth:`LayerCache.attend` row by row: q (1, H, B, d), k, v (1, Hkv, B, d), positions (B,)."""
+        rows = [layer.attend(q[:, :, b:b + 1], k[:, :, b:b + 1], v[:, :, b:b + 1], positions[b:b + 1], attend)
+                for b, layer in enumerate(self.layers)]
+        return torch.cat(rows, dim=2)

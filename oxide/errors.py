@@ -73,3 +73,7 @@ class NumericalError(OxideError):
 class MediaError(OxideError, ValueError):
     """An image or audio input cannot be used: a corrupt or unsupported file, an empty waveform, a sampling
     rate or a size the model does not take."""
+
+
+class QueueFullError(OxideError):
+    """Every KV slot is taken and the queue of waiting requests is full: retry later (a server answers 503)."""

@@ -163,10 +163,11 @@ def test_an_error_inside_a_generation_releases_the_model(model: oxide.Model, mon
     def broken(*args: object, **kwargs: object) -> None:
         raise RuntimeError("injected")
 
-    monkeypatch.setattr(model.lm, "new_cache", broken)
+    monkeypatch.setattr(model.lm, "forward", broken)
     with pytest.raises(RuntimeError, match="injected"):
         model.generate(PROMPTS[0], max_new_tokens=2)
     assert not model._lock.locked()
+    assert model.slots.free() == model.slots.capacity      # its KV slot is given back too
 
 
 # --- lazy caches -------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import ops
-from ..cache import LayerCache
+from ..cache import LayerCache, LayerRows
 from ..config import ModelConfig
 from ..ops.bound import LayerOps
 from ..quant import QuantTensor
@@ -31,7 +31,7 @@ class Attention:
         self.window = config.sliding_window if config.is_sliding(layer) else 0
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: LayerCache) -> torch.Tensor:
+                 cache: LayerCache | LayerRows) -> torch.Tensor:
         B, T, _ = x.shape
         w = self.w
         q, k, v = self.qkv_proj(x)
@@ -43,10 +43,14 @@ class Attention:
             k = self.ops.rms_norm(k, w.k_norm, self.eps)
         q = self.ops.rope(q.transpose(1, 2), cos, sin)                        # (B, H, T, hd)
         k = self.ops.rope(k.transpose(1, 2), cos, sin)                        # (B, Hkv, T, hd)
-        keys, values, key_pos = cache.update(k, v.transpose(1, 2), positions)  # (B, Hkv, S, hd)
-        out = self.ops.attention(q, keys, values, positions, key_pos, scale=self.scale, window=self.window,
-                                 softcap=self.softcap)                        # (B, H, T, hd)
+        out = cache.attend(q, k, v.transpose(1, 2), positions, self._attend)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
+
+    def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor,
+                key_pos: torch.Tensor) -> torch.Tensor:
+        """q (B, H, T, hd) over the cache's keys and values (B, Hkv, S, hd)."""
+        return self.ops.attention(q, keys, values, q_pos, key_pos, scale=self.scale, window=self.window,
+                                  softcap=self.softcap)
 
 
 class GatedMLP:
@@ -79,7 +83,7 @@ class DecoderBlock:
             self.mlp = GatedMLP(w.gate, w.up, w.down, config.hidden_act, device, dtype)
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: LayerCache) -> torch.Tensor:
+                 cache: LayerCache | LayerRows) -> torch.Tensor:
         w, norm = self.w, self.ops.rms_norm
         h = self.attention(norm(x, w.attn_norm, self.eps), cos, sin, positions, cache)
         if w.post_attn_norm is not None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .. import ops
 from ..ops.bound import LayerOps
-from ..cache import KVCache
+from ..cache import KVCache, LayerRows
 from ..config import ModelConfig
 from ..errors import TokenizerError
 from .blocks import DecoderBlock
@@ -95,10 +97,46 @@ class DecoderLM:
         cos_sin = [rope.cos_sin(positions, end) for rope in self._ropes]
         for block, rope, layer_cache in zip(self.blocks, self._layer_rope, cache.layers):
             x = block(x, *cos_sin[rope], positions, layer_cache)
-        if last_only:
-            x = x[:, -1:]
+        return self._logits(x[:, -1:] if last_only else x)
+
+    @torch.inference_mode()
+    def decode_batch(self, tokens: torch.Tensor, caches: Sequence[KVCache]) -> torch.Tensor:
+        """One decode step of B sequences: token b (of ``tokens``, (B,)) runs at the next position of ``caches[b]``;
+        returns the float32 logits (B, V) and counts each token in its cache.
+
+        The B tokens travel as the rows of one pseudo-sequence (1, B, D), each with its own position, so every
+        projection reads its weights once for all of them; attention runs per row over that row's own cache
+        (:class:`oxide.cache.LayerRows`). A row's logits equal those of :meth:`forward` on its token alone:
+        every op computes row by row (the CPU core bit for bit).
+        """
+        self.check_ids(tokens)
+        for cache in caches:
+            cache.check_room(1)
+        positions = torch.tensor([cache.seq_len for cache in caches], device=self.device)       # (B,)
+        x = self.embed_ids(tokens.view(1, -1).to(self.device))                                 # (1, B, D)
+        cos_sin = [_rows_cos_sin(rope, positions) for rope in self._ropes]
+        for i, (block, rope) in enumerate(zip(self.blocks, self._layer_rope)):
+            x = block(x, *cos_sin[rope], positions, LayerRows([cache.layers[i] for cache in caches]))
+        logits = self._logits(x)[0]                                                            # (B, V)
+        for cache in caches:
+            cache.advance(1)
+        return logits
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Final norm, output head (and soft-cap): float32 logits (1, T, V) of the hidden states x (1, T, D)."""
         x = self.ops.rms_norm(x, self.weights.output_norm, self.config.rms_norm_eps)
-        logits = self.head(x).float()                     # (1, T', V)
+        logits = self.head(x).float()
         if self.config.final_logit_softcapping > 0:
             logits = self.ops.softcap(logits, self.config.final_logit_softcapping)
         return logits
+
+
+def _rows_cos_sin(rope: RotaryEmbedding, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) (B, d/2) of a batch of sequences, row b at ``positions[b]`` of a sequence whose length is then
+    ``positions[b] + 1``. A scaling whose frequencies follow the length (dynamic NTK, LongRoPE) may put rows in
+    different regimes: each row then gets its own sequence's frequencies."""
+    ends = [int(p) + 1 for p in positions.tolist()]
+    if len({rope.regime_for(end) for end in ends}) == 1:
+        return rope.cos_sin(positions, max(ends))
+    rows = [rope.cos_sin(positions[b:b + 1], end) for b, end in enumerate(ends)]
+    return torch.cat([cos for cos, _ in rows]), torch.cat([sin for _, sin in rows])

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import ops
-from ..cache import LayerCache
+from ..cache import LayerCache, LayerRows
 from ..config import ModelConfig
 from ..ops.bound import LayerOps
 from .weights import LayerWeights
@@ -55,7 +55,7 @@ class LatentAttention:
         return self.q_b(self.ops.rms_norm(self.q_a(x), self.q_a_norm, self.eps))
 
     def __call__(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-                 cache: LayerCache) -> torch.Tensor:
+                 cache: LayerCache | LayerRows) -> torch.Tensor:
         B, T, _ = x.shape
         H, nope, rope_dim, rank = self.heads, self.nope, self.rope_dim, self.rank
         q = self._queries(x).view(B, T, H, nope + rope_dim)
@@ -64,12 +64,17 @@ class LatentAttention:
         latent = self.ops.rms_norm(latent, self.kv_a_norm, self.eps)                       # (B, T, Rkv)
         q_rot = self.ops.rope(q_rot.transpose(1, 2), cos, sin)                             # (B, H, T, rope)
         k_rot = self.ops.rope(k_rot.reshape(B, T, 1, rope_dim).transpose(1, 2), cos, sin)  # (B, 1, T, rope)
-        latents, rotated, key_pos = cache.update(latent.reshape(B, T, 1, rank).transpose(1, 2), k_rot,
-                                                 positions)                                # (1, 1, S, Rkv / rope)
         absorbed = torch.einsum("bthn,hnr->bhtr", q_nope.to(self.k_b.dtype), self.k_b).to(q_rot.dtype)
         queries = torch.cat((absorbed, q_rot), dim=-1)                                     # (B, H, T, Rkv + rope)
-        keys = torch.cat((latents, rotated), dim=-1)                                       # (1, 1, S, Rkv + rope)
-        values = F.pad(latents, (0, rope_dim))        # the latents, widened to the key's width with zeros
-        mixed = self.ops.attention(queries, keys, values, positions, key_pos, scale=self.scale)[..., :rank]
+        mixed = cache.attend(queries, latent.reshape(B, T, 1, rank).transpose(1, 2), k_rot, positions,
+                             self._attend)                                                 # (B, H, T, Rkv)
         out = torch.einsum("bhtr,hvr->bthv", mixed.to(self.v_b.dtype), self.v_b)          # (B, T, H, v)
         return self.o_proj(out.reshape(B, T, H * self.v_dim).to(x.dtype))
+
+    def _attend(self, queries: torch.Tensor, latents: torch.Tensor, rotated: torch.Tensor, q_pos: torch.Tensor,
+                key_pos: torch.Tensor) -> torch.Tensor:
+        """Queries (B, H, T, Rkv + rope) over the cached latents (B, 1, S, Rkv) and RoPE keys (B, 1, S, rope):
+        the keys are the two side by side, the values the latents (widened to the key's width with zeros)."""
+        keys = torch.cat((latents, rotated), dim=-1)                                       # (B, 1, S, Rkv + rope)
+        values = F.pad(latents, (0, self.rope_dim))
+        return self.ops.attention(queries, keys, values, q_pos, key_pos, scale=self.scale)[..., :self.rank]

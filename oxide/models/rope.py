@@ -142,11 +142,15 @@ class RotaryEmbedding:
 
     def prepare(self, end: int) -> None:
         """Make the frequencies those of a sequence whose length after this step is ``end``."""
-        key = _regime(self.scaling, end)
+        key = self.regime_for(end)
         if key != self._key:
             inv_freq, self._attention_factor = self._compute(self.head_dim, self.theta, self.scaling, end)
             self._inv_freq.copy_(inv_freq)
             self._key = key
+
+    def regime_for(self, end: int) -> int:
+        """The regime of a sequence whose length after this step is ``end``."""
+        return _regime(self.scaling, end)
 
     @property
     def regime(self) -> int | None:
