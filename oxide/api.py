@@ -77,6 +77,11 @@ class Model:
         self.slots = SlotPool(lm, n_ctx, parallel)   # KV caches of n_ctx positions, allocated as needed
 
     @property
+    def lock(self) -> ModelLock:
+        """The lock every forward pass on this model runs under (a server's scheduler takes it per step)."""
+        return self._lock
+
+    @property
     def config(self) -> ModelConfig:
         return self.lm.config
 
@@ -235,7 +240,7 @@ class Model:
         from .engine import Engine, Event
 
         events: list[list[Event]] = [[] for _ in requests]
-        with self._lock:
+        with self.lock:
             engine = Engine(self.lm, self.tokenizer, self.slots, max_waiting=len(requests),
                             source=str(self.info.source.path))
             for request, sink in zip(requests, events):

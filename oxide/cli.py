@@ -1,5 +1,5 @@
-"""Command line: ``oxide run [MODEL] [--image PATH ...] PROMPT``, ``oxide chat [MODEL]``, ``oxide info [MODEL]`` and
-``oxide bench [MODEL]`` (also ``python -m oxide``)."""
+"""Command line: ``oxide run [MODEL] [--image PATH ...] PROMPT``, ``oxide chat [MODEL]``, ``oxide serve [MODEL]``,
+``oxide info [MODEL]`` and ``oxide bench [MODEL]`` (also ``python -m oxide``)."""
 
 from __future__ import annotations
 
@@ -56,6 +56,20 @@ def _parser() -> argparse.ArgumentParser:
     _add_generation_options(chat)
     _add_model_options(chat)
 
+    serve = commands.add_parser("serve", help="an OpenAI-compatible HTTP server with continuous batching and a chat "
+                                              "page at / (needs the server extra)")
+    serve.add_argument("model", nargs="?", help="a model (default: Gemma 3 270M)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--api-key", help="a key every request must bring as 'Authorization: Bearer KEY' "
+                                         "(default: $OXIDE_API_KEY, else none)")
+    serve.add_argument("-np", "--parallel", type=int, default=4,
+                       help="KV slots: sequences decoded together in one batch (default 4)")
+    serve.add_argument("--queue", type=int, default=64,
+                       help="requests that may wait for a slot; past them a request gets 503 (default 64)")
+    serve.add_argument("--alias", help="the model's name in /v1/models and responses (default: its file name)")
+    _add_model_options(serve)
+
     info = commands.add_parser("info", help="describe a model: architecture, config, tensors, decisions")
     info.add_argument("model", nargs="?", help="a .gguf path (default: Gemma 3 270M)")
     _add_model_options(info)
@@ -79,10 +93,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(model: str | None, ns: argparse.Namespace):
+def _load(model: str | None, ns: argparse.Namespace, parallel: int = 1):
     import oxide
 
-    return oxide.load(model, device=ns.device, dtype=ns.dtype, n_ctx=ns.n_ctx)
+    return oxide.load(model, device=ns.device, dtype=ns.dtype, n_ctx=ns.n_ctx, parallel=parallel)
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    import os
+
+    from .server import serve
+
+    key = ns.api_key if ns.api_key is not None else os.environ.get("OXIDE_API_KEY")
+    model = _load(ns.model, ns, parallel=ns.parallel)
+    serve(model, host=ns.host, port=ns.port, api_key=key, max_waiting=ns.queue, model_name=ns.alias)
+    return 0
 
 
 def _sampling(ns: argparse.Namespace):
@@ -331,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return {"run": _run, "chat": _chat, "info": _info, "bench": _bench}[ns.command](ns)
+        return {"run": _run, "chat": _chat, "serve": _serve, "info": _info, "bench": _bench}[ns.command](ns)
     except OxideError as e:
         print(f"oxide: error: {e}", file=sys.stderr)
         return 2

@@ -168,6 +168,17 @@ class Engine:
         if decoding:
             self._guarded(decoding, lambda: self._decode(decoding))
 
+    def fail_all(self, error: Exception) -> None:
+        """End every waiting and running request with ``error`` (after a step failed unexpectedly)."""
+        with self._wakeup:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+        for ticket in waiting:
+            if not ticket.cancelled:
+                ticket.sink(Event(error=error))
+        for active in list(self._active):
+            self.metrics.requests_failed += 1
+            self._leave(active, error=error)
+
     def _drop_cancelled(self) -> None:
         with self._wakeup:
             dropped = [t for t in self._waiting if t.cancelled]
