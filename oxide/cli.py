@@ -130,7 +130,7 @@ def _stream(model, request, ns: argparse.Namespace, images: Sequence[str] = ()) 
     done = generation.completion
     if ns.stats and done is not None:
         s = done.stats
-        print(f"prompt: {s.prompt_tokens} tokens, {s.prefill_tokens_per_second:.1f} tok/s; "
+        print(f"prompt: {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_tokens_per_second:.1f} tok/s; "
               f"generated: {s.completion_tokens} tokens, {s.decode_tokens_per_second:.1f} tok/s; "
               f"finish: {done.finish_reason}", file=sys.stderr)
     return done.text if done is not None else ""

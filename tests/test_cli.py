@@ -117,6 +117,21 @@ def test_chat_keeps_the_conversation(gemma_path: Path, monkeypatch: pytest.Monke
     assert capsys.readouterr().out.count("\n") >= 2
 
 
+def test_a_chat_turn_prefills_only_the_new_message(gemma_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """The model's KV slot keeps the conversation: turn two reuses every token of turn one (its prompt and the
+    reply's tokens, all but a few the template re-encodes differently) and prefills only the rest."""
+    import io
+    import re
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("Hello there\nWhat next?\n"))
+    assert main(["chat", str(gemma_path), "--temp", "0", "-n", "8", "--stats"]) == 0
+    turns = [tuple(map(int, m)) for m in re.findall(r"prompt: (\d+) tokens \((\d+) cached\)", capsys.readouterr().err)]
+    (first_prompt, first_cached), (second_prompt, second_cached) = turns
+    assert first_cached == 0
+    assert second_cached >= first_prompt and second_prompt - second_cached <= 16   # "What next?" and its markers
+
+
 def test_chat_reports_a_failed_turn_and_goes_on(gemma_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     import io
