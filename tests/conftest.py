@@ -68,6 +68,7 @@ SLOW_MODULES = frozenset({
     "test_arch_conversions.py", "test_real_model.py", "test_bench_harness.py",
     "test_architectures.py", "test_kv_cache.py", "test_decode_step.py", "test_moe.py", "test_latent_attention.py",
     "test_hf_dir.py", "test_hub.py", "test_triton_model.py", "test_cuda_compile.py", "test_server.py",
+    "test_chat_page.py",
 })
 # The Triton kernels' tests: unit tests on a GPU, but slow under the interpreter (NumPy per op) without one.
 INTERPRETED_MODULES = frozenset({"test_triton_quant.py", "test_triton_attention.py", "test_triton_rope.py",

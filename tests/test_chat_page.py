@@ -13,14 +13,8 @@ from __future__ import annotations
 
 import json
 import re
-import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +24,13 @@ from playwright.sync_api import Browser, Page, Route, expect, sync_playwright
 
 from oxide.server.responses import Responder, error_body
 
+from _server import oxide_server
 from _tiny_models import TINY_MODELS, write_gguf
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-SERVER_START_S = 120        # importing torch and loading the model, on a busy 2-core machine
+SERVER_OPTIONS = ("--parallel", "1", "--n-ctx", "1024")
 REPLY_MS = 120_000          # the longest a short reply of the real model may take on a busy 2-core machine
 API_KEY = "secret-key"
 
@@ -47,51 +42,6 @@ READ_REPLY = """() => {
 
 
 # ---- a server and a browser
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _wait_until_healthy(url: str, process: subprocess.Popen, log: Path) -> None:
-    deadline = time.monotonic() + SERVER_START_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"oxide serve exited with {process.returncode} before answering /health:\n"
-                        f"{log.read_text(errors='replace')[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError):
-            time.sleep(0.2)
-    pytest.fail(f"oxide serve did not answer /health within {SERVER_START_S} s:\n"
-                f"{log.read_text(errors='replace')[-3000:]}")
-
-
-@contextmanager
-def oxide_server(model: Path, log_dir: Path, *options: str) -> Iterator[str]:
-    """``python -m oxide serve MODEL`` on a free loopback port: yields its URL once ``/health`` answers, and
-    stops it on exit (its output goes to a log in ``log_dir``, shown if it fails to start)."""
-    port = _free_port()
-    log = log_dir / f"serve-{port}.log"
-    command = [sys.executable, "-m", "oxide", "serve", str(model), "--port", str(port), "--parallel", "1",
-               "--n-ctx", "1024", *options]
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        url = f"http://127.0.0.1:{port}"
-        _wait_until_healthy(url, process, log)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
-
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
@@ -113,9 +63,9 @@ def page(browser: Browser) -> Iterator[Page]:
 
 
 @pytest.fixture(scope="module")
-def gemma_server(gemma_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with oxide_server(gemma_path, tmp_path_factory.mktemp("serve")) as url:
-        yield url
+def gemma_server(gemma_path: Path) -> Iterator[str]:
+    with oxide_server(gemma_path, *SERVER_OPTIONS) as server:
+        yield server.url
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +76,9 @@ def tiny_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def keyed_server(tiny_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    with oxide_server(tiny_path, tmp_path_factory.mktemp("serve"), "--api-key", API_KEY) as url:
-        yield url
+def keyed_server(tiny_path: Path) -> Iterator[str]:
+    with oxide_server(tiny_path, *SERVER_OPTIONS, "--api-key", API_KEY) as server:
+        yield server.url
 
 
 # ---- using the page
