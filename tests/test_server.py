@@ -195,6 +195,16 @@ def test_a_client_that_disconnects_frees_its_slot(client: openai.OpenAI, server:
     assert metric(server, "oxide_requests_cancelled_total") == cancelled + 1
 
 
+def test_a_client_that_gives_up_on_a_whole_response_frees_its_slot(server: RunningServer) -> None:
+    """Without streaming the server looks at the client every DISCONNECT_POLL_SECONDS while it waits."""
+    cancelled = metric(server, "oxide_requests_cancelled_total")
+    body = {"prompt": "t30", "max_tokens": N_CTX - 32, "ignore_eos": True}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.api}/completions", json=body, timeout=httpx.Timeout(60, read=1.0))
+    _wait_for(lambda: metric(server, "oxide_running_sequences") == 0, "the slot to be freed")
+    assert metric(server, "oxide_requests_cancelled_total") == cancelled + 1
+
+
 def test_a_full_queue_answers_503_and_the_server_keeps_serving(model_path: Path) -> None:
     with oxide_server(model_path, "--n-ctx", str(N_CTX), "-np", "1", "--queue", "1") as small:
         client = openai.OpenAI(base_url=small.api, api_key="unused", max_retries=0, timeout=60)

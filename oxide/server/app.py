@@ -191,12 +191,15 @@ async def _answer(http: HttpRequest, runner: EngineThread, request: Request,
         usage = params.stream_options is not None and params.stream_options.include_usage
         return EventSourceResponse(_stream(events, responder, usage), ping=15)
     logprobs: list[TokenLogprob] = []
+    looked = time.monotonic()
     try:
         while True:
             event = await events.next_event(DISCONNECT_POLL_SECONDS)
-            if event is None:
+            if time.monotonic() - looked >= DISCONNECT_POLL_SECONDS:
                 if await http.is_disconnected():
                     return None       # nobody to answer; `finally` frees the slot
+                looked = time.monotonic()
+            if event is None:
                 continue
             logprobs += event.logprobs
             if event.error is not None:
