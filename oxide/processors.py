@@ -212,7 +212,10 @@ class TopK:
         vocab_size = logits.shape[-1]
         if self.k <= 0 or self.k >= vocab_size:
             return None
-        kth = torch.topk(logits, self.k).values[-1]  # () value of the k-th largest logit
+        top = torch.topk(logits, self.k + 1)  # one more than kept: is the k-th value tied below the cut?
+        kth = top.values[self.k - 1]  # () value of the k-th largest logit
+        if top.values[self.k] < kth:  # no tie at the cut (the usual case): the k largest, without a full pass
+            return top.indices[:self.k].sort().values
         ids = torch.nonzero(logits >= kth).squeeze(1)  # (>= k,) ascending
         if ids.numel() > self.k:  # ties at the cut: keep the lowest ids among them
             at_cut = logits[ids] == kth
