@@ -34,8 +34,9 @@ from typing import Any
 
 import httpx
 
-from benchmarks.serve_servers import (REPO, ServerSpec, end_of_generation_tokens, llama_cpp_python_spec,
-                                      llama_server_spec, oxide_spec, running_server)
+from benchmarks.cpu_meter import CpuMeter
+from benchmarks.serve_servers import (REPO, RunningServer, ServerSpec, end_of_generation_tokens,
+                                      llama_cpp_python_spec, llama_server_spec, oxide_spec, running_server)
 from benchmarks.serve_turns import TEXT, second_turn_ttft
 
 PROMPT_WORDS = 36          # ~45-55 tokens
@@ -85,8 +86,9 @@ async def _worker(client: httpx.AsyncClient, bodies: list[dict[str, Any]]) -> li
 
 
 async def _wave(url: str, bodies: list[list[dict[str, Any]]], timeout_s: float) -> tuple[list[dict[str, Any]], float]:
-    """Run one worker per list of bodies at once; return every request's figures and the wall time."""
-    limits = httpx.Limits(max_connections=len(bodies) + 2)
+    """Run one worker per list of bodies at once; return every request's figures and the wall time. Each request
+    opens its own connection: llama-server may close a kept-alive one just as the next request is sent on it."""
+    limits = httpx.Limits(max_connections=len(bodies) + 2, max_keepalive_connections=0)
     async with httpx.AsyncClient(base_url=url, timeout=timeout_s, limits=limits) as client:
         started = time.perf_counter()
         results = await asyncio.gather(*(_worker(client, worker_bodies) for worker_bodies in bodies))
@@ -110,10 +112,10 @@ def oxide_level_profile(before: dict[str, float], after: dict[str, float], wall:
             "prefill_chunks": d["oxide_prefill_seconds_count"], "prefill_share": d["oxide_prefill_seconds_sum"] / wall}
 
 
-def run_level(url: str, spec: ServerSpec, prompts: Prompts, concurrency: int, args: argparse.Namespace
+def run_level(server: RunningServer, spec: ServerSpec, prompts: Prompts, concurrency: int, args: argparse.Namespace
               ) -> dict[str, Any]:
     """One concurrency level: a warm-up wave, then ``args.requests`` requests from ``concurrency`` workers."""
-    requests, max_tokens, timeout_s = args.requests, args.max_tokens, args.timeout
+    requests, max_tokens, timeout_s, url = args.requests, args.max_tokens, args.timeout, server.url
     if requests % concurrency:
         raise ValueError(f"--requests {requests} is not a multiple of concurrency {concurrency}")
     per_worker = requests // concurrency
@@ -124,14 +126,16 @@ def run_level(url: str, spec: ServerSpec, prompts: Prompts, concurrency: int, ar
                for k in range(per_worker)] for w in range(concurrency)]
     before = oxide_counters(url) if spec.oxide_metrics else None
     load = os.getloadavg()[0]
+    meter = CpuMeter([server.pid, os.getpid()])
     records, wall = asyncio.run(asyncio.wait_for(_wave(url, bodies, timeout_s), args.level_timeout))
+    cpu = meter.stop()
     ok = [r for r in records if "error" not in r]
     tokens = sum(r["completion_tokens"] for r in ok)
     level = {"concurrency": concurrency, "requests": requests, "ok": len(ok), "wall_s": wall,
              "completion_tokens": tokens, "tokens_per_s": tokens / wall, "requests_per_s": len(ok) / wall,
              "mean_latency_s": sum(r["latency_s"] for r in ok) / len(ok) if ok else None,
              "short_completions": sum(r["completion_tokens"] != max_tokens for r in ok),
-             "errors": [r["error"] for r in records if "error" in r], "load_average_before": load,
+             "errors": [r["error"] for r in records if "error" in r], "load_average_before": load, **cpu,
              "records": records}
     if before is not None:
         level["oxide_profile"] = oxide_level_profile(before, oxide_counters(url), wall)
@@ -141,38 +145,44 @@ def run_level(url: str, spec: ServerSpec, prompts: Prompts, concurrency: int, ar
 def run_engine(spec: ServerSpec, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """Every level, then the second-turn TTFT, against one freshly started server."""
     prompts = Prompts()
-    with running_server(spec, out / f"{spec.name}.log") as url:
-        warmup = asyncio.run(_wave(url, [[completion_body(spec, prompts.take(1)[0], 8, 0)]], args.timeout))[0][0]
-        if "error" in warmup:
-            raise RuntimeError(f"{spec.name}'s warm-up request failed: {warmup['error']}")
+    with running_server(spec, out / f"{spec.name}.log") as server:
+        warmup = [[completion_body(spec, prompts.take(1)[0], 8, 0)]]
+        first = asyncio.run(_wave(server.url, warmup, args.timeout))[0][0]
+        if "error" in first:
+            raise RuntimeError(f"{spec.name}'s warm-up request failed: {first['error']}")
         levels = []
         for concurrency in args.concurrency:
-            level = run_level(url, spec, prompts, concurrency, args)
+            level = run_level(server, spec, prompts, concurrency, args)
             print(f"{spec.name} c={concurrency}: {level['tokens_per_s']:.1f} tok/s, {level['ok']}/{level['requests']} "
-                  f"ok, {level['short_completions']} short, {level['wall_s']:.1f} s "
+                  f"ok, {level['short_completions']} short, {level['wall_s']:.1f} s, others took "
+                  f"{100 * level['others_share']:.0f}% of the CPU "
                   f"{level.get('oxide_profile', '')}", flush=True)
             levels.append(level)
-        turns = second_turn_ttft(url, repeats=args.ttft_repeats, timeout_s=args.timeout)
-        print(f"{spec.name} second turn: warm {turns['warm_ttft_s']:.3f} s, cold {turns['cold_ttft_s']:.3f} s",
-              flush=True)
+        meter = CpuMeter([server.pid, os.getpid()])
+        turns = {**second_turn_ttft(server.url, repeats=args.ttft_repeats, timeout_s=args.timeout), **meter.stop()}
+        print(f"{spec.name} second turn: warm {turns['warm_ttft_s']:.3f} s, cold {turns['cold_ttft_s']:.3f} s, "
+              f"others took {100 * turns['others_share']:.0f}% of the CPU", flush=True)
     return {"engine": spec.name, "parallel": spec.parallel, "argv": spec.argv, "levels": levels, "second_turn": turns}
 
 
 def summary(results: dict[str, Any]) -> str:
-    """The markdown tables: tok/s by engine and concurrency, oxide's ratios, the second-turn TTFTs."""
+    """The markdown tables: tok/s by engine and concurrency (with the CPU share other processes took), oxide's
+    ratios, the second-turn TTFTs."""
     engines = results["engines"]
     levels = results["settings"]["concurrency"]
     lines = ["| engine | " + " | ".join(f"c={c} tok/s" for c in levels) + " |", "|---|" + "---:|" * len(levels)]
     rate = {(e["engine"], lv["concurrency"]): lv["tokens_per_s"] for e in engines for lv in e["levels"]}
+    others = {(e["engine"], lv["concurrency"]): lv["others_share"] for e in engines for lv in e["levels"]}
     for e in engines:
-        lines.append(f"| {e['engine']} | " + " | ".join(f"{rate[e['engine'], c]:.1f}" for c in levels) + " |")
+        cells = (f"{rate[e['engine'], c]:.1f} ({100 * others[e['engine'], c]:.0f}%)" for c in levels)
+        lines.append(f"| {e['engine']} | " + " | ".join(cells) + " |")
     top, bottom = max(levels), min(levels)
     if ("oxide", top) in rate:
         lines.append(f"\noxide@{top} / oxide@{bottom}: {rate['oxide', top] / rate['oxide', bottom]:.2f}x")
         if ("llama-server", top) in rate:
             lines.append(f"oxide@{top} / llama-server@{top}: {rate['oxide', top] / rate['llama-server', top]:.2f}x")
-    lines += ["", "| engine | warm turn-2 TTFT s | cold s | cold / warm | prompt tokens | cached (warm) | cached (cold) |",
-              "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += ["", "| engine | warm turn-2 TTFT s | cold s | cold / warm | prompt tokens | cached (warm) "
+                  "| cached (cold) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for e in engines:
         t = e["second_turn"]
         first = t["runs"][0]

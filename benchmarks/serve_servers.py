@@ -78,7 +78,8 @@ def end_of_generation_tokens(model: Path) -> list[int]:
 
     vocab_model = llama_cpp.Llama(str(model), vocab_only=True, verbose=False)
     vocab = llama_cpp.llama_model_get_vocab(vocab_model._model.model)
-    return [token for token in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, token)]
+    return [token for token in range(llama_cpp.llama_vocab_n_tokens(vocab))
+            if llama_cpp.llama_vocab_is_eog(vocab, token)]
 
 
 def free_port() -> int:
@@ -87,10 +88,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    pid: int
+
+
 @contextlib.contextmanager
-def running_server(spec: ServerSpec, log_path: Path) -> Iterator[str]:
-    """Start ``spec``'s server (output to ``log_path``), yield its base URL once it is ready, and stop it on the way
-    out, whatever happened. Raises ``RuntimeError`` naming the log when it exits or never answers."""
+def running_server(spec: ServerSpec, log_path: Path) -> Iterator[RunningServer]:
+    """Start ``spec``'s server (output to ``log_path``), yield its URL and process id once it is ready, and stop it
+    on the way out, whatever happened. Raises ``RuntimeError`` naming the log when it exits or never answers."""
     port = free_port()
     argv = [arg.replace("{port}", str(port)) for arg in spec.argv]
     with open(log_path, "w") as log:
@@ -101,7 +108,7 @@ def running_server(spec: ServerSpec, log_path: Path) -> Iterator[str]:
     try:
         url = f"http://127.0.0.1:{port}"
         _wait_ready(process, url, spec.name, log_path)
-        yield url
+        yield RunningServer(url, process.pid)
     finally:
         process.terminate()
         try:

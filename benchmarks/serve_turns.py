@@ -103,7 +103,8 @@ def reply(client: httpx.Client, messages: list[dict[str, str]], max_tokens: int)
 def second_turn_ttft(url: str, *, repeats: int, timeout_s: float) -> dict[str, Any]:
     """Warm and cold second-turn TTFTs over ``repeats`` conversations, their medians and cold / warm."""
     runs = []
-    with httpx.Client(base_url=url, timeout=timeout_s) as client:
+    # A fresh connection per request: llama-server may close a kept-alive one as the next request goes out on it.
+    with httpx.Client(base_url=url, timeout=timeout_s, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for repeat in range(repeats):
             turn1 = conversation(f"session {repeat}")
             turn2 = turn1 + [{"role": "assistant", "content": reply(client, turn1, 48)},
