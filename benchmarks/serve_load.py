@@ -42,7 +42,7 @@ from benchmarks.serve_turns import TEXT, second_turn_ttft
 PROMPT_WORDS = 36          # ~45-55 tokens
 PROMPT_STRIDE = 7          # words between the starts of successive prompts
 OXIDE_COUNTERS = ("oxide_decode_step_seconds_sum", "oxide_decode_step_seconds_count", "oxide_decode_step_rows_total",
-                  "oxide_prefill_seconds_sum", "oxide_prefill_seconds_count", "oxide_completion_tokens_total")
+                  "oxide_prefill_seconds_sum", "oxide_prefill_seconds_count")
 
 
 class Prompts:
@@ -62,6 +62,7 @@ class Prompts:
 
 
 def completion_body(spec: ServerSpec, prompt: str, max_tokens: int, seed: int) -> dict[str, Any]:
+    """A ``/v1/completions`` body: llama.cpp's default sampling chain, spelled out so every server runs the same."""
     return {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0.8, "top_k": 40, "top_p": 0.95,
             "min_p": 0.05, "seed": seed, **spec.fixed_length}
 
@@ -97,6 +98,7 @@ async def _wave(url: str, bodies: list[list[dict[str, Any]]], timeout_s: float) 
 
 
 def oxide_counters(url: str) -> dict[str, float]:
+    """oxide's decode and prefill counters from its ``/metrics`` (Prometheus text: ``name value`` lines)."""
     text = httpx.get(f"{url}/metrics", timeout=10.0).text
     values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
     return {name: float(values[name]) for name in OXIDE_COUNTERS}
