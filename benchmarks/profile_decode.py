@@ -12,10 +12,15 @@ token and position, the cache's bookkeeping, the sampler's Python).
 "python and launch overhead" is the step's wall time minus every timed part: the Python of the blocks,
 tensor views and op entry costs. The timers add about a microsecond per call, charged to the parts they wrap.
 
-    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512] [--python | --prefill]
+    python -m benchmarks.profile_decode [MODEL.gguf] [--threads 2] [--steps 64] [--context 512]
+        [--python | --prefill | --batch B]
 
 ``--prefill`` times the forward pass over a ``--context``-token prompt on a fresh cache instead (the
 best of three passes after one warm-up; the output head runs for the last position only).
+
+``--batch B`` (B > 1) profiles what ``oxide serve`` runs when B sequences decode together:
+``DecoderLM.decode_batch`` over B caches of ``--context`` tokens each, timed by part as ``--python`` does,
+then one sample per row with the server's default sampling (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
 """
 
 from __future__ import annotations
@@ -92,6 +97,37 @@ def profile(model: oxide.Model, steps: int, context: int) -> tuple[dict[str, flo
     return per_step, wall / steps * 1e3
 
 
+def profile_batch(model: oxide.Model, steps: int, context: int, batch: int) -> tuple[dict[str, float], float]:
+    """Milliseconds per batched decode step of ``batch`` rows by category (sampling all rows included), and the
+    step's wall time, each row after its own ``context``-token prompt."""
+    lm = model.lm
+    caches = [lm.new_cache(context + steps + 8) for _ in range(batch)]
+    histories = []
+    for row, cache in enumerate(caches):
+        prompt = torch.arange(1, context + 1).add(row).remainder(1000).add(100).view(1, -1)
+        lm.forward(prompt, cache, last_only=True)
+        histories.append(prompt[0].tolist())
+    timers = Timers()
+    instrument(model, timers)
+    for cache in caches:
+        for layer in cache.layers:
+            layer.update = timers.wrap("attention: KV cache write", layer.update)
+    samplers = [timers.wrap("sampling", Sampler(SamplingOptions(seed=row)).sample) for row in range(batch)]
+    tokens = [100] * batch
+    for warm in (True, False):
+        timers.seconds.clear()
+        start = time.perf_counter()
+        for _ in range(4 if warm else steps):
+            logits = lm.decode_batch(torch.tensor(tokens), caches)                        # (B, V)
+            tokens = [sample(row_logits, history) for sample, row_logits, history in zip(samplers, logits, histories)]
+            for history, token in zip(histories, tokens):
+                history.append(token)
+        wall = time.perf_counter() - start
+    per_step = {name: s / steps * 1e3 for name, s in timers.seconds.items()}
+    per_step["python and launch overhead"] = wall / steps * 1e3 - sum(per_step.values())
+    return per_step, wall / steps * 1e3
+
+
 class TimedProgram:
     """Stands in for a DecodeStep's program: replays it with each call timed, adding up seconds by part
     (the step's last GEMV is the output head)."""
@@ -160,14 +196,16 @@ def profile_prefill(model: oxide.Model, context: int) -> tuple[dict[str, float],
     return best
 
 
-def markdown(parts: dict[str, float], total_ms: float, tokens: int = 1) -> str:
-    """The table of parts; ``tokens`` > 1: the parts of one pass over that many prompt tokens."""
+def markdown(parts: dict[str, float], total_ms: float, tokens: int = 1, rows: int = 1) -> str:
+    """The table of parts; ``tokens`` > 1: the parts of one pass over that many prompt tokens; ``rows`` > 1: of
+    one decode step of that many sequences."""
     unit = "ms per token" if tokens == 1 else f"ms per {tokens}-token prompt"
+    unit = unit if rows == 1 else f"ms per step of {rows} rows"
     lines = [f"| part | {unit} | share |", "|---|---|---|"]
     for name, ms in sorted(parts.items(), key=lambda item: -item[1]):
         lines.append(f"| {name} | {ms:.2f} | {ms / total_ms:.0%} |")
     label = "step" if tokens == 1 else "prompt"
-    lines.append(f"| **{label}** | **{total_ms:.2f}** ({1e3 * tokens / total_ms:.1f} tok/s) | 100% |")
+    lines.append(f"| **{label}** | **{total_ms:.2f}** ({1e3 * tokens * rows / total_ms:.1f} tok/s) | 100% |")
     return "\n".join(lines)
 
 
@@ -180,10 +218,13 @@ def main() -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--python", action="store_true", help="profile the Python forward per token instead")
     mode.add_argument("--prefill", action="store_true", help="profile the prompt's forward pass instead")
+    mode.add_argument("--batch", type=int, default=1, help="profile a batched decode step of this many sequences")
     ns = parser.parse_args()
     torch.set_num_threads(ns.threads)
     model = oxide.load(ns.model, device="cpu", n_ctx=ns.context + ns.steps + 8)
-    if ns.prefill:
+    if ns.batch > 1:
+        print(markdown(*profile_batch(model, ns.steps, ns.context, ns.batch), rows=ns.batch))
+    elif ns.prefill:
         print(markdown(*profile_prefill(model, ns.context), tokens=ns.context))
     elif ns.python:
         print(markdown(*profile(model, ns.steps, ns.context)))
