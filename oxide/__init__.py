@@ -52,8 +52,8 @@ _LAZY = {
 
 __all__ = [
     "ContextOverflowError", "InvalidOptionError", "KernelUnavailableError", "MediaError", "ModelBusyError",
-    "ModelFormatError", "ModelNotFoundError", "NumericalError", "OxideError", "QueueFullError", "TemplateError", "TokenizerError",
-    "UnsupportedArchitecture",
+    "ModelFormatError", "ModelNotFoundError", "NumericalError", "OxideError", "QueueFullError", "TemplateError",
+    "TokenizerError", "UnsupportedArchitecture",
     "UnsupportedQuantType", *_LAZY,
 ]
 

@@ -277,6 +277,8 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
     """
     from .models.builder import build_from_gguf
 
+    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= MAX_PARALLEL:
+        raise InvalidOptionError(f"parallel={parallel!r} must be an integer from 1 to {MAX_PARALLEL}")
     start = time.perf_counter()
     resolved = resolve_source(source)
     chosen = select_device(device)
@@ -300,8 +302,6 @@ def load(source: str | os.PathLike[str] | None = None, *, device: str | torch.de
         origin = "built-in fallback" if template is not None else "none"
     context = _context_size(lm.config, n_ctx)
     check_cache(lm.config, context, str(resolved.path))
-    if not isinstance(parallel, int) or isinstance(parallel, bool) or not 1 <= parallel <= MAX_PARALLEL:
-        raise InvalidOptionError(f"parallel={parallel!r} must be an integer from 1 to {MAX_PARALLEL}")
     info = LoadInfo(resolved, device_reason(chosen, device), policy, time.perf_counter() - start, origin,
                     vision_note)
     log.info("loaded %s in %.2f s on %s (%s)", resolved.path.name, info.load_seconds, chosen, policy.compute_dtype)

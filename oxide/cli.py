@@ -102,9 +102,11 @@ def _load(model: str | None, ns: argparse.Namespace, parallel: int = 1):
 def _serve(ns: argparse.Namespace) -> int:
     import os
 
-    from .server import serve
+    from .server import check_options, require_server_extra, serve
 
     key = ns.api_key if ns.api_key is not None else os.environ.get("OXIDE_API_KEY")
+    require_server_extra()   # before the model loads
+    check_options(ns.port, ns.queue, key)
     model = _load(ns.model, ns, parallel=ns.parallel)
     serve(model, host=ns.host, port=ns.port, api_key=key, max_waiting=ns.queue, model_name=ns.alias)
     return 0
@@ -130,7 +132,8 @@ def _stream(model, request, ns: argparse.Namespace, images: Sequence[str] = ()) 
     done = generation.completion
     if ns.stats and done is not None:
         s = done.stats
-        print(f"prompt: {s.prompt_tokens} tokens ({s.cached_tokens} cached), {s.prefill_tokens_per_second:.1f} tok/s; "
+        print(f"prompt: {s.prompt_tokens} tokens ({s.cached_tokens} cached), "
+              f"{s.prefill_tokens_per_second:.1f} tok/s; "
               f"generated: {s.completion_tokens} tokens, {s.decode_tokens_per_second:.1f} tok/s; "
               f"finish: {done.finish_reason}", file=sys.stderr)
     return done.text if done is not None else ""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -62,7 +62,6 @@ class Ticket:
     def __init__(self, request: Request, sink: Sink) -> None:
         self.request, self.sink = request, sink
         self.cancelled = False
-        self.submitted = time.perf_counter()
 
 
 def _cacheable(request: Request) -> list[int] | None:

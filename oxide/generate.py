@@ -263,8 +263,8 @@ class Generation:
                 yield piece
             stats = GenerationStats(len(self.request.prompt_ids), len(run.output.generated), prefill_end - start,
                                     time.perf_counter() - prefill_end, cached)
-            self.completion = Completion(run.output.text, run.output.generated, run.output.finish_reason or "length",
-                                         stats)
+            self.completion = Completion(run.output.text, run.output.generated,
+                                         run.output.finish_reason or "length", stats)
         finally:
             self.release(self.slot, run.fed_ids())
         log.info("prompt %d tokens (%d cached) at %.1f tok/s; generated %d at %.1f tok/s (%s)", stats.prompt_tokens,
@@ -279,6 +279,6 @@ def sample_checked(sampler: Sampler, logits: torch.Tensor, history: list[int], s
         return sampler.sample(logits, history)
     except NumericalError as e:
         raise NumericalError(
-            f"{source + ': ' if source else ''}generation step {step} (position {len(history)} of the sequence): {e}. The "
-            f"model's weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
+            f"{source + ': ' if source else ''}generation step {step} (position {len(history)} of the sequence): "
+            f"{e}. The model's weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
             f"norm epsilon); check the file, or try it with llama.cpp") from None

@@ -147,3 +147,18 @@ def test_bench(gemma_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "prefill:" in out and "decode:" in out and "tok/s" in out
     assert main(["bench", str(gemma_path), "-n", "1"]) == 2
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--port", "70000"], "is not a TCP port"),
+    (["--queue", "-1"], "must be 0 or more"),
+    (["--api-key", " "], "--api-key is empty"),
+    (["-np", "0"], "parallel=0 must be an integer from 1"),
+])
+def test_serve_refuses_bad_options_before_loading(args: list[str], says: str, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    import oxide.api
+
+    monkeypatch.setattr(oxide.api, "resolve_source", lambda source: pytest.fail("the model should not load"))
+    assert main(["serve", *args]) == 2
+    assert says in capsys.readouterr().err

@@ -158,7 +158,8 @@ def test_eight_clients_at_once_get_what_each_gets_alone(client: openai.OpenAI, s
     prompts = [f"t{10 + 7 * i} t{200 - 3 * i}" for i in range(8)]
 
     def ask(prompt: str) -> str:
-        return _chat(client, prompt, max_tokens=24, extra_body={"ignore_eos": True}, **GREEDY).choices[0].message.content
+        response = _chat(client, prompt, max_tokens=24, extra_body={"ignore_eos": True}, **GREEDY)
+        return response.choices[0].message.content
 
     alone = [ask(p) for p in prompts]
     steps_before = metric(server, "oxide_decode_step_rows_total"), metric(server, "oxide_decode_step_seconds_count")
