@@ -25,7 +25,7 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason="the compiled CPU co
 
 TYPES = [GGMLType.Q4_0, GGMLType.Q4_1, GGMLType.Q5_0, GGMLType.Q5_1, GGMLType.Q8_0, GGMLType.Q2_K, GGMLType.Q3_K,
          GGMLType.Q4_K, GGMLType.Q5_K, GGMLType.Q6_K, GGMLType.IQ4_NL, GGMLType.IQ4_XS]
-ROWS = (1, 2, 7, 33, 300)
+ROWS = (1, 2, 3, 5, 7, 14, 33, 300)   # every tile height of 1 to 8 rows, and several passes over the weights
 N = 37                                   # output features: odd, not a power of two
 REL_TOL = 1e-5
 
@@ -71,7 +71,8 @@ def _relative_error(got: torch.Tensor, want: np.ndarray) -> float:
 
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int, seed: int) -> None:
-    """The raw GEMV kernel, any number of rows (it passes over the weights 16 rows at a time)."""
+    """The raw GEMV kernel, any number of rows (it passes over the weights 8 or 16 rows at a time, dotting up to
+    4 or 8 with each unpacked block, by the build)."""
     rng = np.random.default_rng(seed)
     w, dense = _weight(qtype, rng)
     K = w.shape[1]

@@ -26,6 +26,12 @@
 
 #define OXIDE_F16C 1
 #define OXIDE_UNPACK_AVX2 1
+// Eight activation rows per unpacked weight block (32 vector registers hold their sums beside the block's
+// codes and scales), and eight per pass over the weights: eight rows' digits (about 2.5 KiB each at
+// K = 640) stay in L1 while a weight row meets them. On Gemma 3 270M's layer matrices with 8 or 16 rows
+// this took 25-35% less time than 4 and 16 (the output head, bound by its arithmetic, did not change).
+#define OXIDE_ROW_TILE 8
+#define OXIDE_MAX_ROWS 8
 #include "quant_formats.h"
 #include "units_avx2.h"
 
