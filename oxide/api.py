@@ -15,6 +15,7 @@ from .chat import ChatTemplate, fallback_template
 from .concurrency import LockedStream, ModelLock
 from .config import ModelConfig
 from .device import device_reason, select_device
+from .engine import Engine, Event
 from .errors import ContextOverflowError, InvalidOptionError, MediaError, ModelBusyError, TokenizerError
 from .generate import Completion, Generation, Request
 from .log import get_logger
@@ -203,7 +204,7 @@ class Model:
 
     def _generation(self, request: Request) -> LockedStream:
         def start() -> Generation:   # runs under the lock: the slots are the model's only while it is ours
-            ids = None if request.prompt_embeddings is not None else request.prompt_ids
+            ids = request.key_ids
             slot = self.slots.acquire(ids)
             if slot is None:
                 raise ModelBusyError(f"all {self.slots.capacity} KV slots of {self.info.source.path.name} hold "
@@ -237,8 +238,6 @@ class Model:
         return generation.completion
 
     def _generate_batch(self, requests: list[Request]) -> list[Completion]:
-        from .engine import Engine, Event
-
         events: list[list[Event]] = [[] for _ in requests]
         with self.lock:
             engine = Engine(self.lm, self.tokenizer, self.slots, max_waiting=len(requests),

@@ -91,7 +91,6 @@ class LayerCache:
         self.v[:, :, :used].copy_(other.v[:, :, :used])
         self.pos[:used].copy_(other.pos[:used])
         self.pos[used:].fill_(EMPTY_POSITION)
-        self.written = other.written
         self.truncate(length)
 
     def use_static_views(self) -> None:

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import OxideError, QueueFullError
-from .generate import PREFILL_CHUNK, Completion, GenerationStats, Request, SequenceRun, TokenLogprob
+from .generate import (PREFILL_CHUNK, Completion, GenerationStats, Request, SequenceRun, TokenLogprob,
+                       prefill_chunk)
 from .log import get_logger
 from .models.decoder import DecoderLM
 from .slots import SlotPool
@@ -62,11 +63,6 @@ class Ticket:
     def __init__(self, request: Request, sink: Sink) -> None:
         self.request, self.sink = request, sink
         self.cancelled = False
-
-
-def _cacheable(request: Request) -> list[int] | None:
-    """The ids that name what a request's prefill stores (None for an image prompt's embeddings)."""
-    return None if request.prompt_embeddings is not None else request.prompt_ids
 
 
 class _Active:
@@ -195,7 +191,7 @@ class Engine:
                     return
                 ticket = self._waiting[0]
                 request = ticket.request
-                slot = self.pool.acquire(_cacheable(request))
+                slot = self.pool.acquire(request.key_ids)
                 if slot is None:
                     return
                 self._waiting.popleft()
@@ -217,16 +213,12 @@ class Engine:
         request, slot = active.run.request, active.run.slot
         start = time.perf_counter()
         if active.prefilled is None:   # its first chunk: take the longest cached prefix (another's since admission)
-            active.cached = active.prefilled = self.pool.reuse_prefix(slot, _cacheable(request))
+            active.cached = active.prefilled = self.pool.reuse_prefix(slot, request.key_ids)
             self.metrics.cached_prompt_tokens += active.cached
         end = min(active.prefilled + PREFILL_CHUNK, len(request.prompt_ids))
-        if request.prompt_embeddings is not None:
-            logits = self.lm.forward_embeddings(request.prompt_embeddings[:, active.prefilled:end], slot.cache,
-                                                last_only=True)
-        else:
-            chunk = torch.tensor([request.prompt_ids[active.prefilled:end]], device=self.lm.device)
-            logits = self.lm.forward(chunk, slot.cache, last_only=True)
-            slot.record(request.prompt_ids)      # another prompt may copy this prefix from now on
+        logits = prefill_chunk(self.lm, slot.cache, request.prompt_ids, request.prompt_embeddings, active.prefilled,
+                               end)
+        slot.record(request.key_ids)             # another prompt may copy this prefix from now on
         active.prefilled = end
         elapsed = time.perf_counter() - start
         active.prefill_seconds += elapsed
@@ -237,7 +229,7 @@ class Engine:
             if request.max_new_tokens == 0:
                 self._leave(active)
             else:
-                self._took(active, logits[0, -1])
+                self._took(active, logits)
 
     def _decode(self, decoding: list[_Active]) -> None:
         start = time.perf_counter()

@@ -59,19 +59,26 @@ class Completion:
     stats: GenerationStats
 
 
-def prefill(model: DecoderLM, cache: KVCache, ids: Sequence[int], embeddings: torch.Tensor | None = None
-            ) -> torch.Tensor:
-    """Run the prompt in chunks; return the float32 logits of its last position, (V,). With ``embeddings``
-    (1, T, D), the prompt's input embeddings (an image's features among them), those run instead of the ids'."""
-    tensor = torch.tensor([list(ids)], dtype=torch.long, device=model.device)   # (1, T)
+def prefill_chunk(model: DecoderLM, cache: KVCache, ids: Sequence[int], embeddings: torch.Tensor | None, start: int,
+                  end: int) -> torch.Tensor:
+    """Run prompt positions ``start .. end - 1`` after what ``cache`` holds; return the float32 logits of the last,
+    (V,). With ``embeddings`` (1, T, D), the prompt's input embeddings (an image's features among them), those
+    run instead of the ids'."""
+    if embeddings is not None:
+        return model.forward_embeddings(embeddings[:, start:end], cache, last_only=True)[0, -1]
+    chunk = torch.tensor([list(ids[start:end])], dtype=torch.long, device=model.device)   # (1, end - start)
+    return model.forward(chunk, cache, last_only=True)[0, -1]
+
+
+def prefill(model: DecoderLM, cache: KVCache, ids: Sequence[int], embeddings: torch.Tensor | None = None,
+            start: int = 0) -> torch.Tensor:
+    """Run the prompt from position ``start`` on (the cache holds the rest) in chunks of ``PREFILL_CHUNK``; return
+    the float32 logits of its last position, (V,)."""
     logits = None
-    for start in range(0, tensor.shape[1], PREFILL_CHUNK):
-        if embeddings is None:
-            logits = model.forward(tensor[:, start:start + PREFILL_CHUNK], cache, last_only=True)
-        else:
-            logits = model.forward_embeddings(embeddings[:, start:start + PREFILL_CHUNK], cache, last_only=True)
+    for begin in range(start, len(ids), PREFILL_CHUNK):
+        logits = prefill_chunk(model, cache, ids, embeddings, begin, min(begin + PREFILL_CHUNK, len(ids)))
     assert logits is not None, "prefill needs at least one token"
-    return logits[0, -1]
+    return logits
 
 
 class _StopMatcher:
@@ -164,6 +171,12 @@ class Request:
     logprobs: int | None = None
     prompt_embeddings: torch.Tensor | None = None   # (1, T, D): an image prompt's input embeddings
 
+    @property
+    def key_ids(self) -> list[int] | None:
+        """The ids that name the keys its prefill stores (a prefix cache's key); None for an image prompt, whose
+        keys ids do not name."""
+        return None if self.prompt_embeddings is not None else self.prompt_ids
+
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -207,7 +220,7 @@ class SequenceRun:
 
     def fed_ids(self) -> list[int] | None:
         """The ids whose keys the slot holds (None for an image prompt, whose keys ids do not name)."""
-        return None if self.request.prompt_embeddings is not None else self.history
+        return None if self.request.key_ids is None else self.history
 
 
 def token_logprob(logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
@@ -248,8 +261,8 @@ class Generation:
         try:
             start = time.perf_counter()
             cached = cache.seq_len
-            logits = None if run.output.done else prefill(self.model, cache, self.request.prompt_ids[cached:],
-                                                         self.request.prompt_embeddings)
+            logits = None if run.output.done else prefill(self.model, cache, self.request.prompt_ids,
+                                                         self.request.prompt_embeddings, start=cached)
             prefill_end = time.perf_counter()
             while logits is not None:
                 piece, _ = run.take(logits)

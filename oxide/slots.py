@@ -64,8 +64,7 @@ class SlotPool:
         self.lm, self.n_ctx, self.capacity = lm, n_ctx, capacity
         self.slots: list[Slot] = []
         self._clock = itertools.count(1)
-        self.reused_tokens = 0        # prompt tokens served from the cache, over the pool's life
-        self.copied_tokens = 0        # of those, copied from another slot
+        self.copied_tokens = 0        # prompt tokens copied from another slot, over the pool's life
 
     def free(self) -> int:
         """Slots a new sequence could take now (free ones and those not yet allocated)."""
@@ -101,7 +100,6 @@ class SlotPool:
             else:
                 slot.cache.truncate(shared)
         slot.tokens = None if ids is None else usable[:shared]
-        self.reused_tokens += shared
         if shared:
             log.debug("slot %d reuses %d of %d prompt tokens%s", slot.index, shared, len(usable) + 1,
                       " (copied)" if donor is not None and shared > own else "")

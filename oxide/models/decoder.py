@@ -112,9 +112,10 @@ class DecoderLM:
         self.check_ids(tokens)
         for cache in caches:
             cache.check_room(1)
-        positions = torch.tensor([cache.seq_len for cache in caches], device=self.device)       # (B,)
+        starts = [cache.seq_len for cache in caches]
+        positions = torch.tensor(starts, device=self.device)                                   # (B,)
         x = self.embed_ids(tokens.view(1, -1).to(self.device))                                 # (1, B, D)
-        cos_sin = [_rows_cos_sin(rope, positions) for rope in self._ropes]
+        cos_sin = [_rows_cos_sin(rope, positions, [start + 1 for start in starts]) for rope in self._ropes]
         for i, (block, rope) in enumerate(zip(self.blocks, self._layer_rope)):
             x = block(x, *cos_sin[rope], positions, LayerRows([cache.layers[i] for cache in caches]))
         logits = self._logits(x)[0]                                                            # (B, V)
@@ -131,11 +132,11 @@ class DecoderLM:
         return logits
 
 
-def _rows_cos_sin(rope: RotaryEmbedding, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _rows_cos_sin(rope: RotaryEmbedding, positions: torch.Tensor, ends: list[int]
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) (B, d/2) of a batch of sequences, row b at ``positions[b]`` of a sequence whose length is then
-    ``positions[b] + 1``. A scaling whose frequencies follow the length (dynamic NTK, LongRoPE) may put rows in
+    ``ends[b]``. A scaling whose frequencies follow the length (dynamic NTK, LongRoPE) may put rows in
     different regimes: each row then gets its own sequence's frequencies."""
-    ends = [int(p) + 1 for p in positions.tolist()]
     if len({rope.regime_for(end) for end in ends}) == 1:
         return rope.cos_sin(positions, max(ends))
     rows = [rope.cos_sin(positions[b:b + 1], end) for b, end in enumerate(ends)]

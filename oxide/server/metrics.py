@@ -25,8 +25,10 @@ class RequestCounter:
 
 
 def _metric(lines: list[str], name: str, kind: str, help_text: str, samples: list[tuple[str, float]]) -> None:
+    """One family: its HELP and TYPE lines, then a line per sample, (what follows the name, value): labels
+    (``{endpoint="/health"}``), a summary's ``_sum`` or ``_count``, or nothing."""
     lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
-    lines += [f"{name}{labels} {value:g}" for labels, value in samples]
+    lines += [f"{name}{suffix} {value:g}" for suffix, value in samples]
 
 
 def render(engine: Engine, requests: RequestCounter) -> str:

@@ -41,12 +41,10 @@ class RequestEvents:
 
     async def _events(self) -> AsyncIterator[Event]:
         while not self.finished:
-            event = await self._queue.get()
-            self.finished = event.completion is not None or event.error is not None
-            yield event
+            yield await self.next_event(None)
 
-    async def next_event(self, timeout: float) -> Event | None:
-        """The next event, or None after ``timeout`` seconds (to look at the client in between)."""
+    async def next_event(self, timeout: float | None) -> Event | None:
+        """The next event, or None after ``timeout`` seconds (to look at the client in between; None: wait)."""
         try:
             event = await asyncio.wait_for(self._queue.get(), timeout)
         except asyncio.TimeoutError:
