@@ -41,6 +41,9 @@ class References:
     llama_top1: list[torch.Tensor]     # llama.cpp's argmax at the same positions
     greedy_prompt_ids: list[list[int]]
     greedy_hf: list[list[int]]         # transformers' greedy continuation ids
+    greedy_hf_margins: list[list[float]]   # at each of its steps, transformers' top-1 minus top-2 logit
+    llama_hf_top1: float               # llama.cpp's top-1 agreement with transformers over the same positions
+    llama_hf_mean_kl: float            # and its mean KL(transformers || llama.cpp)
 
 
 def file_sha256(path: Path) -> str:
@@ -52,7 +55,8 @@ def file_sha256(path: Path) -> str:
 
 
 def load_references(model_path: Path, cache_dir: Path) -> References:
-    key = hashlib.sha256(repr((TEXTS, LONG, LONG_TAIL, GREEDY_PROMPTS, GREEDY_TOKENS)).encode()).hexdigest()[:12]
+    fields = tuple(References.__dataclass_fields__)   # a new field is a new cache file
+    key = hashlib.sha256(repr((TEXTS, LONG, LONG_TAIL, GREEDY_PROMPTS, GREEDY_TOKENS, fields)).encode()).hexdigest()[:12]
     cached = cache_dir / f"gemma-references-{file_sha256(model_path)[:16]}-{key}.pt"
     if cached.exists():
         return References(**torch.load(cached))
@@ -76,11 +80,12 @@ def _build(model_path: Path) -> References:
     ids = [llm.tokenize(text.encode(), add_bos=True, special=False) for text in (*TEXTS, LONG)]
     assert len(ids[-1]) > 512 + LONG_TAIL, "LONG must cross the sliding window"
     keep = [slice(None)] * len(TEXTS) + [slice(-LONG_TAIL, None)]
-    llama_top1 = []
+    llama_logprobs = []
     for seq, sl in zip(ids, keep):
         llm.reset()
         llm.eval(seq)
-        llama_top1.append(torch.from_numpy(llm.scores[: len(seq)]).argmax(-1)[sl].clone())
+        llama_logprobs.append(torch.from_numpy(llm.scores[: len(seq)])[sl].float().log_softmax(-1))
+    llama_top1 = [logprobs.argmax(-1) for logprobs in llama_logprobs]
     greedy_prompt_ids = [llm.tokenize(p.encode(), add_bos=True, special=False) for p in GREEDY_PROMPTS]
     del llm
 
@@ -88,6 +93,19 @@ def _build(model_path: Path) -> References:
                                               dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         hf_logits = [hf(torch.tensor([seq])).logits[0, sl].float().clone() for seq, sl in zip(ids, keep)]
-        greedy_hf = [hf.generate(torch.tensor([p]), max_new_tokens=GREEDY_TOKENS, do_sample=False)[0, len(p):].tolist()
-                     for p in greedy_prompt_ids]
-    return References(ids, hf_logits, llama_top1, greedy_prompt_ids, greedy_hf)
+        runs = [hf.generate(torch.tensor([p]), max_new_tokens=GREEDY_TOKENS, do_sample=False, output_scores=True,
+                            return_dict_in_generate=True) for p in greedy_prompt_ids]
+    greedy_hf = [run.sequences[0, len(p):].tolist() for run, p in zip(runs, greedy_prompt_ids)]
+    greedy_hf_margins = [[float(top[0] - top[1]) for top in (step[0].topk(2).values for step in run.scores)]
+                         for run in runs]
+    hits = sum(int((h.argmax(-1) == l).sum()) for h, l in zip(hf_logits, llama_top1))
+    llama_hf_top1 = hits / sum(len(l) for l in llama_top1)
+    llama_hf_mean_kl = float(torch.cat([mean_kl_terms(h, l) for h, l in zip(hf_logits, llama_logprobs)]).mean())
+    return References(ids, hf_logits, llama_top1, greedy_prompt_ids, greedy_hf, greedy_hf_margins, llama_hf_top1,
+                      llama_hf_mean_kl)
+
+
+def mean_kl_terms(reference_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """KL(reference || ours) per position: (positions, vocab) logits or log-probabilities -> (positions,)."""
+    return torch.nn.functional.kl_div(logits.log_softmax(-1), reference_logits.log_softmax(-1), log_target=True,
+                                      reduction="none").sum(-1)

@@ -15,6 +15,8 @@ from __future__ import annotations
 import os
 import random
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -148,3 +150,27 @@ def quiet_transformers():
     yield
     hf_logging.enable_progress_bar()
     hf_logging.set_verbosity(verbosity)
+
+
+@contextmanager
+def float32_activations() -> Iterator[None]:
+    """Run the compiled CPU core on its best instruction set that keeps activations float32 (on a CPU with
+    AVX-512 VNNI the default one rounds them to int8, as llama.cpp does), for checks of a model's exact
+    float32 path; a no-op where the core is not built."""
+    from oxide.ops import cpu
+
+    if not cpu.available():
+        yield
+        return
+    module = cpu.extension()
+    before = module.isa()
+
+    def keeps_float32(name: str) -> bool:
+        module.set_isa(name)
+        return module.activations() == "float32"
+
+    module.set_isa(next(name for name in module.isas() if keeps_float32(name)))   # "generic" always does
+    try:
+        yield
+    finally:
+        module.set_isa(before)

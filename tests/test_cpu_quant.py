@@ -4,7 +4,9 @@ Each kernel reads GGML blocks as stored; the reference is gguf-py's dequantizer 
 float64 matmul. Blocks are fresh random bytes with finite f16 scales, activations are random, and
 every output buffer is poisoned with NaN first so an element the kernel fails to write shows.
 Tolerance: relative error (max |err| over max |reference|) <= 1e-5, as f32 accumulation over
-K <= 1024 allows.
+K <= 1024 allows. The reference's input is x itself, or, where the build's GEMV rounds x to int8 per 32 values
+as llama.cpp does (AVX-512 VNNI: ``activations() == "q8_0"``), ``reference.q8_activations(x)``; a separate
+test holds that rounding to its bound against x itself.
 """
 
 from __future__ import annotations
@@ -65,6 +67,14 @@ def _weight(qtype: GGMLType, rng: np.random.Generator) -> tuple[QuantTensor, np.
     return QuantTensor(torch.from_numpy(raw), qtype, (N, K)), dense
 
 
+def _gemv_input(x: torch.Tensor) -> np.ndarray:
+    """x (M, K) as the kernels of the instruction set in use take it (the GEMV, and the banded path after it),
+    in float64."""
+    if cpu.extension().activations() == "q8_0":
+        return reference.q8_activations(x).double().numpy()
+    return x.double().numpy()
+
+
 def _relative_error(got: torch.Tensor, want: np.ndarray) -> float:
     return float(np.abs(got.double().numpy() - want).max() / max(np.abs(want).max(), 1e-30))
 
@@ -82,7 +92,7 @@ def test_gemv_kernel_writes_every_output(qtype: GGMLType, isa: str, threads: int
         out = torch.full((M, N), float("nan"))
         plan = cpu.extension().GemvPlan([(int(qtype), w.data.data_ptr(), N, w.data.shape[1], bias.data_ptr())], K)
         plan.run(x.data_ptr(), M, K, out.data_ptr(), N, threads)
-        want = x.double().numpy() @ dense.T + bias.double().numpy()
+        want = _gemv_input(x) @ dense.T + bias.double().numpy()
         assert not out.isnan().any(), f"{qtype.name} M={M}: unwritten outputs"
         assert _relative_error(out, want) <= REL_TOL, f"{qtype.name} M={M} on {isa}"
 
@@ -110,10 +120,83 @@ def test_gemv_activations_of_every_scale(qtype: GGMLType, isa: str, seed: int) -
     x[3] = 0.0
     x = torch.from_numpy(x.astype(np.float32))
     got = _gemv(w, x)
-    want = x.double().numpy() @ dense.T
+    want = _gemv_input(x) @ dense.T
     for m in range(3):
         assert _relative_error(got[m], want[m]) <= REL_TOL, f"{qtype.name} row {m} on {isa}"
     assert torch.equal(got[3], torch.zeros(N)), "a zero row gives exact zeros"
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_a_row_gives_the_same_outputs_alone_and_in_a_batch(qtype: GGMLType, isa: str, seed: int) -> None:
+    """Bit for bit, whatever the other rows and the thread count: batching never changes a sequence's logits."""
+    rng = np.random.default_rng(seed)
+    w, _ = _weight(qtype, rng)
+    x = torch.from_numpy(rng.standard_normal((16, w.shape[1])).astype(np.float32))
+    batch = _gemv(w, x, threads=2)
+    for m in (0, 5, 15):
+        assert torch.equal(_gemv(w, x[m:m + 1], threads=1)[0], batch[m]), f"row {m} of 16"
+        assert torch.equal(_gemv(w, x[m:m + 3], threads=2)[0], batch[m]), f"row {m} of 3"
+
+
+@pytest.mark.parametrize("qtype", [GGMLType.Q5_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
+def test_a_row_computes_alike_in_a_prefill_and_alone(qtype: GGMLType, isa: str, seed: int) -> None:
+    """A row among many (a prefill) and the same row alone: bit for bit where the build rounds activations to
+    int8 (the GEMV takes every row count there, so a prefix-cache hit or a chunk boundary changes nothing),
+    else to float32 summation (the prefill's banded sgemm against the GEMV)."""
+    rng = np.random.default_rng(seed)
+    w, _ = _weight(qtype, rng)
+    x = torch.from_numpy(rng.standard_normal((cpu_quant.GEMV_MAX_ROWS + 4, w.shape[1])).astype(np.float32))
+    prefill = cpu_quant.qmatmul(x, w)
+    for m in (0, 7, x.shape[0] - 1):
+        alone = cpu_quant.qmatmul(x[m:m + 1], w)[0]
+        if cpu.extension().activations() == "q8_0":
+            assert torch.equal(alone, prefill[m]), f"row {m}"
+        else:
+            assert _relative_error(alone, prefill[m].double().numpy()) <= REL_TOL, f"row {m}"
+
+
+def test_q8_activations_reference(seed: int) -> None:
+    """The specification of the int8 activations: multiples of max|x| / 127 per 32 values, each within half a
+    step of x, the block maximum kept exactly; zero blocks stay zero."""
+    rng = np.random.default_rng(seed)
+    x = torch.from_numpy((rng.standard_normal((3, 96)) * np.exp(2 * rng.standard_normal((3, 96)))).astype(np.float32))
+    x[1, 32:64] = 0.0
+    x[2, 70] = float("nan")
+    got = reference.q8_activations(x)
+    torch.testing.assert_close(got[2, 64:], x[2, 64:], rtol=0, atol=0, equal_nan=True, msg="a block with a NaN stays")
+    x[2, 70] = 1.0
+    got = reference.q8_activations(x)
+    blocks, rounded = x.view(3, 3, 32), got.view(3, 3, 32)
+    step = blocks.abs().amax(-1, keepdim=True) / 127
+    quants = torch.where(step > 0, rounded / torch.where(step > 0, step, 1), 0)
+    assert (quants - quants.round()).abs().max() < 1e-4 and quants.round().abs().max() <= 127
+    assert ((rounded - blocks).abs() <= step / 2 * (1 + 1e-6)).all()
+    assert torch.equal(rounded.abs().amax(-1), blocks.abs().amax(-1))
+    assert torch.equal(got[1, 32:64], torch.zeros(32))
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_int8_activations_stay_within_their_bound(qtype: GGMLType, seed: int) -> None:
+    """Where the GEMV rounds x to int8 (AVX-512 VNNI), each output is within sum |w| * s / 2 of the float
+    product, the bound that rounding each value to its block's step s allows."""
+    module = cpu.extension()
+    if "avx512vnni" not in module.isas():
+        pytest.skip("this CPU has no AVX-512 VNNI, the build that rounds activations to int8")
+    before = module.isa()
+    module.set_isa("avx512vnni")
+    try:
+        rng = np.random.default_rng(seed)
+        w, dense = _weight(qtype, rng)
+        K = w.shape[1]
+        x = torch.from_numpy((rng.standard_normal((5, K)) * np.exp(rng.standard_normal((5, K)))).astype(np.float32))
+        got = _gemv(w, x).double().numpy()
+        exact = x.double().numpy() @ dense.T
+        steps = np.repeat(np.abs(x.double().numpy()).reshape(5, K // 32, 32).max(-1) / 127, 32, axis=1)   # (5, K)
+        bound = (steps / 2) @ np.abs(dense).T + 1e-5 * np.abs(exact).max()
+        assert (np.abs(got - exact) <= bound).all()
+        assert np.abs(got - exact).max() > 1e-4 * np.abs(exact).max(), "the rounding shows: this is not the float path"
+    finally:
+        module.set_isa(before)
 
 
 @pytest.mark.parametrize("qtype", [GGMLType.Q4_0, GGMLType.Q8_0, GGMLType.Q4_K, GGMLType.Q6_K], ids=lambda t: t.name)
@@ -159,8 +242,8 @@ def test_qmatmul_op_matches_the_reference(qtype: GGMLType, threads: int, seed: i
         x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
         got = cpu_quant.qmatmul(x.view(1, M, K), w)                               # (1, M, N)
         assert got.shape == (1, M, N)
-        assert _relative_error(got[0], x.double().numpy() @ dense.T) <= REL_TOL, f"{qtype.name} M={M}"
-        ref = reference.qmatmul(x, QuantTensor(w.data, qtype, w.shape))
+        assert _relative_error(got[0], _gemv_input(x) @ dense.T) <= REL_TOL, f"{qtype.name} M={M}"
+        ref = reference.qmatmul(torch.from_numpy(_gemv_input(x)).float(), QuantTensor(w.data, qtype, w.shape))
         torch.testing.assert_close(got[0], ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max()))
 
 
@@ -180,7 +263,7 @@ def test_a_group_of_matrices_in_one_call(threads: int, seed: int) -> None:
         x = torch.from_numpy(rng.standard_normal((M, K)).astype(np.float32))
         outs = cpu_quant.qmatmul_group(x, weights, biases)
         for out, d, b in zip(outs, dense, biases):
-            want = x.double().numpy() @ d.T + (0 if b is None else b.double().numpy())
+            want = _gemv_input(x) @ d.T + (0 if b is None else b.double().numpy())
             assert _relative_error(out, want) <= REL_TOL, f"M={M}"
     out = torch.full((2, 42), float("nan"))
     x = torch.from_numpy(rng.standard_normal((2, K)).astype(np.float32))
@@ -192,7 +275,7 @@ def test_a_group_of_matrices_in_one_call(threads: int, seed: int) -> None:
     bound = dispatch.bind("qmatmul_group", "cpu", tuple(weights), torch.float32)
     assert isinstance(bound, cpu_quant.GroupKernel)
     for out, d, b in zip(bound(x, bound.weights, biases), dense, biases):   # the prepared plan, twice
-        want = x.double().numpy() @ d.T + (0 if b is None else b.double().numpy())
+        want = _gemv_input(x) @ d.T + (0 if b is None else b.double().numpy())
         assert _relative_error(out, want) <= REL_TOL
     with pytest.raises(ValueError, match="prepared for other weights"):
         bound(x, tuple(reversed(weights)), biases)
@@ -200,15 +283,16 @@ def test_a_group_of_matrices_in_one_call(threads: int, seed: int) -> None:
     assert dispatch.bind("qmatmul_group", "cpu", (weights[0], f16), torch.float32) is reference.qmatmul_group
 
 
-def test_banded_path_crosses_band_edges(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
-    """Bands smaller than the matrix, with a short last band, give the same product."""
+def test_banded_path_crosses_band_edges(monkeypatch: pytest.MonkeyPatch, isa: str, seed: int) -> None:
+    """Bands smaller than the matrix, with a short last band, give the same product. (The builds that round
+    activations to int8 take every row count in the GEMV and never band: the check is the GEMV's there.)"""
     rng = np.random.default_rng(seed)
     w, dense = _weight(GGMLType.Q4_K, rng)
     monkeypatch.setattr(cpu_quant, "BAND_ELEMENTS", 5 * w.shape[1])             # 5 rows a band: 7 full + 2
     x = torch.from_numpy(rng.standard_normal((20, w.shape[1])).astype(np.float32))
     bias = torch.from_numpy(rng.standard_normal(N).astype(np.float32))
     got = cpu_quant.qmatmul(x, w, bias)
-    assert _relative_error(got, x.double().numpy() @ dense.T + bias.double().numpy()) <= REL_TOL
+    assert _relative_error(got, _gemv_input(x) @ dense.T + bias.double().numpy()) <= REL_TOL
 
 
 def test_strided_activations(seed: int) -> None:
@@ -217,7 +301,7 @@ def test_strided_activations(seed: int) -> None:
     K = w.shape[1]
     wide = torch.from_numpy(rng.standard_normal((3, 2 * K)).astype(np.float32))
     x = wide[:, ::2]                                                              # not contiguous
-    assert _relative_error(cpu_quant.qmatmul(x, w), x.double().numpy() @ dense.T) <= REL_TOL
+    assert _relative_error(cpu_quant.qmatmul(x, w), _gemv_input(x) @ dense.T) <= REL_TOL
 
 
 def test_embedding_rows(seed: int) -> None:

@@ -13,7 +13,7 @@ from oxide.models.builder import gguf_config
 from oxide.quant import qtype_name
 from oxide.weights.gguf import GGUFFile
 
-from _references import LONG_TAIL, GREEDY_TOKENS, References, load_references
+from _references import LONG_TAIL, GREEDY_TOKENS, References, load_references, mean_kl_terms
 from conftest import oxide_test_cache
 
 
@@ -48,15 +48,22 @@ def _agreement(ours: list[torch.Tensor], ref_top1: list[torch.Tensor]) -> float:
 
 
 def test_logits_match_transformers(our_logits: list[torch.Tensor], refs: References) -> None:
-    """Top-1 agreement >= 99% and mean KL(transformers || oxide) <= 1e-3 over all positions."""
+    """Against transformers (f32): with float32 activations, top-1 agreement >= 99% and mean KL <= 1e-3 over all
+    positions; where the compiled core rounds activations to int8 as llama.cpp does, as close to transformers
+    as llama.cpp itself is: mean KL no larger than llama.cpp's over the same positions, and top-1 agreement
+    within a point of its (which near-ties fall either way is chance: a point is 3 of 293 positions)."""
+    from oxide.ops import cpu
+
     agreement = _agreement(our_logits, [r.argmax(-1) for r in refs.hf_logits])
-    kls = torch.cat([
-        torch.nn.functional.kl_div(o.log_softmax(-1), r.log_softmax(-1), log_target=True, reduction="none").sum(-1)
-        for o, r in zip(our_logits, refs.hf_logits)])
+    kls = torch.cat([mean_kl_terms(r, o) for o, r in zip(our_logits, refs.hf_logits)])
     print(f"vs transformers: top-1 {agreement:.4f}, mean KL {kls.mean():.2e}, max KL {kls.max():.2e}, "
-          f"{len(kls)} positions")
-    assert agreement >= 0.99
-    assert kls.mean() <= 1e-3
+          f"{len(kls)} positions; llama.cpp: top-1 {refs.llama_hf_top1:.4f}, mean KL {refs.llama_hf_mean_kl:.2e}")
+    if cpu.available() and cpu.extension().activations() == "q8_0":
+        assert kls.mean() <= refs.llama_hf_mean_kl
+        assert agreement >= refs.llama_hf_top1 - 0.01
+    else:
+        assert agreement >= 0.99
+        assert kls.mean() <= 1e-3
 
 
 def test_logits_match_llama_cpp(our_logits: list[torch.Tensor], refs: References) -> None:
@@ -65,12 +72,21 @@ def test_logits_match_llama_cpp(our_logits: list[torch.Tensor], refs: References
     assert agreement >= 0.90
 
 
+NEAR_TIE = 0.1   # logits: where transformers' top two are closer, rounding may pick either
+
+
 def test_greedy_matches_transformers(gemma, refs: References) -> None:
-    for prompt, expected in zip(refs.greedy_prompt_ids, refs.greedy_hf):
+    """oxide's greedy continuation equals transformers' (float32) up to the first step where they differ, and
+    that step is a near tie in transformers' own logits: the int8 activations of the VNNI GEMV (as llama.cpp's)
+    or float32 summation order may pick the other token only there."""
+    for prompt, expected, margins in zip(refs.greedy_prompt_ids, refs.greedy_hf, refs.greedy_hf_margins):
         done = gemma.generate(prompt, max_new_tokens=GREEDY_TOKENS, sampling=oxide.SamplingOptions.greedy(),
                               ignore_eos=True)
         same = next((i for i, (a, b) in enumerate(zip(done.token_ids, expected)) if a != b), len(expected))
-        assert same >= 12, f"greedy diverges from transformers at token {same}: {done.token_ids} vs {expected}"
+        print(f"greedy: {same} of {len(expected)} tokens equal; transformers' margins {[round(m, 3) for m in margins]}")
+        assert same == len(expected) or margins[same] < NEAR_TIE, (
+            f"greedy diverges from transformers at token {same}, where its margin is {margins[same]:.3f}: "
+            f"{done.token_ids} vs {expected}")
 
 
 def test_capital_of_france(gemma) -> None:

@@ -126,7 +126,7 @@ inline void dequant_groups(const int8_t* q, const float* scale, const float* off
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"avx2", scratch_bytes, gemv_any, dequant_any};
+const KernelTable table = {"avx2", "float32", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace avx2
 }  // namespace oxide_cpu

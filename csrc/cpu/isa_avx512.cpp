@@ -107,7 +107,7 @@ inline void dot_units(const uint8_t* blocks, int64_t nblocks, const RowView* row
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"avx512", scratch_bytes, gemv_any, dequant_any};
+const KernelTable table = {"avx512", "float32", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace avx512
 }  // namespace oxide_cpu

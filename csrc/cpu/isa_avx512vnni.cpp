@@ -1,16 +1,22 @@
-// AVX-512 VNNI build of the quantized GEMV: integer dot products, exact up to the activations' last
-// digit. Chosen at run time when the CPU has AVX-512 F/BW/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4).
+// AVX-512 VNNI build of the quantized GEMV: int8 activations against the weights' integer codes. Chosen at
+// run time when the CPU has AVX-512 F/BW/VL and VNNI (Ice Lake, Sapphire Rapids, Zen 4).
 //
-// Each 32-value block of an activation row, with s = max|x| / 127, is written as three int8 digits:
-//     x = s * (hi + mid / 128 + lo / 128^2) + e,   |hi| <= 127, |mid|, |lo| <= 64,   |e| <= 3e-7 max|x|
-// (hi = round(x / s), mid and lo round the remainders scaled by 128), which keeps about 22 bits of each
-// value against the 24 of float32. A weight block supplies unsigned codes c = q + bias in [0, 255]
-// (units_avx2.h), and vpdpbusd sums four code-digit products per 32-bit lane:
-//     L = ((c . hi) * 128 + c . mid) * 128 + c . lo         |L| <= 4 * 255 * (127 * 128^2 + 64 * 128 + 64) < 2^31
-// exactly, so that  sum(w * x) = sum over lanes of scale * (s / 128^2) * L  +  offset * (sum of x),
-// the last term (mins, and -bias * scale) once per 16 weights against the sums of the digit form of x.
-// Against the float builds this trades three conversions and two multiplies per 16 weights for three
-// integer instructions per 64.
+// Activations are quantized as llama.cpp's CPU backend quantizes them (its Q8_0): each 32-value block b
+// of a row becomes
+//     s_b = max|x_b| / 127,   q_k = round(x_k / s_b)  (ties to even),   |q_k| <= 127
+// so x_k is taken as s_b * q_k, within s_b / 2 (oxide.ops.reference.q8_activations is the specification).
+// A weight block supplies unsigned codes c = q + bias in [0, 255] with a scale d_g and an offset o_g per
+// group g of 16 weights (units_avx2.h): weight = d_g * c + o_g. Group g of a 256-weight chunk then adds
+//     f = o_g * Q_g + float(I_g) * d_g,    T_g = f * s_b + T_g         (each step rounded once, fused)
+// to one of 16 running sums T_g (one per group position in a chunk, chunk after chunk), with I_g the exact
+// integer sum of c * q over the group and Q_g the sum of its q; the output is the sum of the 16 T_g,
+// pairwise: (g, g + 8), then (g, g + 4), (g, g + 2), (g, g + 1).
+//
+// The 16 sums are the 16 lanes of one register. A chunk's codes are regrouped so that lane g of four
+// registers holds group g (register t: its codes 4t .. 4t + 3), and the activations are stored regrouped
+// the same way, so four vpdpbusd give a chunk's 16 I_g at once, and every further step is one vector
+// operation. Up to 16 activation rows meet each regrouped chunk. An output depends on its own activation
+// row alone, in a fixed order: a sequence's logits are the same alone or in a batch, with any thread count.
 #include "kernels.h"
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -26,12 +32,10 @@
 
 #define OXIDE_F16C 1
 #define OXIDE_UNPACK_AVX2 1
-// Eight activation rows per unpacked weight block (32 vector registers hold their sums beside the block's
-// codes and scales), and eight per pass over the weights: eight rows' digits (about 2.5 KiB each at
-// K = 640) stay in L1 while a weight row meets them. On Gemma 3 270M's layer matrices with 8 or 16 rows
-// this took 25-35% less time than 4 and 16 (the output head, bound by its arithmetic, did not change).
-#define OXIDE_ROW_TILE 8
-#define OXIDE_MAX_ROWS 8
+// Every activation row of a pass (up to 16) meets each unpacked weight chunk: a row needs one register of
+// sums, beside the chunk's four registers of codes and its scales and offsets.
+#define OXIDE_ROW_TILE 16
+#define OXIDE_MAX_ROWS 16
 #include "quant_formats.h"
 #include "units_avx2.h"
 
@@ -41,84 +45,72 @@ namespace {
 
 #include "common_avx512.h"
 
-constexpr int kSegment = 64;           // weights per integer step: one register of codes
-constexpr float kDigitBase = 128.f;    // hi, mid, lo are base-128 digits
+constexpr int kUnit = 32;    // weights per block of activations (and per unit of the weights)
+constexpr int kChunk = 256;  // weights per chunk: a super-block, or eight blocks: 16 groups
 
-// K rounded up to whole chunks (256 weights: a super-block, or eight blocks), so that the last chunk of
-// a row reads only prepared (zero) digits, scales and sums.
-inline int64_t padded(int64_t K) { return (K + 255) / 256 * 256; }
+// K rounded up to whole chunks, so that a row's prepared form covers every group a chunk may read.
+inline int64_t padded(int64_t K) { return (K + kChunk - 1) / kChunk * kChunk; }
 
-// Row m's prepared form: padded(K) / 64 segments of 192 bytes (the 64 hi digits, then mid, then lo);
-// per segment 16 lane scales (lanes 0-7: s / 128^2 of its first 32-block, 8-15: of its second);
-// per 16 values the sum of the digit form of x.
+// Row m's prepared form, per chunk: 256 quants regrouped (byte 64t + 4g + e: quant 4t + e of group g),
+// then Q_g and s_b (of g's block) per group.
 struct RowView {
-    const int8_t* digits;
-    const float* lane_scales;
-    const float* sums;
+    const int8_t* quants;
+    const float* group_sums;
+    const float* group_scales;
 };
 
-// Digits 3 bytes per value, lane scales 4 bytes per 4 values, sums 4 bytes per 16: each a multiple of 64.
-inline size_t row_bytes(int64_t K) { return size_t(padded(K)) * 4 + size_t(padded(K)) / 4; }
+inline size_t row_bytes(int64_t K) { return size_t(padded(K)) * 3 / 2; }   // a multiple of 64
 
 inline size_t scratch_bytes(int64_t M, int64_t K) { return size_t(M) * row_bytes(K); }
 
 inline RowView row_view(const Activations& x, int64_t m) {
     const int64_t P = padded(x.K);
     const unsigned char* row = x.scratch + size_t(m) * row_bytes(x.K);
-    return {reinterpret_cast<const int8_t*>(row), reinterpret_cast<const float*>(row + 3 * P),
-            reinterpret_cast<const float*>(row + 4 * P)};
+    const float* sums = reinterpret_cast<const float*>(row + P);
+    return {reinterpret_cast<const int8_t*>(row), sums, sums + P / kGroup};
 }
 
-inline __m128i digits_of(__m512 v) { return _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(v)); }
-inline __m512 rounded(__m512 v) { return _mm512_roundscale_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
-
-// Writes 16 values' digits at hi, hi + 64, hi + 128 and returns the integer sum of their digit form
-// (hi * 128^2 + mid * 128 + lo) over the 16.
-inline int split16(__m512 y, int8_t* hi) {
-    const __m512 base = _mm512_set1_ps(kDigitBase);
-    const __m512 h = rounded(y);
-    const __m512 r1 = _mm512_mul_ps(_mm512_sub_ps(y, h), base);   // exact: |y - h| <= 1/2
-    const __m512 m = rounded(r1);
-    const __m512 l = rounded(_mm512_mul_ps(_mm512_sub_ps(r1, m), base));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi), digits_of(h));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + kSegment), digits_of(m));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(hi + 2 * kSegment), digits_of(l));
-    const __m512i whole = _mm512_add_epi32(
-        _mm512_slli_epi32(_mm512_add_epi32(_mm512_slli_epi32(_mm512_cvtps_epi32(h), 7), _mm512_cvtps_epi32(m)), 7),
-        _mm512_cvtps_epi32(l));
-    return _mm512_reduce_add_epi32(whole);
+// Writes the quants round(y) of group g (16 values) regrouped into its chunk's quants, returns their sum.
+inline int quantize_group(__m512 y, int8_t* chunk_quants, int g) {
+    const __m512i v = _mm512_cvtps_epi32(y);   // the default rounding: to nearest, ties to even
+    const __m128i q = _mm512_cvtepi32_epi8(v);
+    int32_t words[4];
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(words), q);
+    for (int t = 0; t < 4; ++t) std::memcpy(chunk_quants + 64 * t + 4 * g, words + t, 4);
+    return _mm512_reduce_add_epi32(v);
 }
 
 inline void prepare_rows(const Activations& x, int64_t m0, int64_t m1) {
     const int64_t P = padded(x.K);
     for (int64_t m = m0; m < m1; ++m) {
-        unsigned char* row = x.scratch + size_t(m) * row_bytes(x.K);
-        int8_t* digits = reinterpret_cast<int8_t*>(row);
-        float* lane_scales = reinterpret_cast<float*>(row + 3 * P);
-        float* sums = reinterpret_cast<float*>(row + 4 * P);
+        const RowView view = row_view(x, m);
+        int8_t* quants = const_cast<int8_t*>(view.quants);
+        float* sums = const_cast<float*>(view.group_sums);
+        float* scales = const_cast<float*>(view.group_scales);
         const float* values = x.x + m * x.stride;
-        for (int64_t i = 0; i < P / 32; ++i) {   // 32-value blocks
-            int8_t* hi = digits + 3 * kSegment * (i / 2) + 32 * (i % 2);
-            float* lanes = lane_scales + 16 * (i / 2) + 8 * (i % 2);
-            const __m512 a = i < x.K / 32 ? _mm512_loadu_ps(values + 32 * i) : _mm512_setzero_ps();
-            const __m512 b = i < x.K / 32 ? _mm512_loadu_ps(values + 32 * i + 16) : _mm512_setzero_ps();
+        for (int64_t i = 0; i < P / kUnit; ++i) {   // 32-value blocks: groups 2i, 2i + 1
+            int8_t* chunk_quants = quants + kChunk * (i / 8);
+            const int g = 2 * int(i % 8);
+            const bool inside = i < x.K / kUnit;
+            const __m512 a = inside ? _mm512_loadu_ps(values + kUnit * i) : _mm512_setzero_ps();
+            const __m512 b = inside ? _mm512_loadu_ps(values + kUnit * i + 16) : _mm512_setzero_ps();
             const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
             const bool nan = _mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q);
             const float s = amax / 127.f;
             if (nan || !(amax <= 3.4028235e38f) || s == 0.f) {
-                // NaN or infinite values make the outputs they meet non-finite, as in float arithmetic; a
-                // block that is zero (or too small for its scale to be a float) adds nothing
-                const float lane = nan ? __builtin_nanf("") : (s == 0.f ? 0.f : __builtin_inff());
-                for (int k = 0; k < 3; ++k) std::memset(hi + k * kSegment, 0, 32);
-                for (int k = 0; k < 8; ++k) lanes[k] = lane;
-                sums[2 * i] = sums[2 * i + 1] = lane;
+                // NaN or infinite values make the outputs they meet non-finite (a NaN scale, or 0 * inf), as
+                // in float arithmetic; a block that is zero, or too small for its scale to be a float, adds nothing
+                const __m512 zero = _mm512_setzero_ps();
+                quantize_group(zero, chunk_quants, g);
+                quantize_group(zero, chunk_quants, g + 1);
+                sums[2 * i] = sums[2 * i + 1] = 0.f;
+                scales[2 * i] = scales[2 * i + 1] = nan ? __builtin_nanf("") : (s == 0.f ? 0.f : __builtin_inff());
                 continue;
             }
             const __m512 divisor = _mm512_set1_ps(s);
-            const float digit_scale = s / (kDigitBase * kDigitBase);
-            sums[2 * i] = digit_scale * float(split16(_mm512_div_ps(a, divisor), hi));
-            sums[2 * i + 1] = digit_scale * float(split16(_mm512_div_ps(b, divisor), hi + 16));
-            for (int k = 0; k < 8; ++k) lanes[k] = digit_scale;
+            sums[2 * i] = float(quantize_group(_mm512_div_ps(a, divisor), chunk_quants, g));
+            sums[2 * i + 1] = float(quantize_group(_mm512_div_ps(b, divisor), chunk_quants, g + 1));
+            scales[2 * i] = scales[2 * i + 1] = s;
         }
     }
 }
@@ -139,7 +131,7 @@ inline __m512i with_fifth_bits(__m512i codes, const uint8_t* a, const uint8_t* b
     return _mm512_mask_add_epi8(codes, set, codes, _mm512_set1_epi8(16));
 }
 
-// Codes of the 32-weight blocks a and b (b may repeat a: at a row's odd end the digits there are zero).
+// Codes of the 32-weight blocks a and b (b may repeat a: at a row's odd end the quants there are zero).
 template <class F> __m512i pair_codes(const uint8_t* a, const uint8_t* b);
 template <> __m512i pair_codes<Q4_0>(const uint8_t* a, const uint8_t* b) { return nibble_pairs(a + 2, b + 2); }
 template <> __m512i pair_codes<Q4_1>(const uint8_t* a, const uint8_t* b) { return nibble_pairs(a + 4, b + 4); }
@@ -158,73 +150,84 @@ template <> __m512i pair_codes<IQ4_NL>(const uint8_t* a, const uint8_t* b) {
                                nibble_pairs(a + 2, b + 2));
 }
 
-// Per activation row: the running sum (one FMA per 64 weights, far apart enough not to wait on each
-// other) and the offset terms (16 groups per vector).
+// --- the dot product --------------------------------------------------------------------------------
+
 struct Acc {
-    __m512 sum;
-    __m512 offsets;
+    __m512 T;   // lane g: group position g
 };
 
-inline void acc_zero(Acc& a) { a.sum = a.offsets = _mm512_setzero_ps(); }
+inline void acc_zero(Acc& a) { a.T = _mm512_setzero_ps(); }
 
-inline float acc_total(const Acc& a) { return _mm512_reduce_add_ps(_mm512_add_ps(a.sum, a.offsets)); }
+// The pairs (i, i + 8), (i, i + 4), (i, i + 2), (i, i + 1) of the header.
+inline float acc_total(const Acc& a) {
+    const __m512 eight = _mm512_add_ps(a.T, _mm512_shuffle_f32x4(a.T, a.T, _MM_SHUFFLE(1, 0, 3, 2)));
+    const __m256 low8 = _mm512_castps512_ps256(eight);
+    const __m128 four = _mm_add_ps(_mm256_castps256_ps128(low8), _mm256_extractf128_ps(low8, 1));
+    const __m128 two = _mm_add_ps(four, _mm_movehl_ps(four, four));
+    return _mm_cvtss_f32(_mm_add_ss(two, _mm_shuffle_ps(two, two, 1)));
+}
 
+// A chunk's four 64-code segments (segment s: groups 4s .. 4s + 3, 16 codes each) regrouped in place:
+// afterwards lane g of v[t] holds codes 4t .. 4t + 3 of group g.
+inline void regroup(__m512i (&v)[4]) {
+    // within each register, dword t of every 128 bits into 128 bits t
+    const __m512i within = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    for (int s = 0; s < 4; ++s) v[s] = _mm512_permutexvar_epi32(within, v[s]);
+    // then 128 bits t of register s into 128 bits s of register t
+    const __m512i a = _mm512_shuffle_i64x2(v[0], v[1], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i b = _mm512_shuffle_i64x2(v[2], v[3], _MM_SHUFFLE(1, 0, 1, 0));
+    const __m512i c = _mm512_shuffle_i64x2(v[0], v[1], _MM_SHUFFLE(3, 2, 3, 2));
+    const __m512i d = _mm512_shuffle_i64x2(v[2], v[3], _MM_SHUFFLE(3, 2, 3, 2));
+    v[0] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(2, 0, 2, 0));
+    v[1] = _mm512_shuffle_i64x2(a, b, _MM_SHUFFLE(3, 1, 3, 1));
+    v[2] = _mm512_shuffle_i64x2(c, d, _MM_SHUFFLE(2, 0, 2, 0));
+    v[3] = _mm512_shuffle_i64x2(c, d, _MM_SHUFFLE(3, 1, 3, 1));
+}
+
+// acc[r] += dequantize(wrow) . x[r] for R activation rows, a chunk at a time.
 template <class F, int R>
 inline void dot_units(const uint8_t* wrow, int64_t nblocks, const RowView* rows, Acc* acc) {
-    constexpr int kPerChunk = F::kBlock == 32 ? 8 : 1;   // blocks per 256 weights
-    const __m512i lane_group = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
-    __m512 sum[R];
-    for (int r = 0; r < R; ++r) sum[r] = acc[r].sum;
-    BlockScales bs;
+    constexpr int kPerChunk = F::kBlock == kUnit ? 8 : 1;   // blocks per chunk
     for (int64_t b0 = 0, chunk = 0; b0 < nblocks; b0 += kPerChunk, ++chunk) {
         const uint8_t* blocks = wrow + b0 * F::kBytes;
-        const int nb = nblocks - b0 < kPerChunk ? int(nblocks - b0) : kPerChunk;
-        if constexpr (F::kBlock == 32) {
-            small_block_scales<F>(blocks, nb, bs);
+        __m512i codes[4];   // segment s: units 2s, 2s + 1
+        BlockScales bs;
+        if constexpr (F::kBlock == kUnit) {
+            const int nb = nblocks - b0 < kPerChunk ? int(nblocks - b0) : kPerChunk;
+            small_block_scales<F>(blocks, nb, bs);   // zero past nb, where the quants are zero too
+            for (int i = 0; i < 8; i += 2) {
+                const uint8_t* a = blocks + i * F::kBytes;
+                codes[i / 2] = i < nb ? pair_codes<F>(a, i + 1 < nb ? a + F::kBytes : a) : _mm512_setzero_si512();
+            }
         } else {
             Units<F>::scales(blocks, bs);
-        }
-        const __m512 scales = join(bs.scale[0], bs.scale[1]);
-        // Segment j of the chunk: units 2j and 2j + 1 (groups 4j .. 4j + 3, four lanes each).
-        auto segment = [&](__m512i codes, int j) {
-            const __m512 w = _mm512_permutexvar_ps(_mm512_add_epi32(lane_group, _mm512_set1_epi32(4 * j)), scales);
-            const int64_t seg = 4 * chunk + j;
-            for (int r = 0; r < R; ++r) {
-                const int8_t* d = rows[r].digits + 3 * kSegment * seg;
-                __m512i L = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, _mm512_load_si512(d));
-                L = _mm512_dpbusd_epi32(_mm512_slli_epi32(L, 7), codes, _mm512_load_si512(d + kSegment));
-                L = _mm512_dpbusd_epi32(_mm512_slli_epi32(L, 7), codes, _mm512_load_si512(d + 2 * kSegment));
-                const __m512 lane_scale = _mm512_mul_ps(w, _mm512_load_ps(rows[r].lane_scales + 16 * seg));
-                sum[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(L), lane_scale, sum[r]);
-            }
-        };
-        if constexpr (F::kBlock == 32) {
-            for (int i = 0; i < nb; i += 2) {
-                const uint8_t* a = blocks + i * F::kBytes;
-                segment(pair_codes<F>(a, i + 1 < nb ? a + F::kBytes : a), i / 2);
-            }
-        } else {
             __m256i first = _mm256_setzero_si256();
-            Units<F>::template each<true>(blocks, [&](__m256i codes, int u) {
+            Units<F>::template each<true>(blocks, [&](__m256i unit, int u) {
                 if (u & 1) {
-                    segment(_mm512_inserti64x4(_mm512_castsi256_si512(first), codes, 1), u / 2);
+                    codes[u / 2] = _mm512_inserti64x4(_mm512_castsi256_si512(first), unit, 1);
                 } else {
-                    first = codes;
+                    first = unit;
                 }
             });
         }
-        const __m512 offsets = join(bs.offset[0], bs.offset[1]);   // every type has mins or a bias to undo
-        for (int r = 0; r < R; ++r)
-            acc[r].offsets = _mm512_fmadd_ps(offsets, _mm512_load_ps(rows[r].sums + 16 * chunk), acc[r].offsets);
+        regroup(codes);
+        const __m512 scales = join(bs.scale[0], bs.scale[1]), offsets = join(bs.offset[0], bs.offset[1]);
+        for (int r = 0; r < R; ++r) {
+            const int8_t* q = rows[r].quants + kChunk * chunk;
+            __m512i I = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes[0], _mm512_load_si512(q));
+            for (int t = 1; t < 4; ++t) I = _mm512_dpbusd_epi32(I, codes[t], _mm512_load_si512(q + 64 * t));
+            const __m512 f = _mm512_fmadd_ps(offsets, _mm512_load_ps(rows[r].group_sums + kGroup * chunk),
+                                             _mm512_mul_ps(_mm512_cvtepi32_ps(I), scales));
+            acc[r].T = _mm512_fmadd_ps(f, _mm512_load_ps(rows[r].group_scales + kGroup * chunk), acc[r].T);
+        }
     }
-    for (int r = 0; r < R; ++r) acc[r].sum = sum[r];
 }
 
 }  // namespace
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"avx512vnni", scratch_bytes, gemv_any, dequant_any};
+const KernelTable table = {"avx512vnni", "q8_0", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace avx512vnni
 }  // namespace oxide_cpu

@@ -72,7 +72,7 @@ inline void dequant_groups(const int8_t* q, const float* scale, const float* off
 
 #include "quant_kernels.inc"
 
-const KernelTable table = {"generic", scratch_bytes, gemv_any, dequant_any};
+const KernelTable table = {"generic", "float32", scratch_bytes, gemv_any, dequant_any};
 
 }  // namespace generic
 }  // namespace oxide_cpu

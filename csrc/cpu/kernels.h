@@ -40,6 +40,7 @@ struct DequantArgs {
 // Each returns false, computing nothing, when it has no kernel for a ``qtype`` (a GGML type id).
 struct KernelTable {
     const char* name;
+    const char* activations;   // how the GEMV takes x: "float32", or "q8_0" (int8 per 32 values, as llama.cpp)
     size_t (*scratch_bytes)(int64_t M, int64_t K);
     bool (*gemv)(const Activations& x, const GemvArgs* matrices, int count);   // one parallel region
     bool (*dequant)(int qtype, const DequantArgs&);

@@ -124,6 +124,9 @@ PYBIND11_MODULE(_cpu, m) {
     g_table = supported_tables().front();
     m.def("isas", &isas, "Instruction sets this CPU and build can run, best first.");
     m.def("isa", [] { return std::string(table().name); }, "The instruction set in use.");
+    m.def("activations", [] { return std::string(table().activations); },
+          "How the GEMV of the instruction set in use takes its activations: 'float32', or 'q8_0' (each 32 values "
+          "rounded to int8 with one scale, as llama.cpp's CPU backend does; oxide.ops.reference.q8_activations).");
     m.def("set_isa", &set_isa, py::arg("name"), "Use another supported instruction set (tests, benchmarks).");
     m.def("quant_types", [] { return std::vector<int>{2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 20, 23}; },
           "GGML type ids with kernels.");

@@ -1,8 +1,8 @@
 // Every block type as 32-weight units held in registers, for the AVX2 and AVX-512 GEMV. Included after
 // quant_formats.h by the x86 SIMD builds (isa_avx2.cpp, isa_avx512.cpp, isa_avx512vnni.cpp); everything here uses AVX2 (and F16C) only.
 //
-// kBias: q + kBias is the unsigned code in [0, 255] that the integer-dot build multiplies by signed
-// activation digits (it forms the codes of 32-weight blocks itself, 64 at a time).
+// kBias: q + kBias is the unsigned code in [0, 255] that the integer-dot build multiplies by signed int8
+// activations (it forms the codes of 32-weight blocks itself, 64 at a time).
 // A 32-weight block type F (F::kBlock == 32) gives one unit per block:
 //     Units<F>::quants(block)                the 32 quants q
 //     half_to_float(block) [, half_to_float(block + 2)]   its scale d [and offset m]

@@ -30,6 +30,25 @@ def qmatmul(x: torch.Tensor, w: Weight, bias: torch.Tensor | None = None) -> tor
     return F.linear(x, dense_weight(w, x.dtype), None if bias is None else bias.to(x.dtype))
 
 
+Q8_BLOCK = 32   # activation values per int8 scale in :func:`q8_activations`
+
+
+def q8_activations(x: torch.Tensor) -> torch.Tensor:
+    """``x`` as an int8 GEMV takes it (llama.cpp's Q8_0 activations): per 32 values along the last axis,
+    ``s = max|x| / 127`` and each value becomes ``s * round(x / s)`` (ties to even), all in float32. A block
+    whose ``s`` is zero (or too small for a float) becomes zeros; one with a NaN or an infinity stays as it
+    is, so the outputs it meets are not finite. The last axis must be a multiple of 32.
+
+    The compiled CPU core's VNNI build computes ``q8_activations(x) @ dequantize(W).T`` exactly up to
+    float32 summation; against ``x`` itself each product is then off by at most ``|w| * s / 2``.
+    """
+    blocks = x.float().reshape(*x.shape[:-1], x.shape[-1] // Q8_BLOCK, Q8_BLOCK)
+    s = blocks.abs().amax(dim=-1, keepdim=True) / 127
+    finite = torch.isfinite(s)
+    rounded = torch.where(s > 0, torch.round(blocks / s) * s, 0.0)
+    return torch.where(finite, rounded, blocks).reshape(x.shape)
+
+
 def qmatmul_group(x: torch.Tensor, weights: Sequence[Weight], biases: Sequence[torch.Tensor | None]
                   ) -> tuple[torch.Tensor, ...]:
     """``qmatmul(x, w, b)`` for each (w, b): the projections that share one input (q, k, v; gate, up)."""
