@@ -38,7 +38,8 @@ from oxide.ops.bound import LayerOps
 from oxide.sampling import Sampler, SamplingOptions
 
 CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope_cos_sin": "rope", "rope": "rope",
-            "kv_store": "attention: KV cache write", "attention": "attention", "gated_activation": "activation",
+            "kv_store": "attention: KV cache write", "attention": "attention", "attention_rows": "attention",
+            "gated_activation": "activation",
             "add": "other ops", "scale": "other ops", "softcap": "other ops",
             "gemv": "weights: layers", "dequantize_rows": "embedding"}   # the last two: compiled-step calls
 

@@ -28,6 +28,10 @@ EMPTY_POSITION = 2**62   # an empty slot's position: after every query, so causa
 
 Attend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``attend(q, keys, values, q_positions, key_positions) -> out``: a layer's attention over what a cache gives."""
+AttendRows = Callable[[torch.Tensor, Sequence[torch.Tensor], Sequence[torch.Tensor], torch.Tensor,
+                       Sequence[torch.Tensor]], torch.Tensor]
+"""``attend_rows(q, keys, values, q_positions, key_positions) -> out``: query row b of q (1, H, B, d) over the
+b-th of each list, what B caches give (:func:`oxide.ops.reference.attention_rows`)."""
 
 
 class LayerCache:
@@ -65,9 +69,9 @@ class LayerCache:
         return self.k.narrow(2, 0, length), self.v.narrow(2, 0, length), self.pos.narrow(0, 0, length)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               attend: Attend) -> torch.Tensor:
+               attend: Attend, attend_rows: AttendRows | None = None) -> torch.Tensor:
         """Store k, v (1, Hkv, T, d) at ``positions`` (T,), then ``attend(q, keys, values, positions, key_positions)``
-        over what the queries q may see."""
+        over what the queries q may see (``attend_rows`` is for :class:`LayerRows`, which takes the same call)."""
         keys, values, key_pos = self.update(k, v, positions)
         return attend(q, keys, values, positions, key_pos)
 
@@ -184,8 +188,13 @@ class LayerRows:
         self.layers = layers
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               attend: Attend) -> torch.Tensor:
-        """:meth:`LayerCache.attend` row by row: q (1, H, B, d), k, v (1, Hkv, B, d), positions (B,)."""
-        rows = [layer.attend(q[:, :, b:b + 1], k[:, :, b:b + 1], v[:, :, b:b + 1], positions[b:b + 1], attend)
-                for b, layer in enumerate(self.layers)]
-        return torch.cat(rows, dim=2)
+               attend: Attend, attend_rows: AttendRows | None = None) -> torch.Tensor:
+        """Row b's key and value (k, v: (1, Hkv, B, d)) stored at ``positions[b]`` in sequence b's cache; then row b
+        of q (1, H, B, d) over that cache: all rows in one ``attend_rows`` call where given, else row by row."""
+        views = [layer.update(k[:, :, b:b + 1], v[:, :, b:b + 1], positions[b:b + 1])
+                 for b, layer in enumerate(self.layers)]
+        if attend_rows is not None:
+            keys, values, key_pos = zip(*views)
+            return attend_rows(q, keys, values, positions, key_pos)
+        return torch.cat([attend(q[:, :, b:b + 1], keys, values, positions[b:b + 1], key_pos)
+                          for b, (keys, values, key_pos) in enumerate(views)], dim=2)

@@ -27,8 +27,8 @@ pytestmark = pytest.mark.skipif(not cpu.available(),
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 ATTN = dict(rtol=1e-5, atol=2e-6)
-LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "gated_activation", "add",
-             "scale", "softcap", "argmax", "sample")
+LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "attention_rows",
+             "gated_activation", "add", "scale", "softcap", "argmax", "sample")
 
 
 @pytest.fixture(autouse=True)
@@ -200,6 +200,51 @@ def test_attention_rows_without_keys_are_nan_like_the_reference(threads):
     want = reference.attention(q, k, v, q_pos, k_pos, scale=0.25)
     assert want[:, :, :2].isnan().all() and not want[:, :, 2:].isnan().any()
     torch.testing.assert_close(got, want, equal_nan=True, **ATTN)
+
+
+@pytest.mark.parametrize("window,softcap", [(0, 0.0), (16, 5.0)])
+def test_attention_rows_equal_each_row_alone(window, softcap, threads):
+    """``attention_rows``: each query row over its own sequence's keys (lengths 1 to 700, so 1 to 3 chunks of 256
+    keys), in one call, bit for bit what ``attention`` gives that row alone, and the reference's to tolerance."""
+    H, Hkv, hd, size = 4, 1, 40, 704
+    lengths = [1, 5, 255, 256, 300, 700]
+    caches = [_cache_views(1, Hkv, size, hd, seed=10 + b) for b in range(len(lengths))]
+    keys = [k[:, :, :n] for (k, _), n in zip(caches, lengths)]                  # slot caches cut to their length
+    values = [v[:, :, :n] for (_, v), n in zip(caches, lengths)]
+    key_pos = [torch.arange(n) for n in lengths]
+    q = randn(1, len(lengths), H, hd, seed=3).transpose(1, 2)                  # (1, H, B, hd) view
+    q_pos = torch.tensor([n - 1 for n in lengths])
+    kwargs = dict(scale=0.2, window=window, softcap=softcap)
+    got = layers.attention_rows(q, keys, values, q_pos, key_pos, **kwargs)
+    assert got.shape == (1, H, len(lengths), hd)
+    for b in range(len(lengths)):
+        alone = layers.attention(q[:, :, b:b + 1], keys[b], values[b], q_pos[b:b + 1], key_pos[b], **kwargs)
+        assert torch.equal(got[:, :, b:b + 1], alone), f"row {b}"
+    torch.testing.assert_close(got, reference.attention_rows(q, keys, values, q_pos, key_pos, **kwargs), **ATTN)
+
+
+def test_a_query_row_computes_alike_in_a_prefill_and_alone(threads):
+    """Keys cut into fixed chunks: a query row of a 600-row prefill equals the same row decoded alone over the
+    keys up to it, bit for bit (so a prefix-cache hit or a chunk boundary changes no logits)."""
+    H, Hkv, hd, S = 4, 1, 24, 600
+    q = randn(1, S, H, hd, seed=5).transpose(1, 2)
+    k, v = _cache_views(1, Hkv, S, hd, seed=6)
+    positions = torch.arange(S)
+    prefill = layers.attention(q, k, v, positions, positions, scale=0.3)
+    for t in (0, 255, 256, 599):
+        alone = layers.attention(q[:, :, t:t + 1], k[:, :, :t + 1], v[:, :, :t + 1], positions[t:t + 1],
+                                 positions[:t + 1], scale=0.3)
+        assert torch.equal(prefill[:, :, t:t + 1], alone), f"row {t}"
+
+
+def test_attention_rows_reject_bad_shapes():
+    q = randn(1, 4, 2, 8)
+    k = randn(1, 1, 3, 8)
+    with pytest.raises(ValueError, match="one key set per row"):
+        layers.attention_rows(q, [k], [k], torch.tensor([2, 2]), [torch.arange(3)], scale=1.0)
+    with pytest.raises(ValueError, match="head_dim"):
+        layers.attention_rows(q, [k, randn(1, 1, 3, 6)], [k, randn(1, 1, 3, 6)], torch.tensor([2, 2]),
+                              [torch.arange(3)] * 2, scale=1.0)
 
 
 def test_attention_no_keys_at_all():

@@ -106,14 +106,16 @@ void split_range(int64_t n, int threads, F body) {
 // out = sum_j softmax(s)_j v_j. Query head h reads kv head h / G with G = H / Hkv.
 //
 // Work is split into units (b, kv head, t, key chunk). A unit handles the G query heads that share
-// its kv head together, so each key and value row is read from memory once for all of them. With
-// fewer query rows than threads (decode), the keys are split into chunks shared out among threads; each unit
+// its kv head together, so each key and value row is read from memory once for all of them. The keys are
+// cut into chunks of kKeyChunk from the first, whatever the number of query rows or threads; each unit
 // leaves per query head its chunk's max score m, l = sum exp(s - m) and acc = sum exp(s - m) v, and
-// the chunks are merged: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
+// the chunks are merged in order: out = sum_c e^(m_c - M) acc_c / sum_c e^(m_c - M) l_c, M = max_c m_c.
+// A query row's arithmetic is then the same in a prefill chunk, alone in a decode step, in a batch of
+// sequences (attention_rows) or with another thread count (keys it may not see add exact zeros, and a
+// chunk with none it may see is skipped), so its output is too, bit for bit.
 // A query row that may see no key at all gets NaN, as the reference's softmax over all -inf gives.
 
-constexpr int64_t kMinChunk = 64;        // fewest keys per chunk when keys are split across threads
-constexpr int64_t kPiecesPerThread = 4;  // key chunks per thread when keys are split
+constexpr int64_t kKeyChunk = 256;   // keys per unit: a decode step over 2048 keys is 8 units per kv head
 
 // Merges the n_split chunk records of (b, kv head kh, t) into the G output rows (out: contiguous (B, H, T, hd)).
 void merge_chunks(const Attn& a, int64_t b, int64_t kh, int64_t t, int64_t n_split, const float* parts, float* out) {
@@ -319,14 +321,9 @@ void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, st
                  ptr<const int64_t>(q_pos), ptr<const int64_t>(k_pos), B, H, Hkv, T, S, hd, H / Hkv,
                  static_cast<float>(scale), static_cast<float>(softcap), window};
 
-    // Fewer query rows than threads (decode): split the keys into about kPiecesPerThread chunks per
-    // thread, handed out dynamically, so that a thread the OS schedules late holds up one small chunk.
+    // Units are handed out dynamically, so that a thread the OS schedules late holds up one small chunk.
     const int64_t rows = B * Hkv * T;   // units before splitting keys
-    int64_t n_split = 1;
-    if (rows < threads)
-        n_split = std::min<int64_t>((kPiecesPerThread * threads + rows - 1) / rows, std::max<int64_t>(1, S / kMinChunk));
-    const int64_t chunk = (S + n_split - 1) / n_split;
-    n_split = (S + chunk - 1) / chunk;
+    const int64_t chunk = std::min(S, kKeyChunk), n_split = (S + chunk - 1) / chunk;
     const int64_t units = rows * n_split, record = hd + 2;
     const int nt = static_cast<int>(std::min<int64_t>(threads, units));
     std::vector<float> scratch(static_cast<size_t>(nt) * a.G * chunk);   // each thread's scores
@@ -352,6 +349,67 @@ void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, st
             const int64_t t = row % T, kh = (row / T) % Hkv, b = row / (T * Hkv);
             merge_chunks(a, b, kh, t, n_split, parts.data() + static_cast<size_t>(row) * n_split * a.G * record,
                          ptr<float>(out));
+        }
+    }
+}
+
+// Attention of B query rows, row b over its own keys: q (1, H, B, hd) strided, row b's keys and values at
+// k[b], v[b] ((1, Hkv, S_b, hd), the strides k_stride / v_stride shared by every row), positions at
+// k_pos[b]; q_pos (B,). out (B, H, hd) contiguous. Row b computes as attention() does for it alone.
+void attention_rows(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, const std::vector<std::uintptr_t>& k,
+                    const std::vector<std::uintptr_t>& v, const std::vector<std::uintptr_t>& k_pos,
+                    const std::vector<int64_t>& k_len, int64_t Hkv, const Dims3& k_stride, const Dims3& v_stride,
+                    std::uintptr_t q_pos, std::uintptr_t out, double scale, int64_t window, double softcap,
+                    int threads) {
+    const int64_t H = q_shape[1], B = q_shape[2], hd = q_shape[3];
+    check(q_shape[0] == 1 && B >= 1 && H >= 1 && hd >= 1 && Hkv >= 1 && H % Hkv == 0 && threads >= 1,
+          "attention_rows: q must be (1, H, B, hd) with H a multiple of Hkv");
+    check(static_cast<int64_t>(k.size()) == B && static_cast<int64_t>(v.size()) == B &&
+              static_cast<int64_t>(k_pos.size()) == B && static_cast<int64_t>(k_len.size()) == B,
+          "attention_rows: one key set per row");
+    for (int i = 0; i < 3; ++i)
+        check(q_stride[i] >= 0 && k_stride[i] >= 0 && v_stride[i] >= 0, "attention_rows: negative stride");
+    check(softcap >= 0, "attention_rows: softcap must be >= 0");
+    std::vector<Attn> per_row;   // row b as attention() sees a call of its own: B = T = 1
+    std::vector<int64_t> first_unit(B + 1, 0), first_record(B + 1, 0);
+    for (int64_t b = 0; b < B; ++b) {
+        check(k_len[b] >= 1, "attention_rows: every row needs keys");
+        per_row.push_back(Attn{ptr<const float>(q) + b * q_stride[2], q_stride, ptr<const float>(k[b]), k_stride,
+                               ptr<const float>(v[b]), v_stride, ptr<const int64_t>(q_pos) + b,
+                               ptr<const int64_t>(k_pos[b]), 1, H, Hkv, 1, k_len[b], hd, H / Hkv,
+                               static_cast<float>(scale), static_cast<float>(softcap), window});
+        const int64_t n_split = (k_len[b] + kKeyChunk - 1) / kKeyChunk;
+        first_unit[b + 1] = first_unit[b] + Hkv * n_split;
+    }
+    const int64_t units = first_unit[B], G = H / Hkv, record = hd + 2;
+    const int nt = static_cast<int>(std::min<int64_t>(threads, units));
+    std::vector<float> scratch(static_cast<size_t>(nt) * G * kKeyChunk);
+    std::vector<float> parts(static_cast<size_t>(units) * G * record);
+    const auto attend_chunk = kernels().attend_chunk;
+
+#pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+#ifdef _OPENMP
+        float* scores = scratch.data() + static_cast<size_t>(omp_get_thread_num()) * G * kKeyChunk;
+#else
+        float* scores = scratch.data();
+#endif
+#pragma omp for schedule(dynamic, 1)
+        for (int64_t u = 0; u < units; ++u) {
+            const int64_t b = std::upper_bound(first_unit.begin(), first_unit.end(), u) - first_unit.begin() - 1;
+            const Attn& a = per_row[b];
+            const int64_t n_split = (a.S + kKeyChunk - 1) / kKeyChunk, local = u - first_unit[b];
+            const int64_t kh = local / n_split, c = local % n_split;
+            const int64_t s0 = c * kKeyChunk, s1 = std::min(a.S, s0 + kKeyChunk);
+            attend_chunk(a, 0, kh, 0, s0, s1, scores, parts.data() + static_cast<size_t>(u) * G * record);
+        }
+#pragma omp for schedule(static)
+        for (int64_t row = 0; row < B * Hkv; ++row) {
+            const int64_t b = row / Hkv, kh = row % Hkv;
+            const Attn& a = per_row[b];
+            const int64_t n_split = (a.S + kKeyChunk - 1) / kKeyChunk;
+            merge_chunks(a, 0, kh, 0, n_split, parts.data() + static_cast<size_t>(first_unit[b] + kh * n_split) * G * record,
+                         ptr<float>(out) + b * H * hd);
         }
     }
 }
@@ -390,6 +448,11 @@ void bind_layer_ops(py::module_& m) {
     m.def("rope_cos_sin", &rope_cos_sin, py::call_guard<py::gil_scoped_release>(), py::arg("positions"), py::arg("T"),
           py::arg("inv_freq"), py::arg("half"), py::arg("scale"), py::arg("cos"), py::arg("sin"), py::arg("threads"),
           "scale times cos/sin (T, half) of the angles float32(positions[t]) * inv_freq[i].");
+    m.def("attention_rows", &attention_rows, py::call_guard<py::gil_scoped_release>(), py::arg("q"), py::arg("q_shape"),
+          py::arg("q_stride"), py::arg("k"), py::arg("v"), py::arg("k_pos"), py::arg("k_len"), py::arg("n_kv"),
+          py::arg("k_stride"), py::arg("v_stride"), py::arg("q_pos"), py::arg("out"), py::arg("scale"),
+          py::arg("window"), py::arg("softcap"), py::arg("threads"),
+          "Attention of B query rows, each over its own sequence's keys, in one call; row b as attention() alone.");
     m.def("kv_store", &kv_store, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
           py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("k_dim"), py::arg("v_dim"),
           py::arg("positions"),

@@ -55,6 +55,12 @@ void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const D
 void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, std::uintptr_t k, const Dims3& k_shape,
                const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, std::uintptr_t q_pos,
                std::uintptr_t k_pos, std::uintptr_t out, double scale, int64_t window, double softcap, int threads);
+// Row b of q (1, H, B, hd) over its own keys k[b], v[b] (k_len[b] of them, positions at k_pos[b]); out (B, H, hd).
+void attention_rows(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, const std::vector<std::uintptr_t>& k,
+                    const std::vector<std::uintptr_t>& v, const std::vector<std::uintptr_t>& k_pos,
+                    const std::vector<int64_t>& k_len, int64_t Hkv, const Dims3& k_stride, const Dims3& v_stride,
+                    std::uintptr_t q_pos, std::uintptr_t out, double scale, int64_t window, double softcap,
+                    int threads);
 void gated_activation(std::uintptr_t gate, int64_t gate_stride, std::uintptr_t up, int64_t up_stride,
                       std::uintptr_t out, int64_t rows, int64_t n, int act, int threads);
 void add(std::uintptr_t a, std::uintptr_t b, std::uintptr_t out, int64_t n, int threads);

@@ -6,6 +6,8 @@ sliding window, soft-capping); adapters never subclass these.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from .. import ops
@@ -43,7 +45,7 @@ class Attention:
             k = self.ops.rms_norm(k, w.k_norm, self.eps)
         q = self.ops.rope(q.transpose(1, 2), cos, sin)                        # (B, H, T, hd)
         k = self.ops.rope(k.transpose(1, 2), cos, sin)                        # (B, Hkv, T, hd)
-        out = cache.attend(q, k, v.transpose(1, 2), positions, self._attend)  # (B, H, T, hd)
+        out = cache.attend(q, k, v.transpose(1, 2), positions, self._attend, self._attend_rows)  # (B, H, T, hd)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, self.n_heads * self.hd))
 
     def _attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_pos: torch.Tensor,
@@ -51,6 +53,12 @@ class Attention:
         """q (B, H, T, hd) over the cache's keys and values (B, Hkv, S, hd)."""
         return self.ops.attention(q, keys, values, q_pos, key_pos, scale=self.scale, window=self.window,
                                   softcap=self.softcap)
+
+    def _attend_rows(self, q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
+                     q_pos: torch.Tensor, key_pos: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Row b of q (1, H, B, hd) over the b-th cache's keys and values (a batched decode step)."""
+        return self.ops.attention_rows(q, keys, values, q_pos, key_pos, scale=self.scale, window=self.window,
+                                       softcap=self.softcap)
 
 
 class GatedMLP:

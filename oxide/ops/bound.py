@@ -23,6 +23,7 @@ class LayerOps:
     rope: Callable[..., torch.Tensor]
     kv_store: Callable[..., None]
     attention: Callable[..., torch.Tensor]
+    attention_rows: Callable[..., torch.Tensor]
     gated_activation: Callable[..., torch.Tensor]
     add: Callable[..., torch.Tensor]
     scale: Callable[..., torch.Tensor]
@@ -39,6 +40,7 @@ class LayerOps:
             rope=bind("rope", on, dtype),
             kv_store=bind("kv_store", on, dtype, dtype),
             attention=bind("attention", on, dtype, dtype, dtype),
+            attention_rows=bind("attention_rows", on, dtype, dtype, dtype),
             gated_activation=bind("gated_activation", on, dtype, dtype),
             add=bind("add", on, dtype, dtype),
             scale=bind("scale", on, dtype),

@@ -190,6 +190,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     return torch.matmul(probs, v).reshape(B, H, T, hd)
 
 
+def attention_rows(q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], q_pos: torch.Tensor,
+                   key_pos: Sequence[torch.Tensor], *, scale: float, window: int = 0, softcap: float = 0.0
+                   ) -> torch.Tensor:
+    """Attention of B query rows of different sequences, each over its own keys: q (1, H, B, hd), q_pos (B,);
+    keys[b], values[b] (1, Hkv, S_b, hd) and key_pos[b] (S_b,) are sequence b's. Row b is
+    ``attention(q[:, :, b:b + 1], keys[b], values[b], q_pos[b:b + 1], key_pos[b])`` (causal). Returns
+    (1, H, B, hd): a batched decode step's attention."""
+    return torch.cat([attention(q[:, :, b:b + 1], k, v, q_pos[b:b + 1], p, scale=scale, window=window, softcap=softcap)
+                      for b, (k, v, p) in enumerate(zip(keys, values, key_pos, strict=True))], dim=2)
+
+
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """``act(gate) * up`` for the gated MLP; ``act`` is ``silu``, ``gelu`` or ``gelu_pytorch_tanh``."""
     if act == "silu":

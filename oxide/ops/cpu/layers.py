@@ -13,6 +13,8 @@ leading dimensions are read in place. Outputs are new contiguous tensors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ...processors import SamplingOptions
@@ -129,6 +131,39 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
                               v_stride, q_pos.data_ptr(), k_pos.data_ptr(), out.data_ptr(), float(scale), int(window),
                               max(float(softcap), 0.0), threads())
     return out
+
+
+def attention_rows(q: torch.Tensor, keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor], q_pos: torch.Tensor,
+                   key_pos: Sequence[torch.Tensor], *, scale: float, window: int = 0, softcap: float = 0.0
+                   ) -> torch.Tensor:
+    """B query rows, each over its own sequence's keys, in one call, as :func:`oxide.ops.reference.attention_rows`;
+    row b computes exactly as :func:`attention` on it alone. Rows whose keys and values are not laid out alike
+    (one stride for every row's keys, one for the values) go to the reference."""
+    _check(q, "attention_rows", "q", dims=4)
+    _, H, B, hd = q.shape
+    if q.shape[0] != 1 or len(keys) != B or len(values) != B or len(key_pos) != B:
+        raise ValueError(f"attention_rows: q {tuple(q.shape)} must be (1, H, B, hd) with one key set per row, got "
+                         f"{len(keys)} keys, {len(values)} values, {len(key_pos)} key positions")
+    for k, v in zip(keys, values):
+        _check(k, "attention_rows", "keys", dims=4)
+        _check(v, "attention_rows", "values", dims=4)
+        if k.shape != v.shape or k.shape[0] != 1 or k.shape[3] != hd or k.shape[2] == 0 or H % k.shape[1]:
+            raise ValueError(f"attention_rows: keys {tuple(k.shape)} and values {tuple(v.shape)} must be (1, Hkv, S, hd) "
+                             f"with the head_dim of q {tuple(q.shape)} and H a multiple of Hkv")
+    k_stride, v_stride = keys[0].stride(), values[0].stride()
+    n_kv = keys[0].shape[1]
+    if any(k.stride() != k_stride or v.stride() != v_stride or k.shape[1] != n_kv for k, v in zip(keys, values)) \
+            or k_stride[-1] != 1 or v_stride[-1] != 1:
+        return reference.attention_rows(q, keys, values, q_pos, key_pos, scale=scale, window=window, softcap=softcap)
+    q_pos = _positions(q_pos, B, "q_pos", "attention_rows")
+    positions = [_positions(p, k.shape[2], "key_pos", "attention_rows") for p, k in zip(key_pos, keys)]
+    q, _, q_stride = _rows(q)
+    out = _empty(q.new_empty((B, H, hd)))                                                # row-major: (b, h)
+    extension().attention_rows(q.data_ptr(), [1, H, B, hd], q_stride, [k.data_ptr() for k in keys],
+                               [v.data_ptr() for v in values], [p.data_ptr() for p in positions],
+                               [k.shape[2] for k in keys], n_kv, k_stride[:3], v_stride[:3], q_pos.data_ptr(),
+                               out.data_ptr(), float(scale), int(window), max(float(softcap), 0.0), threads())
+    return out.view(B, H, 1, hd).permute(2, 1, 0, 3)                                      # (1, H, B, hd)
 
 
 def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k: torch.Tensor, cache_v: torch.Tensor,
