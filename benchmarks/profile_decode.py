@@ -33,12 +33,14 @@ from collections.abc import Callable
 
 import oxide   # before torch, so that oxide's OpenMP setting (GOMP_SPINCOUNT) applies
 import torch
+from oxide.cache import LayerRows
 from oxide.models.step import DecodeStep
 from oxide.ops.bound import LayerOps
 from oxide.sampling import Sampler, SamplingOptions
 
 CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope_cos_sin": "rope", "rope": "rope",
-            "kv_store": "attention: KV cache write", "attention": "attention", "attention_rows": "attention",
+            "kv_store": "attention: KV cache write", "kv_store_rows": "attention: KV cache write",
+            "attention": "attention", "attention_rows": "attention",
             "gated_activation": "activation",
             "add": "other ops", "scale": "other ops", "softcap": "other ops",
             "gemv": "weights: layers", "dequantize_rows": "embedding"}   # the last two: compiled-step calls
@@ -110,9 +112,13 @@ def profile_batch(model: oxide.Model, steps: int, context: int, batch: int) -> t
         histories.append(prompt[0].tolist())
     timers = Timers()
     instrument(model, timers)
-    for cache in caches:
-        for layer in cache.layers:
-            layer.update = timers.wrap("attention: KV cache write", layer.update)
+    rows_init = LayerRows.__init__
+
+    def timed_rows(rows: LayerRows, layers: list) -> None:   # the batched step's one store per layer
+        rows_init(rows, layers)
+        rows._store_rows = timers.wrap("attention: KV cache write", rows._store_rows)
+
+    LayerRows.__init__ = timed_rows
     samplers = [timers.wrap("sampling", Sampler(SamplingOptions(seed=row)).sample) for row in range(batch)]
     tokens = [100] * batch
     for warm in (True, False):

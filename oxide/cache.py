@@ -62,6 +62,11 @@ class LayerCache:
             self._store(k, v, positions, self.k, self.v, self.pos)
             return keys, values, key_pos
         self._store(k, v, positions, self.k, self.v, self.pos)
+        return self.views(T)
+
+    def views(self, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(K, V, key_positions) a query may attend to once ``T`` new positions are stored (not for a window's
+        chunk, which :meth:`update` handles)."""
         if self.static_views and T == 1:
             return self.k, self.v, self.pos
         length = min(self.written + T, self.size)
@@ -186,13 +191,17 @@ class LayerRows:
 
     def __init__(self, layers: Sequence[LayerCache]) -> None:
         self.layers = layers
+        first = layers[0]
+        self._store_rows = bind("kv_store_rows", first.k.device.type, first.k.dtype, first.v.dtype)
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                attend: Attend, attend_rows: AttendRows | None = None) -> torch.Tensor:
         """Row b's key and value (k, v: (1, Hkv, B, d)) stored at ``positions[b]`` in sequence b's cache; then row b
         of q (1, H, B, d) over that cache: all rows in one ``attend_rows`` call where given, else row by row."""
-        views = [layer.update(k[:, :, b:b + 1], v[:, :, b:b + 1], positions[b:b + 1])
-                 for b, layer in enumerate(self.layers)]
+        layers = self.layers
+        self._store_rows(k, v, positions, [layer.k for layer in layers], [layer.v for layer in layers],
+                         [layer.pos for layer in layers])
+        views = [layer.views(1) for layer in layers]
         if attend_rows is not None:
             keys, values, key_pos = zip(*views)
             return attend_rows(q, keys, values, positions, key_pos)

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.skipif(not cpu.available(),
 
 F32 = dict(rtol=1e-5, atol=1e-6)
 ATTN = dict(rtol=1e-5, atol=2e-6)
-LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "attention_rows",
+LAYER_OPS = ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "kv_store_rows", "attention", "attention_rows",
              "gated_activation", "add", "scale", "softcap", "argmax", "sample")
 
 
@@ -245,6 +245,29 @@ def test_attention_rows_reject_bad_shapes():
     with pytest.raises(ValueError, match="head_dim"):
         layers.attention_rows(q, [k, randn(1, 1, 3, 6)], [k, randn(1, 1, 3, 6)], torch.tensor([2, 2]),
                               [torch.arange(3)] * 2, scale=1.0)
+
+
+def test_kv_store_rows_equals_the_reference(threads):
+    """Row b into sequence b's cache (a ring of 5 slots, a full cache of 40, positions that wrap the ring), every
+    other slot left as it was; the same as the reference's row-by-row stores."""
+    n_kv, dk, dv = 2, 12, 8
+    k, v = randn(1, 3, n_kv, dk, seed=1).transpose(1, 2), randn(1, n_kv, 3, dv, seed=2)   # (1, Hkv, B, d), strided k
+    positions = torch.tensor([7, 0, 33])
+    def caches(seed):
+        sizes = (5, 40, 40)
+        return ([randn(1, n_kv, n, dk, seed=seed + i) for i, n in enumerate(sizes)],
+                [randn(1, n_kv, n, dv, seed=seed + 9 + i) for i, n in enumerate(sizes)],
+                [torch.full((n,), -1, dtype=torch.long) for n in sizes])
+    got, want = caches(20), caches(20)
+    layers.kv_store_rows(k, v, positions, *got)
+    reference.kv_store_rows(k, v, positions, *want)
+    for a, b in zip(got, want):
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+    assert got[2][0].tolist() == [-1, -1, 7, -1, -1]                          # the ring's slot 7 % 5 holds position 7
+    assert torch.equal(got[0][0][:, :, 2], k[:, :, 0]) and torch.equal(got[1][2][:, :, 33], v[:, :, 2])
+    with pytest.raises(ValueError, match="one cache per row"):
+        layers.kv_store_rows(k, v, positions, got[0][:2], got[1][:2], got[2][:2])
 
 
 def test_attention_no_keys_at_all():

@@ -141,7 +141,7 @@ def _probes() -> dict[str, tuple]:
     return {"qmatmul": (w, f32), "qmatmul_group": ((w, w), f32), "qmatmul_gated": ((w, w), f32),
             "qmatmul_experts": (experts, f32), "qmatmul_experts_gated": ((experts, experts), f32),
             "embedding": (w, f32), "rms_norm": (f32,), "add_rms_norm": (f32, f32), "rope_cos_sin": (f32,),
-            "rope": (f32,), "kv_store": (f32, f32), "attention": (f32, f32, f32), "attention_rows": (f32, f32, f32),
+            "rope": (f32,), "kv_store": (f32, f32), "kv_store_rows": (f32, f32), "attention": (f32, f32, f32), "attention_rows": (f32, f32, f32),
             "gated_activation": (f32, f32),
             "add": (f32, f32), "scale": (f32,), "softcap": (f32,), "argmax": (f32,), "sample": (f32,),
             "sample_filter": (f32,), "activation": (f32,)}

@@ -303,6 +303,22 @@ void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const D
     for (int64_t t = 0; t < T; ++t) ptr<int64_t>(cache_pos)[pos[t] % slots] = pos[t];
 }
 
+// Row b of k (1, Hkv, B, k_dim) and v into sequence b's cache (cache_k[b], cache_v[b], cache_pos[b], slots[b]
+// slots) at positions[b]: kv_store for each row, in one call (a batched decode step's stores).
+void kv_store_rows(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,
+                   int64_t B, int64_t k_dim, int64_t v_dim, std::uintptr_t positions,
+                   const std::vector<std::uintptr_t>& cache_k, const std::vector<std::uintptr_t>& cache_v,
+                   const std::vector<std::uintptr_t>& cache_pos, const std::vector<int64_t>& slots, int threads) {
+    check(static_cast<int64_t>(cache_k.size()) == B && static_cast<int64_t>(cache_v.size()) == B &&
+              static_cast<int64_t>(cache_pos.size()) == B && static_cast<int64_t>(slots.size()) == B,
+          "kv_store_rows: one cache per row");
+    for (int64_t b = 0; b < B; ++b)
+        kv_store(k + static_cast<std::uintptr_t>(b * k_stride[2]) * sizeof(float), k_stride,
+                 v + static_cast<std::uintptr_t>(b * v_stride[2]) * sizeof(float), v_stride, n_kv, 1, k_dim, v_dim,
+                 positions + static_cast<std::uintptr_t>(b) * sizeof(int64_t), cache_k[b], cache_v[b], cache_pos[b],
+                 slots[b], threads);
+}
+
 // Attention, as described above merge_chunks.
 
 void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, std::uintptr_t k,
@@ -453,6 +469,10 @@ void bind_layer_ops(py::module_& m) {
           py::arg("k_stride"), py::arg("v_stride"), py::arg("q_pos"), py::arg("out"), py::arg("scale"),
           py::arg("window"), py::arg("softcap"), py::arg("threads"),
           "Attention of B query rows, each over its own sequence's keys, in one call; row b as attention() alone.");
+    m.def("kv_store_rows", &kv_store_rows, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
+          py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("B"), py::arg("k_dim"), py::arg("v_dim"),
+          py::arg("positions"), py::arg("cache_k"), py::arg("cache_v"), py::arg("cache_pos"), py::arg("slots"),
+          py::arg("threads"), "Row b's key and value into sequence b's cache at positions[b], for every row.");
     m.def("kv_store", &kv_store, py::call_guard<py::gil_scoped_release>(), py::arg("k"), py::arg("k_stride"),
           py::arg("v"), py::arg("v_stride"), py::arg("n_kv"), py::arg("T"), py::arg("k_dim"), py::arg("v_dim"),
           py::arg("positions"),

@@ -55,6 +55,11 @@ void kv_store(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const D
 void attention(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, std::uintptr_t k, const Dims3& k_shape,
                const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, std::uintptr_t q_pos,
                std::uintptr_t k_pos, std::uintptr_t out, double scale, int64_t window, double softcap, int threads);
+// Row b of k, v (1, Hkv, B, d) into sequence b's cache at positions[b].
+void kv_store_rows(std::uintptr_t k, const Dims3& k_stride, std::uintptr_t v, const Dims3& v_stride, int64_t n_kv,
+                   int64_t B, int64_t k_dim, int64_t v_dim, std::uintptr_t positions,
+                   const std::vector<std::uintptr_t>& cache_k, const std::vector<std::uintptr_t>& cache_v,
+                   const std::vector<std::uintptr_t>& cache_pos, const std::vector<int64_t>& slots, int threads);
 // Row b of q (1, H, B, hd) over its own keys k[b], v[b] (k_len[b] of them, positions at k_pos[b]); out (B, H, hd).
 void attention_rows(std::uintptr_t q, const Dims4& q_shape, const Dims3& q_stride, const std::vector<std::uintptr_t>& k,
                     const std::vector<std::uintptr_t>& v, const std::vector<std::uintptr_t>& k_pos,

@@ -18,7 +18,7 @@ from .cpu import quant as cpu_quant
 from .dispatch import bind, register, resolve
 
 _OPS = ("qmatmul", "qmatmul_group", "qmatmul_gated", "qmatmul_experts", "qmatmul_experts_gated", "embedding", "rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store",
-        "attention", "attention_rows", "activation", "gated_activation", "add", "scale", "softcap", "argmax",
+        "kv_store_rows", "attention", "attention_rows", "activation", "gated_activation", "add", "scale", "softcap", "argmax",
         "sample", "sample_filter")
 for _op in _OPS:
     register(_op, "torch", getattr(reference, _op), priority=0)
@@ -36,7 +36,7 @@ register("qmatmul_experts_gated", "cpp", cpu_composed.qmatmul_experts_gated, dev
 register("embedding", "cpp", cpu_quant.embedding, device_types=("cpu",), priority=10, available=cpu.available,
          accepts=cpu_quant.serves)
 # The float32 layer ops of the compiled core. Probe: the dtypes of the call's tensors.
-for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "attention", "attention_rows",
+for _op in ("rms_norm", "add_rms_norm", "rope_cos_sin", "rope", "kv_store", "kv_store_rows", "attention", "attention_rows",
             "gated_activation", "add", "scale", "softcap", "argmax", "sample"):
     register(_op, "cpp", getattr(cpu_layers, _op), device_types=("cpu",), priority=10, available=cpu.available,
              accepts=cpu_layers.serves)

@@ -253,6 +253,14 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k:
     cache_pos.index_copy_(0, where, recent)
 
 
+def kv_store_rows(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, caches_k: Sequence[torch.Tensor],
+                  caches_v: Sequence[torch.Tensor], caches_pos: Sequence[torch.Tensor]) -> None:
+    """A batched decode step's stores: row b of k (1, Hkv, B, dk) and v (1, Hkv, B, dv) into sequence b's cache
+    (``caches_k[b]``, ``caches_v[b]``, ``caches_pos[b]``) at ``positions[b]``, as :func:`kv_store` does."""
+    for b, (cache_k, cache_v, cache_pos) in enumerate(zip(caches_k, caches_v, caches_pos, strict=True)):
+        kv_store(k[:, :, b:b + 1], v[:, :, b:b + 1], positions[b:b + 1], cache_k, cache_v, cache_pos)
+
+
 def softcap(x: torch.Tensor, cap: float) -> torch.Tensor:
     """``cap * tanh(x / cap)``: bounds logits smoothly to (-cap, cap)."""
     return cap * torch.tanh(x / cap)

@@ -192,6 +192,37 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k:
                              cache_k.data_ptr(), cache_v.data_ptr(), cache_pos.data_ptr(), slots, threads())
 
 
+def kv_store_rows(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, caches_k: Sequence[torch.Tensor],
+                  caches_v: Sequence[torch.Tensor], caches_pos: Sequence[torch.Tensor]) -> None:
+    """Row b of k (1, Hkv, B, dk) and v (1, Hkv, B, dv) into sequence b's cache at ``positions[b]``, in one call, as
+    :func:`oxide.ops.reference.kv_store_rows`; each cache is checked as :func:`kv_store` checks its one."""
+    _check(k, "kv_store_rows", "k", dims=4)
+    _check(v, "kv_store_rows", "v", dims=4)
+    _, n_kv, B, dk = k.shape
+    dv = v.shape[-1]
+    if v.shape[:3] != k.shape[:3] or k.shape[0] != 1 or not (len(caches_k) == len(caches_v) == len(caches_pos) == B):
+        raise ValueError(f"kv_store_rows: k {tuple(k.shape)}, v {tuple(v.shape)} must be (1, Hkv, B, dk / dv) with one "
+                         f"cache per row, got {len(caches_k)}")
+    slots = []
+    for cache_k, cache_v, cache_pos in zip(caches_k, caches_v, caches_pos):
+        _check(cache_k, "kv_store_rows", "cache_k", dims=4)
+        _check(cache_v, "kv_store_rows", "cache_v", dims=4)
+        n = cache_k.shape[2]
+        if (cache_k.shape != (1, n_kv, n, dk) or cache_v.shape != (1, n_kv, n, dv) or not cache_k.is_contiguous()
+                or not cache_v.is_contiguous() or not (cache_pos.is_cpu and cache_pos.dtype == torch.int64
+                                                       and cache_pos.shape == (n,) and cache_pos.is_contiguous())):
+            raise ValueError(f"kv_store_rows: caches {tuple(cache_k.shape)}, {tuple(cache_v.shape)} must be contiguous "
+                             f"(1, {n_kv}, slots, {dk} / {dv}) with int64 positions (slots,)")
+        slots.append(n)
+    positions = _positions(positions, B, "positions", "kv_store_rows")
+    if B:
+        k, _, k_stride = _rows(k)
+        v, _, v_stride = _rows(v)
+        extension().kv_store_rows(k.data_ptr(), k_stride, v.data_ptr(), v_stride, n_kv, B, dk, dv, positions.data_ptr(),
+                                  [c.data_ptr() for c in caches_k], [c.data_ptr() for c in caches_v],
+                                  [c.data_ptr() for c in caches_pos], slots, threads())
+
+
 def gated_activation(gate: torch.Tensor, up: torch.Tensor, act: str) -> torch.Tensor:
     """``act(gate) * up`` for ``act`` in ``silu``, ``gelu_pytorch_tanh``, ``gelu`` (erf); same shapes."""
     if act not in ACTIVATIONS:
