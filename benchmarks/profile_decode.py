@@ -20,7 +20,8 @@ best of three passes after one warm-up; the output head runs for the last positi
 
 ``--batch B`` (B > 1) profiles what ``oxide serve`` runs when B sequences decode together:
 ``DecoderLM.decode_batch`` over B caches of ``--context`` tokens each, timed by part as ``--python`` does,
-then one sample per row with the server's default sampling (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
+then the rows sampled together as the engine samples them (:func:`oxide.sampling.sample_rows`), each with the
+server's default sampling (temperature 0.8, top-k 40, top-p 0.95, min-p 0.05).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from oxide.cache import LayerRows
 from oxide.models.step import DecodeStep
 from oxide.ops.bound import LayerOps
-from oxide.sampling import Sampler, SamplingOptions
+from oxide.sampling import Sampler, SamplingOptions, sample_rows
 
 CATEGORY = {"rms_norm": "norms", "add_rms_norm": "norms", "rope_cos_sin": "rope", "rope": "rope",
             "kv_store": "attention: KV cache write", "kv_store_rows": "attention: KV cache write",
@@ -119,14 +120,15 @@ def profile_batch(model: oxide.Model, steps: int, context: int, batch: int) -> t
         rows._store_rows = timers.wrap("attention: KV cache write", rows._store_rows)
 
     LayerRows.__init__ = timed_rows
-    samplers = [timers.wrap("sampling", Sampler(SamplingOptions(seed=row)).sample) for row in range(batch)]
+    samplers = [Sampler(SamplingOptions(seed=row)) for row in range(batch)]
+    sample = timers.wrap("sampling", sample_rows)
     tokens = [100] * batch
     for warm in (True, False):
         timers.seconds.clear()
         start = time.perf_counter()
         for _ in range(4 if warm else steps):
             logits = lm.decode_batch(torch.tensor(tokens), caches)                        # (B, V)
-            tokens = [sample(row_logits, history) for sample, row_logits, history in zip(samplers, logits, histories)]
+            tokens = sample(samplers, logits, histories)
             for history, token in zip(histories, tokens):
                 history.append(token)
         wall = time.perf_counter() - start

@@ -10,8 +10,9 @@ Each :meth:`Engine.step` (the scheduler's one iteration):
    sequence's first token;
 4. runs one decode step for every sequence with a token pending: one sequence through its slot's recorded
    :class:`~oxide.models.step.DecodeStep`, several through :meth:`~oxide.models.decoder.DecoderLM.decode_batch`,
-   whose matmuls read each weight once for the whole batch. Each sequence then samples with its own sampler,
-   so batching changes no sequence's tokens (its logits are those it would get alone).
+   whose matmuls read each weight once for the whole batch. The rows are then sampled together
+   (:func:`~oxide.sampling.sample_rows`), each with its sequence's own sampler, so batching changes no sequence's
+   tokens (its logits are those it would get alone, and its token the one its sampler would give them alone).
 
 Finished sequences leave at once; their slot keeps their keys for the prefix cache. Results go to each
 request's sink, called on the thread that runs the steps: a piece of text with its tokens, then the
@@ -31,11 +32,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import OxideError, QueueFullError
+from .errors import NumericalError, OxideError, QueueFullError
 from .generate import (PREFILL_CHUNK, Completion, GenerationStats, Request, SequenceRun, TokenLogprob,
                        prefill_chunk)
 from .log import get_logger
 from .models.decoder import DecoderLM
+from .sampling import sample_rows
 from .slots import SlotPool
 from .tokenizer import Tokenizer
 
@@ -242,18 +244,28 @@ class Engine:
         self.metrics.decode_steps += 1
         self.metrics.decode_step_rows += len(decoding)
         self.metrics.decode_step_seconds += time.perf_counter() - start
-        for active, logits in zip(decoding, rows):
-            if active.ticket.cancelled:
-                continue
+        live = [i for i, active in enumerate(decoding) if not active.ticket.cancelled]
+        if not live:
+            return
+        runs = [decoding[i].run for i in live]
+        sampled = sample_rows([run.sampler for run in runs], rows if len(live) == len(decoding) else rows[live],
+                              [run.history for run in runs])
+        for i, token in zip(live, sampled):
+            active = decoding[i]
             try:
-                self._took(active, logits)
+                if isinstance(token, NumericalError):
+                    raise active.run.located(token)
+                self._show(active, *active.run.accept(token, rows[i]))
             except OxideError as e:
                 self.metrics.requests_failed += 1
                 self._leave(active, error=e)
 
     def _took(self, active: _Active, logits: torch.Tensor) -> None:
-        """Sample ``active``'s next token from ``logits``; send what it shows; end the sequence if it is done."""
-        piece, token = active.run.take(logits)
+        """Sample ``active``'s next token from ``logits`` alone and :meth:`_show` it."""
+        self._show(active, *active.run.take(logits))
+
+    def _show(self, active: _Active, piece: str, token: int) -> None:
+        """Send what ``active``'s newly accepted ``token`` shows (``piece``); end the sequence if it is done."""
         active.tokens.append(token)
         if active.run.pending is None:
             self._leave(active, piece=piece)

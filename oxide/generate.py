@@ -204,9 +204,17 @@ class SequenceRun:
         self.logprobs: list[TokenLogprob] = []   # since the last event
 
     def take(self, logits: torch.Tensor) -> tuple[str, int]:
-        """Sample from ``logits`` (V,) and count the token in; returns the text it makes safe to show and the
+        """Sample from ``logits`` (V,) and :meth:`accept` the token; a :class:`NumericalError` is :meth:`located`."""
+        try:
+            token = self.sampler.sample(logits, self.history)
+        except NumericalError as e:
+            raise self.located(e) from None
+        return self.accept(token, logits)
+
+    def accept(self, token: int, logits: torch.Tensor) -> tuple[str, int]:
+        """Count in ``token``, sampled from ``logits`` (V,) by :attr:`sampler` (here or by
+        :func:`~oxide.sampling.sample_rows` with other sequences); returns the text it makes safe to show and the
         token. Afterwards :attr:`pending` is the token to run next, None when the sequence is done."""
-        token = sample_checked(self.sampler, logits, self.history, len(self.output.generated), self.source)
         if self.request.logprobs is not None:
             self.logprobs.append(token_logprob(logits, token, self.request.logprobs))
         self.history.append(token)
@@ -217,6 +225,14 @@ class SequenceRun:
             self.output.done = True
         self.pending = None if self.output.done else token
         return piece, token
+
+    def located(self, error: NumericalError) -> NumericalError:
+        """``error``, raised sampling this sequence's next token, completed with where it happened."""
+        prefix = f"{self.source}: " if self.source else ""
+        return NumericalError(
+            f"{prefix}generation step {len(self.output.generated)} (position {len(self.history)} of the sequence): "
+            f"{error}. The model's weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a "
+            f"huge norm epsilon); check the file, or try it with llama.cpp")
 
     def fed_ids(self) -> list[int] | None:
         """The ids whose keys the slot holds (None for an image prompt, whose keys ids do not name)."""
@@ -284,14 +300,3 @@ class Generation:
                  cached, stats.prefill_tokens_per_second, stats.completion_tokens, stats.decode_tokens_per_second,
                  self.completion.finish_reason)
 
-
-def sample_checked(sampler: Sampler, logits: torch.Tensor, history: list[int], step: int, source: str) -> int:
-    """``sampler.sample(logits, history)`` for generation step ``step``, its :class:`NumericalError` completed with
-    where it happened."""
-    try:
-        return sampler.sample(logits, history)
-    except NumericalError as e:
-        raise NumericalError(
-            f"{source + ': ' if source else ''}generation step {step} (position {len(history)} of the sequence): "
-            f"{e}. The model's weights or metadata are likely corrupt (a tensor moved, a zero or NaN RoPE base, a huge "
-            f"norm epsilon); check the file, or try it with llama.cpp") from None

@@ -245,11 +245,15 @@ class TopP:
         alive = torch.nonzero(logits > _NEG_INF).squeeze(1)  # (n,)
         if alive.numel() == 0:
             return logits
-        sorted_logits, order = torch.sort(logits[alive], descending=True, stable=True)  # (n,), (n,)
-        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)  # (n,)
-        mass_before = F.pad(cum[:-1], (1, 0))  # (n,) S_{j-1}, with S_0 = 0
-        dropped = alive[order[mass_before >= self.p]]  # ids removed
-        return logits.index_fill(0, dropped, _NEG_INF)  # (V,)
+        return logits.index_fill(0, alive[self.removed(logits[alive])], _NEG_INF)  # (V,)
+
+    def removed(self, logits: torch.Tensor) -> torch.Tensor:
+        """Which tokens of each row of ``logits`` (..., n), every one of them in play (no ``-inf``), the
+        nucleus removes, as a bool mask of the same shape, for ``p < 1``. Each row gives what it gives alone."""
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True, stable=True)  # (..., n), (..., n)
+        cum = torch.cumsum(torch.softmax(sorted_logits, dim=-1), dim=-1)  # (..., n)
+        mass_before = F.pad(cum[..., :-1], (1, 0))  # (..., n) S_{j-1}, with S_0 = 0
+        return torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, order, mass_before >= self.p)  # (..., n)
 
 
 @dataclass(frozen=True)
@@ -258,7 +262,7 @@ class MinP:
 
     ``p_i >= min_p * p_max`` is ``exp(l_i - l_max) >= min_p``, so the test is done on logits
     as in llama.cpp: keep ``l_i >= l_max + log(min_p)``. The top token always stays;
-    ``min_p <= 0`` changes nothing.
+    ``min_p <= 0`` changes nothing. Logits (..., V) are processed row by row (``l_max`` of each row).
     """
 
     min_p: float
@@ -266,8 +270,8 @@ class MinP:
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor:
         if self.min_p <= 0.0:
             return logits
-        threshold = logits.max() + math.log(self.min_p)  # ()
-        return logits.masked_fill(logits < threshold, _NEG_INF)  # (V,)
+        threshold = logits.amax(dim=-1, keepdim=True) + math.log(self.min_p)  # (..., 1)
+        return logits.masked_fill(logits < threshold, _NEG_INF)  # (..., V)
 
 
 @dataclass(frozen=True)
@@ -275,16 +279,17 @@ class Temperature:
     """Divide logits by the temperature ``T``; ``T == 0`` keeps only the argmax.
 
     For ``T > 0``: ``l_i <- (l_i - l_max) / T``. Subtracting ``l_max`` leaves
-    ``softmax(l / T)`` unchanged and keeps tiny temperatures from overflowing to ``+inf``.
+    ``softmax(l / T)`` unchanged and keeps tiny temperatures from overflowing to ``+inf``;
+    logits (..., V) are processed row by row (``l_max`` of each row).
     For ``T == 0`` every token but the first maximum (lowest id among ties) becomes ``-inf``,
-    as llama.cpp does for ``temp <= 0``.
+    as llama.cpp does for ``temp <= 0`` (logits (V,) only).
     """
 
     temperature: float
 
     def __call__(self, logits: torch.Tensor, history: History) -> torch.Tensor:
         if self.temperature > 0.0:
-            return (logits - logits.max()) / self.temperature  # (V,)
+            return (logits - logits.amax(dim=-1, keepdim=True)) / self.temperature  # (..., V)
         keep = torch.zeros_like(logits, dtype=torch.bool)  # (V,)
         keep[torch.argmax(logits)] = True
         return logits.masked_fill(~keep, _NEG_INF)  # (V,)

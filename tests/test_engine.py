@@ -16,9 +16,10 @@ import pytest
 import torch
 
 import oxide
+from oxide import engine as engine_module
 from oxide.engine import Engine, Event
 from oxide.errors import QueueFullError
-from oxide.generate import Request, SequenceRun
+from oxide.generate import Request
 from oxide.quant import GGMLType
 from oxide.sampling import SamplingOptions
 
@@ -26,6 +27,7 @@ from _tiny_models import GEMMA_WINDOW, TINY_MODELS, write_gguf
 
 GREEDY = SamplingOptions.greedy()
 SAMPLED = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=11)
+DEFAULT = SamplingOptions(seed=21)   # the server's defaults: top-k 40, top-p 0.95, min-p 0.05, temperature 0.8
 
 
 def _prompts(n: int, seed: int) -> list[list[int]]:
@@ -180,24 +182,47 @@ def test_a_full_queue_refuses_and_the_engine_keeps_serving(model_path: Path) -> 
 
 
 def test_a_failing_sequence_ends_alone(model_path: Path) -> None:
-    """NaN logits for one sequence of a batch end that one with NumericalError; the other finishes."""
+    """NaN logits for one sequence of a batched step end that one with NumericalError naming its step; the other,
+    in the same step, finishes."""
     model = _load(model_path, parallel=2)
     engine = _engine(model)
     prompts = _prompts(2, seed=8)
-    real_take = SequenceRun.take
+    real_sample_rows = engine_module.sample_rows
+    poisoned_steps: list[int] = []
 
-    def poisoned(run: SequenceRun, logits: torch.Tensor) -> tuple[str, int]:
-        if run.request.prompt_ids == prompts[0] and len(run.output.generated) == 2:
-            logits = torch.full_like(logits, float("nan"))
-        return real_take(run, logits)
+    def poisoned(samplers, logits: torch.Tensor, histories):
+        logits = logits.clone()
+        for row, history in enumerate(histories):
+            if history[:len(prompts[0])] == prompts[0] and len(history) == len(prompts[0]) + 2:
+                logits[row] = float("nan")
+                poisoned_steps.append(len(histories))
+        return real_sample_rows(samplers, logits, histories)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(SequenceRun, "take", poisoned)
-        events = _run(engine, [Request(p, 5, GREEDY, ignore_eos=True) for p in prompts])
+        patch.setattr(engine_module, "sample_rows", poisoned)
+        events = _run(engine, [Request(prompts[0], 5, GREEDY, ignore_eos=True),
+                               Request(prompts[1], 5, DEFAULT, ignore_eos=True)])
+    assert poisoned_steps == [2], "the poisoned row is one of a batch of two"
     assert isinstance(events[0][-1].error, oxide.NumericalError)
-    assert "generation step 2" in str(events[0][-1].error)
+    assert "generation step 2 (position 5 of the sequence): the logits contain NaN" in str(events[0][-1].error)
     assert len(events[1][-1].completion.token_ids) == 5
     assert model.slots.free() == 2
+
+
+def test_a_batch_of_different_sampling_options_gives_each_what_it_gets_alone(model_path: Path) -> None:
+    """One decode step samples its rows together (oxide.sampling.sample_rows); requests with different options
+    (top-k draws, greedy, no top-k, penalties) each get the tokens they get alone."""
+    options = [DEFAULT, GREEDY, SAMPLED, SamplingOptions(seed=12, top_p=0.5, min_p=0.2, temperature=1.3),
+               SamplingOptions(seed=13, repeat_penalty=1.5, frequency_penalty=0.5, presence_penalty=0.3),
+               SamplingOptions(seed=14, top_k=3), DEFAULT]
+    prompts = _prompts(len(options), seed=15)
+    events = _run(_engine(_load(model_path, parallel=8)),
+                  [Request(p, 10, o, ignore_eos=True) for p, o in zip(prompts, options)])
+    single = _load(model_path, parallel=1)
+    alone = [single.generate(p, max_new_tokens=10, sampling=o, ignore_eos=True).token_ids
+             for p, o in zip(prompts, options)]
+    assert [sequence[-1].completion.token_ids for sequence in events] == alone
+    assert len({tuple(tokens) for tokens in alone}) == len(alone), "the requests should get different tokens"
 
 
 def test_logprobs_are_the_log_softmax_of_the_raw_logits(model_path: Path) -> None:

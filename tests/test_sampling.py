@@ -11,7 +11,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from oxide.errors import InvalidOptionError, OxideError
+from oxide import sampling
+from oxide.errors import InvalidOptionError, NumericalError, OxideError
+from oxide.ops import reference
 from oxide.sampling import (
     MinP,
     Penalties,
@@ -21,6 +23,7 @@ from oxide.sampling import (
     TopK,
     TopP,
     build_processors,
+    sample_rows,
 )
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -525,3 +528,172 @@ def test_frequencies_match_truncated_tempered_softmax() -> None:
     freq = empirical(sampler, x, draws)
     assert np.all(freq[probs == 0] == 0)
     assert_frequencies(freq, probs, draws)
+
+
+# --------------------------------------------------------------------------- several rows at once (sample_rows)
+
+
+def _each_alone(samplers: list[Sampler], logits: torch.Tensor, histories: list[list[int]]) -> list:
+    """What ``sample`` gives (or raises) for each row on its own."""
+    out: list[int | NumericalError] = []
+    for sampler, row, history in zip(samplers, logits, histories):
+        try:
+            out.append(sampler.sample(row, history))
+        except NumericalError as e:
+            out.append(e)
+    return out
+
+
+def _comparable(results: list) -> list:
+    """Tokens as they are, errors by type and message."""
+    return [repr(r) if isinstance(r, Exception) else r for r in results]
+
+
+def _assert_rows_as_alone(options: list[SamplingOptions], rounds: list[tuple[torch.Tensor, list[list[int]]]]) -> None:
+    """Two sets of samplers from ``options``: one samples each round's rows together, the other each row alone."""
+    together, alone = [Sampler(o) for o in options], [Sampler(o) for o in options]
+    for step, (logits, histories) in enumerate(rounds):
+        got = sample_rows(together, logits, histories)
+        assert _comparable(got) == _comparable(_each_alone(alone, logits, histories)), f"round {step}"
+
+
+def _sample_rows_watched(samplers: list[Sampler], logits: torch.Tensor, histories: list[list[int]],
+                         monkeypatch: pytest.MonkeyPatch) -> tuple[list, list[int]]:
+    """``sample_rows``, and the rows it hands to :func:`oxide.ops.sample` one by one."""
+    seen: list[int] = []
+    real = Sampler._chosen
+
+    def chosen(self: Sampler, row: torch.Tensor, history, u: torch.Tensor) -> torch.Tensor:
+        seen.append(row.data_ptr())
+        return real(self, row, history, u)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Sampler, "_chosen", chosen)
+        results = sample_rows(samplers, logits, histories)
+    return results, sorted(i for i in range(len(logits)) if logits[i].data_ptr() in seen)
+
+
+def _option_pool(seed: int, vocab: int) -> list[SamplingOptions]:
+    return [
+        SamplingOptions(seed=seed),                                                   # the server's defaults
+        SamplingOptions(seed=seed + 1, top_k=5, top_p=0.5, temperature=1.5),
+        SamplingOptions(seed=seed + 2, top_k=1),
+        SamplingOptions(seed=seed + 3, top_k=100, min_p=0.2, temperature=0.3),
+        SamplingOptions(seed=seed + 4, top_p=1.0, min_p=0.0),
+        SamplingOptions(seed=seed + 5, temperature=1e-39),          # (l - l_max) / T overflows to -inf
+        SamplingOptions(seed=seed + 6, temperature=0.0),
+        SamplingOptions(seed=seed + 7, top_k=0),
+        SamplingOptions(seed=seed + 8, repeat_penalty=1.3, frequency_penalty=0.2, presence_penalty=0.1),
+        SamplingOptions(seed=seed + 9, top_k=vocab + 3),
+        SamplingOptions(seed=seed + 10, top_k=41, top_p=0.99, min_p=0.0, temperature=2.0),
+    ]
+
+
+@pytest.mark.parametrize("vocab", [3000, 4096, 50])
+def test_sample_rows_gives_each_row_what_it_gets_alone(vocab: int) -> None:
+    """Random logits (some rounded, so that ties fall at and inside the top-k cut), 1 to 16 rows of mixed
+    options, three steps each: the same tokens as each row sampled alone, with the same generator draws."""
+    gen = torch.Generator().manual_seed(vocab)
+    for trial in range(12):
+        rows = int(torch.randint(1, 17, (), generator=gen))
+        pool = _option_pool(100 * trial, vocab)
+        options = [pool[int(i)] for i in torch.randint(0, len(pool), (rows,), generator=gen)]
+        rounds = []
+        for _ in range(3):
+            logits = torch.randn(rows, vocab, generator=gen) * float(torch.empty(()).uniform_(0.1, 8.0, generator=gen))
+            if trial % 2:
+                logits = (logits * 4).round() / 4
+            histories = [torch.randint(0, vocab, (int(torch.randint(0, 80, (), generator=gen)),),
+                                       generator=gen).tolist() for _ in range(rows)]
+            rounds.append((logits, histories))
+        _assert_rows_as_alone(options, rounds)
+
+
+def test_rows_that_draw_from_top_k_are_sampled_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Default options: every row is served together unless its k-th and (k+1)-th largest logits tie (-inf
+    included) or its options are not a plain top-k draw; and the tokens are those of each row alone, whether the
+    largest logits lie in whole chunks or past the last one."""
+    gen = torch.Generator().manual_seed(3)
+    vocab, k = 3000, SamplingOptions().top_k                     # 46 whole chunks of 64, then 56 logits
+    logits = torch.randn(16, vocab, generator=gen) * 2.0
+    logits[5, -56:] += 6.0                                       # row 5's top-k lies past the last whole chunk
+    for row in (3, 7):                                           # a tie at the cut
+        order = logits[row].argsort(descending=True)
+        logits[row, order[k]] = logits[row, order[k - 1]]
+    logits[9, 40:] = float("-inf")                               # 40 finite logits: the (k+1)-th is -inf
+    logits[10, 39:] = float("-inf")                              # 39: the k-th is -inf, tied with the (k+1)-th
+    logits[11, 100] = logits[11].max()                           # a tie at the top, inside the cut
+    histories = [[1, 2, 3]] * 16
+    options = [SamplingOptions(seed=row) for row in range(16)]
+    others = {12: SamplingOptions(seed=12, repeat_penalty=1.2), 13: SamplingOptions(seed=13, temperature=0.0),
+              14: SamplingOptions(seed=14, top_k=0)}
+    for options, alone in ((options, [3, 7, 10]), ([others.get(i, o) for i, o in enumerate(options)],
+                                                    [3, 7, 10, 12, 13, 14])):
+        results, watched = _sample_rows_watched([Sampler(o) for o in options], logits, histories, monkeypatch)
+        assert watched == alone
+        assert _comparable(results) == _comparable(_each_alone([Sampler(o) for o in options], logits, histories))
+
+
+@pytest.mark.parametrize("kind", ["default", "greedy", "penalties", "no top-k"])
+def test_sample_rows_fails_only_the_failing_rows(kind: str) -> None:
+    """NaN, +inf and all -inf rows get the NumericalError ``sample`` raises for them; the other rows their tokens,
+    and the next step's draws stay in step with sampling alone."""
+    base = {"default": {}, "greedy": {"temperature": 0.0}, "penalties": {"repeat_penalty": 1.5},
+            "no top-k": {"top_k": 0}}[kind]
+    gen = torch.Generator().manual_seed(4)
+    logits = torch.randn(6, 3000, generator=gen)
+    logits[1, 17] = float("nan")
+    logits[2] = float("-inf")
+    logits[4, 2999] = float("inf")
+    options = [SamplingOptions(seed=row, **base) for row in range(6)]
+    histories = [[17, 2999, 5]] * 6
+    results = sample_rows([Sampler(o) for o in options], logits, histories)
+    assert [type(r).__name__ for r in results] == ["int", "NumericalError", "NumericalError", "int", "NumericalError",
+                                                   "int"]
+    assert "NaN" in str(results[1]) and "no token has a finite logit" in str(results[2]) and "+inf" in str(results[4])
+    _assert_rows_as_alone(options, [(logits, histories), (torch.randn(6, 3000, generator=gen), histories)])
+
+
+def test_largest_gives_the_values_topk_gives() -> None:
+    """The chunk search of sample_rows: the ``count`` largest values exactly as topk gives them, ties and -inf
+    included, at ids that hold them."""
+    gen = torch.Generator().manual_seed(5)
+    for vocab, count in ((3000, 41), (3000, 1), (4096, 60), (2624, 41), (100, 41)):
+        logits = (torch.randn(8, vocab, generator=gen) * 3).round()             # many ties
+        logits[2, : vocab // 2] = float("-inf")
+        logits[3, 1000 % vocab:] = float("-inf")
+        logits[4] = 1.0
+        index = torch.tensor([0, 2, 3, 4, 6])
+        chunk_max, peaks = sampling._chunk_maxima(logits)
+        assert torch.equal(peaks, logits.amax(dim=-1))
+        values, ids = sampling._largest(logits, index, chunk_max[index], count)
+        assert torch.equal(values, torch.topk(logits[index], count, dim=-1).values)
+        assert torch.equal(logits[index].gather(1, ids), values)
+        assert all(len(set(row)) == count for row in ids.tolist())
+
+
+def test_sample_rows_checks_its_arguments() -> None:
+    with pytest.raises(InvalidOptionError, match="logits of shape \\(10,\\)"):
+        sample_rows([Sampler()], torch.randn(10), [[]])
+    with pytest.raises(InvalidOptionError, match="2 samplers and 3 histories"):
+        sample_rows([Sampler(), Sampler()], torch.randn(3, 10), [[], [], []])
+
+
+def test_draws_together_pick_what_the_reference_picks_at_the_cdf_steps() -> None:
+    """The draw of sample_rows over rows with tokens out of play (-inf), with each uniform put at, or one float
+    either side of, a step of the reference's cdf (where a cdf a few ulps off picks another token): the reference's
+    position in every row."""
+    gen = torch.Generator().manual_seed(6)
+    plain = SamplingOptions(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)   # the draw only
+    logits = torch.randn(64, 41, generator=gen) * 3
+    logits[torch.rand(64, 41, generator=gen) < torch.rand(64, 1, generator=gen)] = float("-inf")
+    logits[:, 7] = 0.5                                                         # every row has one in play
+    processed = Temperature(1.0)(logits, ())                                  # what the reference's draw sees
+    u = torch.empty(64)
+    for row, x in enumerate(processed):
+        cdf = torch.cumsum(torch.softmax(x[x > NEG_INF], dim=-1), dim=-1)
+        step = cdf[int(torch.randint(0, len(cdf), (), generator=gen))] / cdf[-1]
+        toward = torch.tensor([0.0, float(step), 1.0][row % 3])
+        u[row] = torch.nextafter(step, toward).clamp(max=1 - 2**-24)
+    expected = [int(reference.sample(x, None, u[row], plain)) for row, x in enumerate(logits)]
+    assert sampling._draw_rows(processed, u).tolist() == expected
