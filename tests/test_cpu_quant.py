@@ -157,7 +157,7 @@ def test_a_row_computes_alike_in_a_prefill_and_alone(qtype: GGMLType, isa: str, 
 
 def test_q8_activations_reference(seed: int) -> None:
     """The specification of the int8 activations: multiples of max|x| / 127 per 32 values, each within half a
-    step of x, the block maximum kept exactly; zero blocks stay zero."""
+    step of x, the block maximum kept (to the float32 rounding of 127 steps); zero blocks stay zero."""
     rng = np.random.default_rng(seed)
     x = torch.from_numpy((rng.standard_normal((3, 96)) * np.exp(2 * rng.standard_normal((3, 96)))).astype(np.float32))
     x[1, 32:64] = 0.0
@@ -171,7 +171,7 @@ def test_q8_activations_reference(seed: int) -> None:
     quants = torch.where(step > 0, rounded / torch.where(step > 0, step, 1), 0)
     assert (quants - quants.round()).abs().max() < 1e-4 and quants.round().abs().max() <= 127
     assert ((rounded - blocks).abs() <= step / 2 * (1 + 1e-6)).all()
-    assert torch.equal(rounded.abs().amax(-1), blocks.abs().amax(-1))
+    torch.testing.assert_close(rounded.abs().amax(-1), blocks.abs().amax(-1), rtol=2e-7, atol=0)   # 127 steps: max
     assert torch.equal(got[1, 32:64], torch.zeros(32))
 
 
