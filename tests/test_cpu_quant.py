@@ -68,11 +68,8 @@ def _weight(qtype: GGMLType, rng: np.random.Generator) -> tuple[QuantTensor, np.
 
 
 def _gemv_input(x: torch.Tensor) -> np.ndarray:
-    """x (M, K) as the kernels of the instruction set in use take it (the GEMV, and the banded path after it),
-    in float64."""
-    if cpu.extension().activations() == "q8_0":
-        return reference.q8_activations(x).double().numpy()
-    return x.double().numpy()
+    """x (M, K) as the kernels of the instruction set in use take it, in float64."""
+    return cpu_quant.activations_as_computed(x).double().numpy()
 
 
 def _relative_error(got: torch.Tensor, want: np.ndarray) -> float:

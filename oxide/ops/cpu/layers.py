@@ -171,19 +171,10 @@ def kv_store(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cache_k:
     """Keys (1, Hkv, T, dk) and values (1, Hkv, T, dv) into slots ``positions % slots`` of the cache
     (1, Hkv, slots, dk / dv), as :func:`oxide.ops.reference.kv_store`; the positions are read in C++, so a
     recorded step stores each token where its position says."""
-    _check(k, "kv_store", "k", dims=4)
-    _check(v, "kv_store", "v", dims=4)
-    _check(cache_k, "kv_store", "cache_k", dims=4)
-    _check(cache_v, "kv_store", "cache_v", dims=4)
+    _check_new_kv(k, v, "kv_store")
     _, n_kv, T, dk = k.shape
-    dv, slots = v.shape[-1], cache_k.shape[2]
-    if (v.shape[:3] != k.shape[:3] or k.shape[0] != 1 or cache_k.shape != (1, n_kv, slots, dk)
-            or cache_v.shape != (1, n_kv, slots, dv) or not (cache_k.is_contiguous() and cache_v.is_contiguous())):
-        raise ValueError(f"kv_store: k {tuple(k.shape)}, v {tuple(v.shape)} must be (1, Hkv, T, dk / dv) and the cache "
-                         f"{tuple(cache_k.shape)}, {tuple(cache_v.shape)} contiguous (1, Hkv, slots, dk / dv)")
-    if not (cache_pos.is_cpu and cache_pos.dtype == torch.int64 and cache_pos.shape == (slots,)
-            and cache_pos.is_contiguous()):
-        raise ValueError(f"kv_store: cache_pos must be a contiguous int64 CPU tensor of shape ({slots},)")
+    dv = v.shape[-1]
+    slots = _cache_slots(cache_k, cache_v, cache_pos, n_kv, dk, dv, "kv_store")
     positions = _positions(positions, T, "positions", "kv_store")
     if T:
         k, _, k_stride = _rows(k)
@@ -196,24 +187,14 @@ def kv_store_rows(k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cac
                   caches_v: Sequence[torch.Tensor], caches_pos: Sequence[torch.Tensor]) -> None:
     """Row b of k (1, Hkv, B, dk) and v (1, Hkv, B, dv) into sequence b's cache at ``positions[b]``, in one call, as
     :func:`oxide.ops.reference.kv_store_rows`; each cache is checked as :func:`kv_store` checks its one."""
-    _check(k, "kv_store_rows", "k", dims=4)
-    _check(v, "kv_store_rows", "v", dims=4)
+    _check_new_kv(k, v, "kv_store_rows")
     _, n_kv, B, dk = k.shape
     dv = v.shape[-1]
-    if v.shape[:3] != k.shape[:3] or k.shape[0] != 1 or not (len(caches_k) == len(caches_v) == len(caches_pos) == B):
-        raise ValueError(f"kv_store_rows: k {tuple(k.shape)}, v {tuple(v.shape)} must be (1, Hkv, B, dk / dv) with one "
-                         f"cache per row, got {len(caches_k)}")
-    slots = []
-    for cache_k, cache_v, cache_pos in zip(caches_k, caches_v, caches_pos):
-        _check(cache_k, "kv_store_rows", "cache_k", dims=4)
-        _check(cache_v, "kv_store_rows", "cache_v", dims=4)
-        n = cache_k.shape[2]
-        if (cache_k.shape != (1, n_kv, n, dk) or cache_v.shape != (1, n_kv, n, dv) or not cache_k.is_contiguous()
-                or not cache_v.is_contiguous() or not (cache_pos.is_cpu and cache_pos.dtype == torch.int64
-                                                       and cache_pos.shape == (n,) and cache_pos.is_contiguous())):
-            raise ValueError(f"kv_store_rows: caches {tuple(cache_k.shape)}, {tuple(cache_v.shape)} must be contiguous "
-                             f"(1, {n_kv}, slots, {dk} / {dv}) with int64 positions (slots,)")
-        slots.append(n)
+    if not len(caches_k) == len(caches_v) == len(caches_pos) == B:
+        raise ValueError(f"kv_store_rows: k {tuple(k.shape)} has {B} rows; it needs one cache per row, got "
+                         f"{len(caches_k)}")
+    slots = [_cache_slots(cache_k, cache_v, cache_pos, n_kv, dk, dv, "kv_store_rows")
+             for cache_k, cache_v, cache_pos in zip(caches_k, caches_v, caches_pos)]
     positions = _positions(positions, B, "positions", "kv_store_rows")
     if B:
         k, _, k_stride = _rows(k)
@@ -354,6 +335,31 @@ def _table(t: torch.Tensor, shape: tuple[int, int], op: str, name: str) -> torch
         raise ValueError(f"{op}: {name} must be a CPU tensor of shape {shape}, got "
                          f"{tuple(getattr(t, 'shape', ()))} on {getattr(t, 'device', '?')}")
     return t if t.dtype == torch.float32 and t.is_contiguous() else t.to(torch.float32).contiguous()
+
+
+def _check_new_kv(k: torch.Tensor, v: torch.Tensor, op: str) -> None:
+    """New keys and values (1, Hkv, T, dk / dv) float32 CPU, with the same leading dims."""
+    _check(k, op, "k", dims=4)
+    _check(v, op, "v", dims=4)
+    if v.shape[:3] != k.shape[:3] or k.shape[0] != 1:
+        raise ValueError(f"{op}: k {tuple(k.shape)}, v {tuple(v.shape)} must be (1, Hkv, T, dk / dv)")
+
+
+def _cache_slots(cache_k: torch.Tensor, cache_v: torch.Tensor, cache_pos: torch.Tensor, n_kv: int, dk: int, dv: int,
+                 op: str) -> int:
+    """The slots of a cache that takes (1, n_kv, T, dk / dv) keys and values: contiguous float32 (1, n_kv, slots,
+    dk / dv) and int64 positions (slots,); else ValueError."""
+    _check(cache_k, op, "cache_k", dims=4)
+    _check(cache_v, op, "cache_v", dims=4)
+    slots = cache_k.shape[2]
+    if (cache_k.shape != (1, n_kv, slots, dk) or cache_v.shape != (1, n_kv, slots, dv)
+            or not (cache_k.is_contiguous() and cache_v.is_contiguous())):
+        raise ValueError(f"{op}: the cache {tuple(cache_k.shape)}, {tuple(cache_v.shape)} must be contiguous "
+                         f"(1, {n_kv}, slots, {dk} / {dv})")
+    if not (cache_pos.is_cpu and cache_pos.dtype == torch.int64 and cache_pos.shape == (slots,)
+            and cache_pos.is_contiguous()):
+        raise ValueError(f"{op}: cache_pos must be a contiguous int64 CPU tensor of shape ({slots},)")
+    return slots
 
 
 def _positions(p: torch.Tensor, n: int, name: str, op: str) -> torch.Tensor:
